@@ -1,0 +1,7 @@
+"""FCN models: backbones, the FCN head, geometry and the model registry."""
+
+from .fcn import FCN, FCNHead
+from .normalization import Normalization
+from .registry import build_model, list_models, register_model
+
+__all__ = ["FCN", "FCNHead", "Normalization", "build_model", "list_models", "register_model"]

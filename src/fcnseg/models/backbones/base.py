@@ -1,0 +1,124 @@
+"""What every backbone offers an FCN head: named feature taps with their geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...surgery import TransplantReport, transplant
+from ..geometry import CoordMap
+from ..normalization import Normalization
+
+__all__ = ["FeatureTap", "Backbone", "GEOMETRIES", "check_geometry", "read_state_dict"]
+
+# caffe: pad 100 on the first convolution, as the reference nets (output covers any input);
+# aligned: ordinary padding, every stride-s tap has ceil(H / s) cells over the image.
+GEOMETRIES = ("caffe", "aligned")
+
+
+@dataclass(frozen=True)
+class FeatureTap:
+    """A feature map the backbone exposes: its name, output stride and channel count."""
+
+    name: str
+    stride: int
+    channels: int
+
+
+class Backbone(nn.Module):
+    """A convolutionalized classifier that returns its feature taps by name.
+
+    Subclasses set ``taps`` (ordered by increasing stride; the last one is the stride-32
+    feature map the classifier, and an FCN's ``score_fr``, reads), ``normalization``
+    (the input convention of the weights), ``classifier_name`` (the attribute holding
+    the ImageNet classifier as a 1x1 convolution when built with ``classifier=True``)
+    and implement ``forward`` and ``coord_map``.
+    """
+
+    taps: tuple[FeatureTap, ...]
+    normalization: Normalization
+    classifier_name: str
+    geometry: str
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def coord_map(self, tap: str) -> CoordMap:
+        """Where the cells of feature tap ``tap`` sit on the input image."""
+        raise NotImplementedError
+
+    def tap(self, stride: int) -> FeatureTap:
+        """The tap at the given output stride."""
+        for candidate in self.taps:
+            if candidate.stride == stride:
+                return candidate
+        offered = ", ".join(f"{t.name} (stride {t.stride})" for t in self.taps)
+        raise ValueError(f"{type(self).__name__} has no tap at stride {stride}; it offers {offered}")
+
+    @property
+    def output_stride(self) -> int:
+        return self.taps[-1].stride
+
+    @property
+    def classifier(self) -> nn.Module | None:
+        return getattr(self, self.classifier_name, None)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet scores at every stride-32 cell (N x 1000 x h x w): the paper's heatmap."""
+        if self.classifier is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was built without its classifier: pass classifier=True"
+            )
+        return self.classifier(self(x)[self.taps[-1].name])
+
+    @staticmethod
+    def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename a torchvision/timm state dict to this backbone's keys."""
+        raise NotImplementedError("this backbone has no torchvision counterpart")
+
+    def load_torchvision(self, source: str | Path | Mapping[str, torch.Tensor]) -> TransplantReport:
+        """Load a torchvision state dict (a file or a mapping) into this backbone.
+
+        Fully connected weights are reshaped into the convolutionalized layers; the
+        ImageNet classifier is dropped when the backbone was built without it. Any key
+        the backbone needs and the weights lack raises, naming the key.
+        """
+        state_dict = read_state_dict(source) if isinstance(source, (str, Path)) else source
+        renamed = self.convert_torchvision(state_dict)
+        if self.classifier is None:
+            prefix = self.classifier_name + "."
+            renamed = {k: v for k, v in renamed.items() if not k.startswith(prefix)}
+        report = transplant(self, renamed)
+        if report.missing:
+            raise KeyError(
+                f"the weights lack {len(report.missing)} of {type(self).__name__}'s tensors, "
+                f"first {report.missing[0]!r}: is this a state dict of the same architecture?"
+            )
+        return report
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict saved with torch.save, loaded without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weight file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt and unsafe files
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a readable PyTorch state dict ({first})") from None
+    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors)")
+    return loaded
+
+
+def check_geometry(geometry: str) -> str:
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown geometry {geometry!r}: choose one of {', '.join(GEOMETRIES)}")
+    return geometry

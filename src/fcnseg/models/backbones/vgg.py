@@ -1,0 +1,120 @@
+"""VGG16 in the Caffe layout the FCN reference fine-tuned (VGG_ILSVRC_16_layers).
+
+Thirteen 3x3 convolutions conv1_1 .. conv5_3 in five blocks, each block closed by a 2x2
+stride-2 max pool rounding up (Caffe's pooling arithmetic), then the fully connected
+layers convolutionalized: fc6 a 7x7 convolution to 4096 channels, fc7 a 1x1 convolution,
+each followed by ReLU and element-wise dropout 0.5, and the ImageNet classifier fc8 as a
+1x1 convolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .. import geometry as geo
+from ..normalization import CAFFE_VOC
+from .base import Backbone, FeatureTap, check_geometry
+
+__all__ = ["VGG16", "TORCHVISION_VGG16_KEYS"]
+
+# (block, convolutions, channels)
+_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+
+# torchvision's vgg16 keys: features.N for the convolutions, classifier.N for fc6..fc8.
+TORCHVISION_VGG16_KEYS = {
+    **{
+        f"features.{index}": name
+        for index, name in zip(
+            (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+            (f"conv{b}_{i}" for b, n, _ in _BLOCKS for i in range(1, n + 1)),
+        )
+    },
+    "classifier.0": "fc6",
+    "classifier.3": "fc7",
+    "classifier.6": "fc8",
+}
+
+
+class VGG16(Backbone):
+    """VGG16 with taps pool3 (stride 8), pool4 (stride 16) and fc7 (stride 32).
+
+    ``geometry="caffe"`` pads conv1_1 by 100 and fc6 by 0, exactly the reference nets;
+    ``"aligned"`` pads conv1_1 by 1 and fc6 by 3 so every stride-s map has ceil(H / s)
+    cells and no border is computed twice.
+    """
+
+    classifier_name = "fc8"
+
+    def __init__(
+        self,
+        *,
+        geometry: str = "caffe",
+        in_channels: int = 3,
+        classifier: bool = False,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.geometry = check_geometry(geometry)
+        self.normalization = CAFFE_VOC
+        channels = in_channels
+        for block, convs, width in _BLOCKS:
+            for i in range(1, convs + 1):
+                pad = 100 if (block, i) == (1, 1) and geometry == "caffe" else 1
+                self.add_module(f"conv{block}_{i}", nn.Conv2d(channels, width, 3, padding=pad))
+                self.add_module(f"relu{block}_{i}", nn.ReLU(inplace=True))
+                channels = width
+            self.add_module(f"pool{block}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
+        self.fc6 = nn.Conv2d(512, 4096, 7, padding=0 if geometry == "caffe" else 3)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(dropout)
+        if classifier:
+            self.fc8 = nn.Conv2d(4096, 1000, 1)
+        self.taps = (
+            FeatureTap("pool3", 8, 256),
+            FeatureTap("pool4", 16, 512),
+            FeatureTap("fc7", 32, 4096),
+        )
+
+    def _trunk(self) -> list[tuple[str, nn.Module]]:
+        """The layers up to drop7 in forward order (fc8 is not part of the trunk)."""
+        return [(name, module) for name, module in self.named_children() if name != "fc8"]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features: dict[str, torch.Tensor] = {}
+        for name, module in self._trunk():
+            x = module(x)
+            if name in ("pool3", "pool4"):
+                features[name] = x
+        features["fc7"] = x
+        return features
+
+    def coord_map(self, tap: str) -> geo.CoordMap:
+        last = "drop7" if tap == "fc7" else tap
+        names = [name for name, _ in self._trunk()]
+        if last not in names:
+            raise ValueError(f"VGG16 has no tap {tap!r}")
+        return geo.trace(module for _, module in self._trunk()[: names.index(last) + 1])
+
+    @staticmethod
+    def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename a torchvision ``vgg16`` state dict to these layer names.
+
+        fc6/fc7/fc8 keep their Linear shapes (4096 x 25088, ...); ``transplant`` reshapes
+        them into the convolutions, since the element counts agree.
+        """
+        renamed = {}
+        for key, value in state_dict.items():
+            module, _, param = key.rpartition(".")
+            if module not in TORCHVISION_VGG16_KEYS:
+                raise KeyError(
+                    f"unexpected key {key!r} in a torchvision vgg16 state dict "
+                    "(vgg16_bn and other variants have a different layout)"
+                )
+            renamed[f"{TORCHVISION_VGG16_KEYS[module]}.{param}"] = value
+        return renamed

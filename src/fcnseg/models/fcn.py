@@ -1,0 +1,209 @@
+"""The FCN head: score layers, skip fusion, upsampling and crops (Section 4.2, Figure 3).
+
+FCN-32s scores the stride-32 features (``score_fr``) and upsamples 32x (``upscore``).
+FCN-16s adds a 1x1 score layer on the stride-16 tap (``score_pool4``), sums it with the
+2x-upsampled stride-32 scores (``upscore2``), and upsamples 16x (``upscore16``). FCN-8s
+repeats the step with the stride-8 tap (``score_pool3``, ``upscore_pool4``) and upsamples
+8x (``upscore8``). Every crop offset comes from the layers' geometry (``geometry.py``);
+for the reference VGG16 nets they come out as 19 (32s), 5 and 27 (16s), 5, 9 and 31 (8s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import geometry as geo
+from .backbones.base import Backbone
+from .normalization import Normalization
+from .upsample import Upsample, aligned_upsample
+
+__all__ = ["FCNHead", "FCN", "VARIANTS"]
+
+# Strides of the taps each net fuses, coarse to fine (the paper's "skips").
+VARIANTS = {"32s": (), "16s": (16,), "8s": (16, 8)}
+# The reference's layer names for the skip from each stride, and the final upsampling.
+_SCORE = {16: "score_pool4", 8: "score_pool3"}
+_SCALE = {16: "scale_pool4", 8: "scale_pool3"}
+_FUSE_UPSAMPLE = ("upscore2", "upscore_pool4")
+_FINAL = {32: "upscore", 16: "upscore16", 8: "upscore8"}
+# FCN-8s at-once: fixed scalings that bring pool4 and pool3 to the scale of the scores.
+ATONCE_SCALES = {16: 0.01, 8: 0.0001}
+
+
+@dataclass(frozen=True)
+class _Skip:
+    tap: str
+    upsample: str  # upsamples the coarser scores by 2 before the fusion
+    score: str
+    scale: str | None  # FCN-8s at-once's fixed scaling of the tap, if any
+    offset: int  # cells of the skip scores before the upsampled scores' first cell
+
+
+class FCNHead(nn.Module):
+    """Scores, fuses and upsamples backbone taps into full-resolution class scores.
+
+    New score layers start at zero (the reference's constant filler): at initialisation
+    a net outputs all-zero scores and the skips contribute only as they are learned.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        *,
+        variant: str = "8s",
+        upsample: str = "deconv",
+        learnable_upsample: bool = False,
+        skip_scales: dict[int, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown FCN variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.num_classes, self.variant = num_classes, variant
+        last = backbone.taps[-1]
+        self.last_tap = last.name
+        self.score_fr = _score_layer(last.channels, num_classes)
+        scores_map = backbone.coord_map(last.name)
+        self.skips: list[_Skip] = []
+        for index, stride in enumerate(VARIANTS[variant]):
+            tap = backbone.tap(stride)
+            tap_map = backbone.coord_map(tap.name)
+            up, up_map = aligned_upsample(
+                num_classes, 2, scores_map, tap_map, mode=upsample, learnable=learnable_upsample
+            )
+            name = _FUSE_UPSAMPLE[index]
+            self.add_module(name, up)
+            scale = _SCALE[stride] if skip_scales and stride in skip_scales else None
+            if scale:
+                self.add_module(scale, _FixedScale(tap.channels, skip_scales[stride]))
+            self.add_module(_SCORE[stride], _score_layer(tap.channels, num_classes))
+            offset = geo.crop_offset(tap_map, up_map)
+            self.skips.append(_Skip(tap.name, name, _SCORE[stride], scale, offset))
+            scores_map = up_map if offset >= 0 else tap_map
+        final_stride = VARIANTS[variant][-1] if VARIANTS[variant] else last.stride
+        up, out_map = aligned_upsample(
+            num_classes, int(scores_map.scale), scores_map, geo.IDENTITY,
+            mode=upsample, learnable=learnable_upsample,
+        )
+        self.final = _FINAL[final_stride]
+        self.add_module(self.final, up)
+        self.offset = geo.crop_offset(out_map, geo.IDENTITY)
+        if self.offset < 0:
+            raise ValueError(
+                f"the scores start {-self.offset} pixels inside the image: this backbone's "
+                "geometry cannot cover the border"
+            )
+
+    def crop_offsets(self) -> dict[str, int]:
+        """The derived crop offsets by the reference's crop names (score_pool4c, score)."""
+        offsets = {f"{skip.score}c": skip.offset for skip in self.skips}
+        offsets["score"] = self.offset
+        return offsets
+
+    def forward(self, features: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        scores = self.score_fr(features[self.last_tap])
+        for skip in self.skips:
+            upsampled = self.get_submodule(skip.upsample)(scores)
+            tap = features[skip.tap]
+            if skip.scale:
+                tap = self.get_submodule(skip.scale)(tap)
+            scores = _fuse(upsampled, self.get_submodule(skip.score)(tap), skip.offset)
+        return _crop(self.get_submodule(self.final)(scores), self.offset, size)
+
+    def resize_classes(self, num_classes: int) -> None:
+        """Keep the shared classes' weights, start new ones as new layers start."""
+        for name, module in list(self.named_children()):
+            if isinstance(module, nn.Conv2d):
+                self.add_module(name, _resized_score(module, num_classes))
+            elif isinstance(module, Upsample):
+                self.add_module(name, _resized_upsample(module, num_classes))
+        self.num_classes = num_classes
+
+
+class FCN(nn.Module):
+    """A backbone and an FCN head: N x C x H x W in, N x classes x H x W logits out.
+
+    The input is normalised as ``normalization`` says (the convention of the backbone's
+    weights); ``fcnseg.models.normalization`` turns 0..255 RGB images into it.
+    """
+
+    def __init__(self, backbone: Backbone, head: FCNHead, *, name: str = "fcn") -> None:
+        super().__init__()
+        self.backbone, self.head, self.name = backbone, head, name
+
+    @property
+    def normalization(self) -> Normalization:
+        return self.backbone.normalization
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected an N x C x H x W batch, got shape {tuple(x.shape)}")
+        return self.head(self.backbone(x), (x.shape[-2], x.shape[-1]))
+
+
+class _FixedScale(nn.Module):
+    """Caffe's Scale layer with a fixed per-channel factor (lr 0), as in FCN-8s at-once."""
+
+    def __init__(self, channels: int, value: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), value), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+def _score_layer(channels: int, num_classes: int) -> nn.Conv2d:
+    layer = nn.Conv2d(channels, num_classes, 1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _fuse(upsampled: torch.Tensor, skip: torch.Tensor, offset: int) -> torch.Tensor:
+    """Sum two score maps of one stride over the cells they share."""
+    if offset >= 0:
+        skip = skip[..., offset:, offset:]
+    else:
+        upsampled = upsampled[..., -offset:, -offset:]
+    h = min(upsampled.shape[-2], skip.shape[-2])
+    w = min(upsampled.shape[-1], skip.shape[-1])
+    return upsampled[..., :h, :w] + skip[..., :h, :w]
+
+
+def _crop(scores: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor:
+    h, w = size
+    if scores.shape[-2] < offset + h or scores.shape[-1] < offset + w:
+        raise RuntimeError(
+            f"upsampled scores {tuple(scores.shape[-2:])} do not cover a {h}x{w} input at "
+            f"offset {offset}"
+        )
+    return scores[..., offset : offset + h, offset : offset + w]
+
+
+def _resized_score(layer: nn.Conv2d, num_classes: int) -> nn.Conv2d:
+    new = _score_layer(layer.in_channels, num_classes).to(layer.weight)
+    keep = min(num_classes, layer.out_channels)
+    with torch.no_grad():
+        new.weight[:keep] = layer.weight[:keep]
+        new.bias[:keep] = layer.bias[:keep]
+    return new
+
+
+def _resized_upsample(module: Upsample, num_classes: int) -> Upsample:
+    learnable = module.mode == "deconv" and module.weight.requires_grad
+    new = Upsample(num_classes, module.factor, mode=module.mode, odd=module.odd, learnable=learnable)
+    if module.mode == "deconv":
+        new = new.to(module.weight)
+        keep = min(num_classes, module.weight.shape[0])
+        with torch.no_grad():
+            new.weight[:keep, :keep] = module.weight[:keep, :keep]
+    return new

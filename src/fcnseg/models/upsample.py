@@ -1,0 +1,112 @@
+"""In-network upsampling (Section 3.3): bilinear backwards convolution or interpolation.
+
+Both variants come in two alignments that differ by half an input cell: a transposed
+convolution with an even kernel 2f (the reference's 64/32, 4/2, 32/16, 16/8) or an odd
+kernel 2f - 1 (the reference's AlexNet 63/32); bilinear interpolation with
+``align_corners=False`` or ``True``. The head picks, for each upsampling, the alignment
+under which its output lines up with the map it is fused with (or with the image) on
+whole pixels, so that every crop offset is an integer derived from the geometry.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..surgery import bilinear_init_
+from . import geometry as geo
+
+__all__ = ["Upsample", "UPSAMPLE_MODES"]
+
+UPSAMPLE_MODES = ("deconv", "bilinear")
+
+
+class Upsample(nn.Module):
+    """Upsample class scores by ``factor``.
+
+    ``mode="deconv"``: a transposed convolution without bias initialised to bilinear on
+    the class diagonal, fixed (as in the reference, lr 0) unless ``learnable``. Its
+    weight is ``weight`` (C x C x k x k), the Caffe Deconvolution blob.
+
+    ``mode="bilinear"``: ``F.interpolate`` after replicating one border cell on every side,
+    so the image border is covered however the maps fall; no parameters.
+
+    ``odd`` selects the alignment (kernel 2f - 1 / ``align_corners=True``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        factor: int,
+        *,
+        mode: str = "deconv",
+        odd: bool = False,
+        learnable: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(f"unknown upsampling {mode!r}: choose one of {UPSAMPLE_MODES}")
+        self.factor, self.mode, self.odd = factor, mode, odd
+        if mode == "deconv":
+            kernel = 2 * factor - 1 if odd else 2 * factor
+            deconv = nn.ConvTranspose2d(channels, channels, kernel, stride=factor, bias=False)
+            bilinear_init_(deconv)
+            self.weight = deconv.weight
+            self.weight.requires_grad_(learnable)
+
+    @property
+    def kernel_size(self) -> int:
+        return 2 * self.factor - 1 if self.odd else 2 * self.factor
+
+    def coord_map(self) -> geo.CoordMap:
+        """Where output cells sit in the input's cells."""
+        if self.mode == "deconv":
+            return geo.deconv_map(self.kernel_size, self.factor)
+        pad = geo.conv_map(1, padding=1)  # the replicated border cell
+        if self.odd:  # align_corners=True onto (n - 1) f + 1 cells: y -> y / f
+            return pad.compose(geo.CoordMap(Fraction(1, self.factor), Fraction(0)))
+        # align_corners=False onto n f cells: y -> (y + 1/2) / f - 1/2
+        shift = Fraction(1, 2 * self.factor) - Fraction(1, 2)
+        return pad.compose(geo.CoordMap(Fraction(1, self.factor), shift))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "deconv":
+            return F.conv_transpose2d(x, self.weight, stride=self.factor)
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        h, w = x.shape[-2:]
+        if self.odd:
+            size = ((h - 1) * self.factor + 1, (w - 1) * self.factor + 1)
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        return F.interpolate(x, size=(h * self.factor, w * self.factor), mode="bilinear")
+
+    def extra_repr(self) -> str:
+        detail = f"kernel={self.kernel_size}" if self.mode == "deconv" else f"odd={self.odd}"
+        return f"factor={self.factor}, mode={self.mode}, {detail}"
+
+
+def aligned_upsample(
+    channels: int,
+    factor: int,
+    source: geo.CoordMap,
+    target: geo.CoordMap,
+    *,
+    mode: str,
+    learnable: bool,
+) -> tuple[Upsample, geo.CoordMap]:
+    """The upsampling whose output lines up with ``target`` on whole cells.
+
+    Tries the even alignment first (the reference's kernels 64, 32, 16, 4), then the odd
+    one (AlexNet's 63). Returns the module and the map of its output on the image.
+    """
+    for odd in (False, True):
+        up = Upsample(channels, factor, mode=mode, odd=odd, learnable=learnable)
+        mapped = source.compose(up.coord_map())
+        try:
+            geo.crop_offset(mapped, target)
+        except ValueError:
+            continue
+        return up, mapped
+    raise ValueError(f"no bilinear upsampling by {factor} aligns {source} with {target}")

@@ -126,7 +126,9 @@ def bilinear_init_(deconv: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     in_channels, out_per_group, kh, kw = deconv.weight.shape
     if kh != kw:
         raise ValueError(f"bilinear init needs a square kernel, got {kh}x{kw}")
-    if deconv.groups not in (1, in_channels) or (deconv.groups == 1 and in_channels != out_per_group):
+    if deconv.groups not in (1, in_channels) or (
+        deconv.groups == 1 and in_channels != out_per_group
+    ):
         raise ValueError("bilinear init needs as many output channels as input channels")
     kernel = bilinear_kernel(kh).to(deconv.weight)
     with torch.no_grad():

@@ -61,7 +61,9 @@ class FCNHead(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown FCN variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+            raise ValueError(
+                f"unknown FCN variant {variant!r}: choose one of {', '.join(VARIANTS)}"
+            )
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes, self.variant = num_classes, variant
@@ -87,8 +89,12 @@ class FCNHead(nn.Module):
             scores_map = up_map if offset >= 0 else tap_map
         final_stride = VARIANTS[variant][-1] if VARIANTS[variant] else last.stride
         up, out_map = aligned_upsample(
-            num_classes, int(scores_map.scale), scores_map, geo.IDENTITY,
-            mode=upsample, learnable=learnable_upsample,
+            num_classes,
+            int(scores_map.scale),
+            scores_map,
+            geo.IDENTITY,
+            mode=upsample,
+            learnable=learnable_upsample,
         )
         self.final = _FINAL[final_stride]
         self.add_module(self.final, up)
@@ -200,7 +206,9 @@ def _resized_score(layer: nn.Conv2d, num_classes: int) -> nn.Conv2d:
 
 def _resized_upsample(module: Upsample, num_classes: int) -> Upsample:
     learnable = module.mode == "deconv" and module.weight.requires_grad
-    new = Upsample(num_classes, module.factor, mode=module.mode, odd=module.odd, learnable=learnable)
+    new = Upsample(
+        num_classes, module.factor, mode=module.mode, odd=module.odd, learnable=learnable
+    )
     if module.mode == "deconv":
         new = new.to(module.weight)
         keep = min(num_classes, module.weight.shape[0])

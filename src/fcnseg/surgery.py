@@ -21,6 +21,7 @@ __all__ = [
     "bilinear_kernel",
     "bilinear_init_",
     "TransplantReport",
+    "WeightMismatchError",
     "transplant",
     "expand_score",
 ]
@@ -140,6 +141,13 @@ def bilinear_init_(deconv: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     return deconv
 
 
+class WeightMismatchError(KeyError):
+    """Weights and model disagree on which tensors exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 @dataclass
 class TransplantReport:
     """What ``transplant`` did with each source parameter."""
@@ -163,28 +171,24 @@ def transplant(
 
     A tensor whose shape differs but whose element count agrees is reshaped (a Linear
     fc6 into a 7x7 convolution); any other shape mismatch raises, naming the key and both
-    shapes. With ``strict``, keys missing on either side raise too.
+    shapes. With ``strict``, keys missing on either side raise too. Nothing is written
+    unless every check passes.
     """
     source = src.state_dict() if isinstance(src, nn.Module) else dict(src)
     target = dst.state_dict()
     report = TransplantReport()
-    with torch.no_grad():
-        for key, value in source.items():
-            if key not in target:
-                report.dropped.append(key)
-                continue
-            slot = target[key]
-            if slot.shape == value.shape:
-                slot.copy_(value)
-                report.copied.append(key)
-            elif slot.numel() == value.numel():
-                slot.copy_(value.reshape(slot.shape))
-                report.coerced.append(key)
-            else:
-                raise ValueError(
-                    f"shape mismatch for {key!r}: the weights have {tuple(value.shape)}, "
-                    f"the model expects {tuple(slot.shape)}"
-                )
+    for key, value in source.items():  # check everything before writing anything
+        if key not in target:
+            report.dropped.append(key)
+        elif target[key].shape == value.shape:
+            report.copied.append(key)
+        elif target[key].numel() == value.numel():
+            report.coerced.append(key)
+        else:
+            raise ValueError(
+                f"shape mismatch for {key!r}: the weights have {tuple(value.shape)}, "
+                f"the model expects {tuple(target[key].shape)}"
+            )
     report.missing = [key for key in target if key not in source]
     if strict and (report.dropped or report.missing):
         details = []
@@ -192,7 +196,10 @@ def transplant(
             details.append(f"missing from the weights: {', '.join(report.missing[:5])}")
         if report.dropped:
             details.append(f"not in the model: {', '.join(report.dropped[:5])}")
-        raise KeyError("weights do not match the model; " + "; ".join(details))
+        raise WeightMismatchError("weights do not match the model; " + "; ".join(details))
+    with torch.no_grad():
+        for key in report.copied + report.coerced:
+            target[key].copy_(source[key].reshape(target[key].shape))
     return report
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...surgery import TransplantReport, transplant
+from ...surgery import TransplantReport, WeightMismatchError, transplant
 from ..geometry import CoordMap
 from ..normalization import Normalization
 
@@ -86,21 +86,22 @@ class Backbone(nn.Module):
         """Load a torchvision state dict (a file or a mapping) into this backbone.
 
         Fully connected weights are reshaped into the convolutionalized layers; the
-        ImageNet classifier is dropped when the backbone was built without it. Any key
-        the backbone needs and the weights lack raises, naming the key.
+        ImageNet classifier is dropped when the backbone was built without it. A key the
+        backbone needs and the weights lack, or one it has no place for (a deeper
+        ResNet's extra blocks), raises naming the key, before anything is written.
         """
         state_dict = read_state_dict(source) if isinstance(source, (str, Path)) else source
         renamed = self.convert_torchvision(state_dict)
         if self.classifier is None:
             prefix = self.classifier_name + "."
             renamed = {k: v for k, v in renamed.items() if not k.startswith(prefix)}
-        report = transplant(self, renamed)
-        if report.missing:
-            raise KeyError(
-                f"the weights lack {len(report.missing)} of {type(self).__name__}'s tensors, "
-                f"first {report.missing[0]!r}: is this a state dict of the same architecture?"
-            )
-        return report
+        try:
+            return transplant(self, renamed, strict=True)
+        except WeightMismatchError as error:
+            raise WeightMismatchError(
+                f"{error}: is this a state dict of {type(self).__name__} "
+                "with the same depth and widths?"
+            ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

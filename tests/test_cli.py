@@ -11,8 +11,9 @@ def test_models_lists_every_model(capsys):
         assert name in out
     line = next(row for row in out.splitlines() if row.startswith("fcn8s_vgg16 "))
     assert "134.49M" in line and "pool4 (16), pool3 (8)" in line and " 8 " in line
+    assert "134.36M" in line  # trainable: the fixed deconvolutions excluded
 
 
 def test_models_rejects_bad_class_count(capsys):
     assert main(["models", "--num-classes", "0"]) == 2
-    assert "num_classes must be at least 1" in capsys.readouterr().err
+    assert "--num-classes must be at least 1" in capsys.readouterr().err

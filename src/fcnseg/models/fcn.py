@@ -22,15 +22,16 @@ from .upsample import Upsample, aligned_upsample
 
 __all__ = ["FCNHead", "FCN", "VARIANTS"]
 
-# Strides of the taps each net fuses, coarse to fine (the paper's "skips").
-VARIANTS = {"32s": (), "16s": (16,), "8s": (16, 8)}
-# The reference's layer names for the skip from each stride, and the final upsampling.
-_SCORE = {16: "score_pool4", 8: "score_pool3"}
-_SCALE = {16: "scale_pool4", 8: "scale_pool3"}
+# How many taps below the last each net fuses, coarse to fine (the paper's "skips"): the
+# backbone's stride-16 tap ("pool4"), then its stride-8 tap ("pool3").
+VARIANTS = {"32s": 0, "16s": 1, "8s": 2}
+# The reference's layer names, skip by skip, and of the final upsampling.
+_SCORE = ("score_pool4", "score_pool3")
+_SCALE = ("scale_pool4", "scale_pool3")
 _FUSE_UPSAMPLE = ("upscore2", "upscore_pool4")
-_FINAL = {32: "upscore", 16: "upscore16", 8: "upscore8"}
+_FINAL = {"32s": "upscore", "16s": "upscore16", "8s": "upscore8"}
 # FCN-8s at-once: fixed scalings that bring pool4 and pool3 to the scale of the scores.
-ATONCE_SCALES = {16: 0.01, 8: 0.0001}
+ATONCE_SCALES = (0.01, 0.0001)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class FCNHead(nn.Module):
         variant: str = "8s",
         upsample: str = "deconv",
         learnable_upsample: bool = False,
-        skip_scales: dict[int, float] | None = None,
+        skip_scales: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -72,31 +73,36 @@ class FCNHead(nn.Module):
         self.score_fr = _score_layer(last.channels, num_classes)
         scores_map = backbone.coord_map(last.name)
         self.skips: list[_Skip] = []
-        for index, stride in enumerate(VARIANTS[variant]):
-            tap = backbone.tap(stride)
+        self.skip_taps = tuple(reversed(backbone.taps[-1 - VARIANTS[variant] : -1]))
+        for index, tap in enumerate(self.skip_taps):
             tap_map = backbone.coord_map(tap.name)
+            factor = int(scores_map.scale / tap_map.scale)  # 1 when a rarefied tap matches
             up, up_map = aligned_upsample(
-                num_classes, 2, scores_map, tap_map, mode=upsample, learnable=learnable_upsample
+                num_classes,
+                factor,
+                scores_map,
+                tap_map,
+                mode=upsample,
+                learnable=learnable_upsample,
             )
-            name = _FUSE_UPSAMPLE[index]
-            self.add_module(name, up)
-            scale = _SCALE[stride] if skip_scales and stride in skip_scales else None
+            self.add_module(_FUSE_UPSAMPLE[index], up)
+            scale = _SCALE[index] if skip_scales else None
             if scale:
-                self.add_module(scale, _FixedScale(tap.channels, skip_scales[stride]))
-            self.add_module(_SCORE[stride], _score_layer(tap.channels, num_classes))
+                self.add_module(scale, _FixedScale(tap.channels, skip_scales[index]))
+            self.add_module(_SCORE[index], _score_layer(tap.channels, num_classes))
             offset = geo.crop_offset(tap_map, up_map)
-            self.skips.append(_Skip(tap.name, name, _SCORE[stride], scale, offset))
+            self.skips.append(_Skip(tap.name, _FUSE_UPSAMPLE[index], _SCORE[index], scale, offset))
             scores_map = up_map if offset >= 0 else tap_map
-        final_stride = VARIANTS[variant][-1] if VARIANTS[variant] else last.stride
+        self.score_stride = int(scores_map.scale)
         up, out_map = aligned_upsample(
             num_classes,
-            int(scores_map.scale),
+            self.score_stride,
             scores_map,
             geo.IDENTITY,
             mode=upsample,
             learnable=learnable_upsample,
         )
-        self.final = _FINAL[final_stride]
+        self.final = _FINAL[variant]
         self.add_module(self.final, up)
         self.offset = geo.crop_offset(out_map, geo.IDENTITY)
         if self.offset < 0:
@@ -126,7 +132,7 @@ class FCNHead(nn.Module):
         for name, module in list(self.named_children()):
             if isinstance(module, nn.Conv2d):
                 self.add_module(name, _resized_score(module, num_classes))
-            elif isinstance(module, Upsample):
+            elif isinstance(module, Upsample) and module.factor > 1:
                 self.add_module(name, _resized_upsample(module, num_classes))
         self.num_classes = num_classes
 

@@ -50,7 +50,7 @@ class Upsample(nn.Module):
         if mode not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsampling {mode!r}: choose one of {UPSAMPLE_MODES}")
         self.factor, self.mode, self.odd = factor, mode, odd
-        if mode == "deconv":
+        if mode == "deconv" and factor > 1:
             kernel = 2 * factor - 1 if odd else 2 * factor
             deconv = nn.ConvTranspose2d(channels, channels, kernel, stride=factor, bias=False)
             bilinear_init_(deconv)
@@ -63,6 +63,8 @@ class Upsample(nn.Module):
 
     def coord_map(self) -> geo.CoordMap:
         """Where output cells sit in the input's cells."""
+        if self.factor == 1:
+            return geo.IDENTITY
         if self.mode == "deconv":
             return geo.deconv_map(self.kernel_size, self.factor)
         pad = geo.conv_map(1, padding=1)  # the replicated border cell
@@ -73,6 +75,8 @@ class Upsample(nn.Module):
         return pad.compose(geo.CoordMap(Fraction(1, self.factor), shift))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.factor == 1:  # a skip from a tap at the same resolution (rarefied nets)
+            return x
         if self.mode == "deconv":
             return F.conv_transpose2d(x, self.weight, stride=self.factor)
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
@@ -83,6 +87,8 @@ class Upsample(nn.Module):
         return F.interpolate(x, size=(h * self.factor, w * self.factor), mode="bilinear")
 
     def extra_repr(self) -> str:
+        if self.factor == 1:
+            return "factor=1 (identity)"
         detail = f"kernel={self.kernel_size}" if self.mode == "deconv" else f"odd={self.odd}"
         return f"factor={self.factor}, mode={self.mode}, {detail}"
 
@@ -99,9 +105,10 @@ def aligned_upsample(
     """The upsampling whose output lines up with ``target`` on whole cells.
 
     Tries the even alignment first (the reference's kernels 64, 32, 16, 4), then the odd
-    one (AlexNet's 63). Returns the module and the map of its output on the image.
+    one (AlexNet's 63). Returns the module and the map of its output on the image. A
+    factor of 1 (maps of one stride) needs no upsampling: the module passes scores on.
     """
-    for odd in (False, True):
+    for odd in (False, True) if factor > 1 else (False,):
         up = Upsample(channels, factor, mode=mode, odd=odd, learnable=learnable)
         mapped = source.compose(up.coord_map())
         try:

@@ -1,0 +1,11 @@
+"""One module per ``fcnseg`` subcommand; each exposes ``register(subparsers)``.
+
+A command's ``register`` adds its parser and sets ``run`` to a function taking the parsed
+arguments and returning the exit status.
+"""
+
+from . import models
+
+COMMANDS = (models,)
+
+__all__ = ["COMMANDS"]

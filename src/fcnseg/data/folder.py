@@ -1,0 +1,189 @@
+"""A user's own dataset as a plain folder.
+
+::
+
+    root/
+      classes.txt      one class per line, in index order; optionally a colour after the name:
+                       "road 128 64 128" or "road #804080"; a line "ignore R G B" names a
+                       colour that means 255 (ignored) in colour masks; '#' starts a comment
+      images/<stem>.jpg|png|...
+      masks/<stem>.png index PNGs (mode P/L/16-bit: the values are the classes, 255 ignored)
+                       or colour PNGs (mapped through the colours of classes.txt)
+
+Splits: ``split=None`` takes every image; otherwise ``images/<split>/`` + ``masks/<split>/``
+or a ``<split>.txt`` listing stems. Every image needs a mask and every mask an image.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .base import (
+    IGNORE_INDEX,
+    DatasetError,
+    LabelMap,
+    Sample,
+    SegmentationDataset,
+    read_label,
+    read_split_file,
+    register_dataset,
+    require_dir,
+)
+from .palettes import Color, voc_palette
+
+__all__ = ["ClassList", "read_classes", "FolderDataset"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+_HEX = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+class ClassList:
+    """Names, optional colours and the optional ignore colour read from a classes file."""
+
+    def __init__(
+        self, names: list[str], colors: list[Color] | None, ignore_color: Color | None
+    ) -> None:
+        self.names, self.colors, self.ignore_color = names, colors, ignore_color
+
+
+def _parse_color(tokens: list[str]) -> tuple[list[str], Color | None]:
+    """Split trailing colour tokens off a line: (name tokens, colour or None)."""
+    if tokens and _HEX.fullmatch(tokens[-1]):
+        value = int(tokens[-1][1:], 16)
+        return tokens[:-1], ((value >> 16) & 255, (value >> 8) & 255, value & 255)
+    if len(tokens) >= 4 and all(t.isdigit() for t in tokens[-3:]):
+        rgb = tuple(int(t) for t in tokens[-3:])
+        if max(rgb) > 255:
+            raise ValueError(f"colour {rgb} has a channel above 255")
+        return tokens[:-3], rgb  # type: ignore[return-value]
+    return tokens, None
+
+
+def read_classes(path: Path) -> ClassList:
+    """Parse a classes file (see the module docstring)."""
+    if not path.is_file():
+        raise DatasetError(f"classes file {path} not found: write one class name per line")
+    names: list[str] = []
+    colors: list[Color | None] = []
+    ignore_color = None
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        tokens = line.split()
+        for position, token in enumerate(tokens):
+            if token.startswith("#") and not _HEX.fullmatch(token):
+                tokens = tokens[:position]  # a comment
+                break
+        if not tokens:
+            continue
+        try:
+            name_tokens, color = _parse_color(tokens)
+        except ValueError as error:
+            raise DatasetError(f"{path} line {number}: {error}") from None
+        name = " ".join(name_tokens)
+        if not name:
+            raise DatasetError(f"{path} line {number}: a colour without a class name")
+        if name == "ignore":
+            if color is None:
+                raise DatasetError(
+                    f"{path} line {number}: 'ignore' needs a colour, e.g. ignore 0 0 0"
+                )
+            ignore_color = color
+            continue
+        names.append(name)
+        colors.append(color)
+    if not names:
+        raise DatasetError(f"classes file {path} names no classes: write one class name per line")
+    if len(names) > IGNORE_INDEX:
+        raise DatasetError(f"{path} lists {len(names)} classes: at most 255 fit an 8-bit mask")
+    given = [c for c in colors if c is not None]
+    if given and len(given) != len(colors):
+        missing = names[colors.index(None)]
+        raise DatasetError(
+            f"{path}: class {missing!r} has no colour: give every class a colour or none"
+        )
+    if len(set(given)) != len(given):
+        raise DatasetError(f"{path}: two classes share a colour: colours must be distinct")
+    return ClassList(names, given or None, ignore_color)  # type: ignore[arg-type]
+
+
+def _by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in suffixes:
+            if path.stem in files:
+                raise DatasetError(
+                    f"{what} {files[path.stem].name} and {path.name} share the stem {path.stem!r}: "
+                    "keep one"
+                )
+            files[path.stem] = path
+    return files
+
+
+@register_dataset("folder")
+class FolderDataset(SegmentationDataset):
+    """images/ + masks/ with matching stems and a classes file (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        split: str | None = None,
+        transforms: Callable | None = None,
+        *,
+        classes_file: str = "classes.txt",
+    ) -> None:
+        self.root = require_dir(root, "dataset root", "create images/, masks/ and classes.txt")
+        self.split = split
+        class_list = read_classes(self.root / classes_file)
+        self.classes = tuple(class_list.names)
+        self.palette = class_list.colors or voc_palette(len(self.classes))
+        self.mask_colors = class_list.colors
+        if class_list.colors is not None:
+            self.mask_colors = list(class_list.colors)
+            self.mask_values = list(range(len(class_list.colors)))
+            if class_list.ignore_color is not None:
+                self.mask_colors.append(class_list.ignore_color)
+                self.mask_values.append(IGNORE_INDEX)
+        self.label_map = LabelMap.identity(len(self.classes), name=f"{len(self.classes)}-class")
+        super().__init__(self._pair(), transforms)
+
+    def _pair(self) -> list[Sample]:
+        images_dir = require_dir(self.root / "images", "images folder", "put the images in images/")
+        masks_dir = require_dir(self.root / "masks", "masks folder", "put the masks in masks/")
+        wanted = None
+        if self.split is not None:
+            if (images_dir / self.split).is_dir():
+                images_dir, masks_dir = images_dir / self.split, masks_dir / self.split
+                require_dir(masks_dir, "masks folder", f"put the {self.split} masks there")
+            elif (self.root / f"{self.split}.txt").is_file():
+                wanted = read_split_file(self.root / f"{self.split}.txt", "list one stem per line")
+            else:
+                raise DatasetError(
+                    f"{self.root}: no split {self.split!r}: create images/{self.split}/ and "
+                    f"masks/{self.split}/, or {self.split}.txt listing stems, or pass split=None"
+                )
+        images = _by_stem(images_dir, IMAGE_SUFFIXES, "images")
+        masks = _by_stem(masks_dir, MASK_SUFFIXES, "masks")
+        stems = wanted if wanted is not None else sorted(images.keys() | masks.keys())
+        for stem in stems:
+            if stem not in images:
+                where = masks[stem] if stem in masks else self.root / f"{self.split}.txt"
+                raise DatasetError(
+                    f"{where}: no image {stem}.* in {images_dir}: add the image or remove the mask"
+                )
+            if stem not in masks:
+                raise DatasetError(
+                    f"image {images[stem]} has no mask {masks_dir / (stem + '.png')}: "
+                    "add the mask or remove the image"
+                )
+        if not stems:
+            raise DatasetError(f"{images_dir} holds no images: put images and masks there")
+        return [Sample(stem, images[stem], masks[stem]) for stem in stems]
+
+    def read_label(self, sample: Sample) -> np.ndarray:
+        if self.mask_colors is None:
+            return read_label(sample.label)
+        return read_label(sample.label, self.mask_colors, self.mask_values)

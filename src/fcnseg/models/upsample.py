@@ -34,7 +34,10 @@ class Upsample(nn.Module):
     ``mode="bilinear"``: ``F.interpolate`` after replicating one border cell on every side,
     so the image border is covered however the maps fall; no parameters.
 
-    ``odd`` selects the alignment (kernel 2f - 1 / ``align_corners=True``).
+    ``odd`` selects the alignment (kernel 2f - 1 / ``align_corners=True``). A factor of 1
+    (a skip from a tap at the scores' own resolution, in rarefied nets) is the identity
+    when odd, and a half-cell shift when even: the 2 x 2 bilinear kernel, which averages
+    neighbouring cells onto the grid between them.
     """
 
     def __init__(
@@ -50,12 +53,17 @@ class Upsample(nn.Module):
         if mode not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsampling {mode!r}: choose one of {UPSAMPLE_MODES}")
         self.factor, self.mode, self.odd = factor, mode, odd
-        if mode == "deconv" and factor > 1:
-            kernel = 2 * factor - 1 if odd else 2 * factor
-            deconv = nn.ConvTranspose2d(channels, channels, kernel, stride=factor, bias=False)
+        if mode == "deconv" and not self.identity:
+            deconv = nn.ConvTranspose2d(
+                channels, channels, self.kernel_size, stride=factor, bias=False
+            )
             bilinear_init_(deconv)
             self.weight = deconv.weight
             self.weight.requires_grad_(learnable)
+
+    @property
+    def identity(self) -> bool:
+        return self.factor == 1 and self.odd
 
     @property
     def kernel_size(self) -> int:
@@ -63,11 +71,13 @@ class Upsample(nn.Module):
 
     def coord_map(self) -> geo.CoordMap:
         """Where output cells sit in the input's cells."""
-        if self.factor == 1:
+        if self.identity:
             return geo.IDENTITY
         if self.mode == "deconv":
             return geo.deconv_map(self.kernel_size, self.factor)
         pad = geo.conv_map(1, padding=1)  # the replicated border cell
+        if self.factor == 1:  # 2 x 2 average: y -> y + 1/2
+            return pad.compose(geo.CoordMap(Fraction(1), Fraction(1, 2)))
         if self.odd:  # align_corners=True onto (n - 1) f + 1 cells: y -> y / f
             return pad.compose(geo.CoordMap(Fraction(1, self.factor), Fraction(0)))
         # align_corners=False onto n f cells: y -> (y + 1/2) / f - 1/2
@@ -75,19 +85,21 @@ class Upsample(nn.Module):
         return pad.compose(geo.CoordMap(Fraction(1, self.factor), shift))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.factor == 1:  # a skip from a tap at the same resolution (rarefied nets)
+        if self.identity:
             return x
         if self.mode == "deconv":
             return F.conv_transpose2d(x, self.weight, stride=self.factor)
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
         h, w = x.shape[-2:]
+        if self.factor == 1:
+            return F.avg_pool2d(x, 2, stride=1)
         if self.odd:
             size = ((h - 1) * self.factor + 1, (w - 1) * self.factor + 1)
             return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
         return F.interpolate(x, size=(h * self.factor, w * self.factor), mode="bilinear")
 
     def extra_repr(self) -> str:
-        if self.factor == 1:
+        if self.identity:
             return "factor=1 (identity)"
         detail = f"kernel={self.kernel_size}" if self.mode == "deconv" else f"odd={self.odd}"
         return f"factor={self.factor}, mode={self.mode}, {detail}"
@@ -105,10 +117,10 @@ def aligned_upsample(
     """The upsampling whose output lines up with ``target`` on whole cells.
 
     Tries the even alignment first (the reference's kernels 64, 32, 16, 4), then the odd
-    one (AlexNet's 63). Returns the module and the map of its output on the image. A
-    factor of 1 (maps of one stride) needs no upsampling: the module passes scores on.
+    one (AlexNet's 63); for a factor of 1 the identity first. Returns the module and the
+    map of its output on the image.
     """
-    for odd in (False, True) if factor > 1 else (False,):
+    for odd in (False, True) if factor > 1 else (True, False):
         up = Upsample(channels, factor, mode=mode, odd=odd, learnable=learnable)
         mapped = source.compose(up.coord_map())
         try:

@@ -143,9 +143,18 @@ class FCN(nn.Module):
     weights); ``fcnseg.models.normalization`` turns 0..255 RGB images into it.
     """
 
-    def __init__(self, backbone: Backbone, head: FCNHead, *, name: str = "fcn") -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: FCNHead,
+        *,
+        name: str = "fcn",
+        build_options: dict[str, object] | None = None,
+    ) -> None:
         super().__init__()
         self.backbone, self.head, self.name = backbone, head, name
+        # what build_model(name, num_classes=..., **build_options) needs to rebuild it
+        self.build_options = dict(build_options or {})
 
     @property
     def normalization(self) -> Normalization:

@@ -67,7 +67,9 @@ def _build_backbone(
         kwargs["pretrained"] = True
     backbone = builder(**kwargs)
     if backbone_weights is not None:
-        backbone.load_torchvision(backbone_weights)
+        from ..weights.foreign import load_backbone_weights  # weights builds on models
+
+        load_backbone_weights(backbone, backbone_weights)  # sets the weights' normalisation
     if output_stride != backbone.output_stride:
         from ..dense import rarefy  # dense builds on the models package
 
@@ -108,7 +110,14 @@ def _build_fcn(
         skip_scales=ATONCE_SCALES if atonce else None,
     )
     name = f"fcn{variant}_{'atonce_' if atonce else ''}{backbone_name}"
-    return FCN(backbone, head, name=name)
+    options = {
+        "geometry": backbone.geometry,
+        "upsample": upsample,
+        "learnable_upsample": learnable_upsample,
+        "in_channels": in_channels,
+        "output_stride": output_stride,
+    }
+    return FCN(backbone, head, name=name, build_options=options)
 
 
 for _backbone in BACKBONES:

@@ -1,0 +1,108 @@
+"""ONNX export: one file runs in onnxruntime at any image size and matches PyTorch.
+
+The nets are exported from a 64 x 64 example and run at 97 x 131 and 160 x 224: sizes
+whose crops and fusions differ from the example's, so a size baked into the graph
+shows as a wrong shape or a large difference. Two geometries: FCN-8s on ResNet-18
+(aligned: skips fused at negative offsets, replicated borders) and FCN-8s on a slim
+VGG16 in the reference's caffe geometry (pad 100, ceil-mode pools, crops 5, 9, 31).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fcnseg
+from fcnseg.models import FCN, FCNHead
+from fcnseg.models.backbones import VGG16
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from fcnseg.export import check_onnx, export_onnx, load_onnx  # noqa: E402
+
+SIZES = ((97, 131), (160, 224))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many small ops: one thread runs them fastest, and cannot stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomise_scores(model: FCN, seed: int) -> FCN:
+    """Score layers start at zero: randomise them so the outputs vary."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, parameter in model.head.named_parameters():
+            if key.startswith("score"):
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def slim_fcn8s_vgg16() -> FCN:
+    backbone = VGG16(widths=(8, 8, 16, 16, 16), fc_channels=32)  # caffe geometry
+    head = FCNHead(backbone, 3, variant="8s")
+    assert head.crop_offsets() == {"score_pool4c": 5, "score_pool3c": 9, "score": 31}
+    return randomise_scores(FCN(backbone, head, name="fcn8s_vgg16"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def resnet_export(tmp_path_factory) -> tuple[FCN, Path]:
+    torch.manual_seed(0)
+    model = randomise_scores(fcnseg.build_model("fcn8s_resnet18", num_classes=3), seed=0)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    folder = tmp_path_factory.mktemp("onnx")
+    path = export_onnx(model, folder / "fcn8s_resnet18.onnx", example_size=(1, 3, 64, 64))
+    assert model.training  # traced in eval mode, then put back in training mode
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    assert [p.name for p in folder.iterdir()] == [path.name]  # no temporary file left
+    return model, path
+
+
+def assert_close_at_two_sizes(model: FCN, path: Path) -> None:
+    for check in check_onnx(model, path, SIZES):
+        print(f"{model.name} {check}")  # the max abs differences, shown with pytest -s
+        assert check.max_abs_logit > 1e-2  # the outputs are not trivially zero
+        assert check.max_abs_diff < 1e-4 * max(1.0, check.max_abs_logit)
+
+
+def test_resnet18_fcn8s_matches_pytorch_at_two_sizes(resnet_export) -> None:
+    assert_close_at_two_sizes(*resnet_export)
+
+
+def test_caffe_geometry_fcn8s_matches_pytorch_at_two_sizes(tmp_path) -> None:
+    model = slim_fcn8s_vgg16()
+    path = export_onnx(model, tmp_path / "fcn8s_vgg16.onnx", example_size=(1, 3, 64, 64))
+    assert_close_at_two_sizes(model, path)
+
+
+def test_runner_reads_the_metadata_and_any_batch(resnet_export) -> None:
+    model, path = resnet_export
+    runner = load_onnx(path)
+    assert runner.name == "fcn8s_resnet18" and runner.num_classes == 3
+    assert runner.normalization == model.normalization
+    images = np.random.default_rng(0).standard_normal((3, 3, 50, 70)).astype(np.float32)
+    logits = runner(images)
+    assert logits.shape == (3, 3, 50, 70)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="N x C x H x W"):
+        runner(images[0])
+
+
+def test_load_onnx_errors_name_the_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"absent\.onnx: no such ONNX file"):
+        load_onnx(tmp_path / "absent.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"garbage\.onnx: not a loadable ONNX model"):
+        load_onnx(garbage)

@@ -1,0 +1,451 @@
+"""Training configuration: one flat dataclass, flat TOML/JSON files, ``key=value`` overrides.
+
+A config file names only what differs from the defaults; ``recipe`` fills the rest:
+
+- ``paper``: the reference's "heavy" online learning: batch 1 whole images, no
+  augmentation, SGD momentum 0.99, weight decay 5e-4, biases at 2x lr without decay, fixed
+  lr 1e-10 / 1e-12 / 1e-14 for FCN-32s / 16s / 8s (1e-10 for 8s at-once) on the summed loss,
+  100k iterations, fixed deconvolutions.
+- ``modern``: batches of 8 through the mixed-size collate, scale/crop/flip/jitter
+  augmentation, SGD (lr 0.01, momentum 0.9) or AdamW (lr 1e-3), poly schedule with warm-up,
+  mean loss, AMP where it pays (``amp="auto"``: bf16 or fp16 on CUDA, off on CPU).
+
+``TrainConfig.resolved()`` returns the config with every recipe default written in; that is
+what a run saves as ``config.json`` beside its checkpoints, so ``fcnseg train --config
+runs/<run>/config.json`` repeats it. No inheritance between files: each file is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "RECIPES",
+    "PAPER_LR",
+    "load_config",
+    "parse_overrides",
+    "parse_literal",
+    "model_variant",
+    "stage_models",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file or key and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run reads. ``None`` means "the recipe's default"."""
+
+    # -- the model
+    model: str = "fcn8s_efficientnet_lite0"
+    num_classes: int | None = None  # None: the training set's class count
+    geometry: str | None = None  # None: the backbone's default
+    upsample: str = "deconv"
+    learnable_upsample: bool = False
+    pretrained_backbone: bool = False
+    backbone_weights: str | None = None
+    init_from: str | None = None  # a checkpoint whose weights start this run (transplant)
+    staged: bool = False  # paper: train FCN-32s, then 16s from it, then 8s from 16s
+    stage_lr_factor: float = 0.01  # lr of each later stage, when lr is set explicitly
+
+    # -- the data
+    dataset: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    val_dataset: str | None = None  # None: the training dataset
+    val_root: str | None = None  # None: root
+    train_options: dict[str, Any] = field(default_factory=dict)  # reader keyword options
+    val_options: dict[str, Any] = field(default_factory=dict)
+
+    # -- the recipe
+    recipe: str = "modern"
+    epochs: int = 10
+    max_iters: int | None = None  # optimizer steps; None: epochs x steps per epoch
+    batch_size: int | None = None
+    accumulate: int = 1  # micro-batches per optimizer step
+    optimizer: str | None = None  # sgd or adamw
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    bias_lr_mult: float | None = None
+    bias_decay: bool | None = None
+    schedule: str | None = None  # fixed, poly or cosine
+    poly_power: float = 0.9
+    warmup_iters: int | None = None
+    loss_reduction: str | None = None  # sum (the reference) or mean
+    loss_sampling: float = 0.0  # Section 4.4: drop each final score cell with probability p
+    sampling_cell: int = 32  # pixels per score cell for loss sampling
+    class_weights: str | list[float] = "none"  # none, median, or one weight per class
+    class_weight_images: int = 500  # images read to estimate median frequencies
+    crop_size: int | None = None
+    scale_range: list[float] | None = None  # [min, max] random scaling
+    flip: bool | None = None
+    jitter: bool | None = None
+    amp: str | None = None  # off, bf16, fp16, auto
+
+    # -- the run
+    output: str = "runs"
+    name: str | None = None  # run folder name; None: <config name>-<date>-<time>
+    seed: int = 1337  # the reference's shuffle seed
+    device: str = "auto"
+    threads: int = 0  # CPU threads; 0: torch's default
+    num_workers: int = 2
+    val_batch_size: int = 1  # 1: whole images, unpadded, as the reference evaluates
+    max_val_images: int | None = None
+    eval_every: int = 1  # epochs
+    checkpoint_every: int = 0  # optimizer steps; 0: at the end of each epoch only
+    log_every: int = 10  # optimizer steps
+    overlays: int = 4  # validation images drawn with their predictions
+    time_limit_minutes: float = 0.0  # stop (evaluate, save) after this long; 0: no limit
+    deterministic: bool = False
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the recipe's defaults written in for every ``None`` it owns."""
+        recipe = RECIPES[self.recipe]
+        values = dataclasses.asdict(self)
+        for key, default in recipe.items():
+            if values[key] is None:
+                values[key] = default
+        if values["optimizer"] == "adamw" and self.weight_decay is None:
+            values["weight_decay"] = 0.01
+        if values["lr"] is None:
+            values["lr"] = _default_lr(self.recipe, self.model, values["optimizer"])
+        if values["val_dataset"] is None:
+            values["val_dataset"] = self.dataset
+        if values["val_root"] is None:
+            values["val_root"] = self.root
+        config = TrainConfig(**values)
+        config.validate()
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Check choices and ranges; raise ``ConfigError`` naming the key and the fix."""
+        for key, allowed in _CHOICES.items():
+            value = getattr(self, key)
+            if value is not None and value not in allowed:
+                raise ConfigError(
+                    f"{source}: {key} = {value!r} is not allowed: choose one of "
+                    f"{', '.join(map(str, allowed))}"
+                )
+        for key, low in _MINIMUM.items():
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ConfigError(f"{source}: {key} must be at least {low}, got {value}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"{source}: lr must be positive, got {self.lr}")
+        if not 0.0 <= self.loss_sampling < 1.0:
+            raise ConfigError(
+                f"{source}: loss_sampling is the drop probability p: use 0 <= p < 1, "
+                f"got {self.loss_sampling}"
+            )
+        if isinstance(self.class_weights, str) and self.class_weights not in ("none", "median"):
+            raise ConfigError(
+                f"{source}: class_weights must be 'none', 'median' or a list of numbers, "
+                f"got {self.class_weights!r}"
+            )
+        if self.scale_range is not None and (
+            len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]
+        ):
+            raise ConfigError(
+                f"{source}: scale_range must be [min, max] with 0 < min <= max, "
+                f"got {self.scale_range}"
+            )
+        if self.staged and model_variant(self.model) != "8s":
+            raise ConfigError(
+                f"{source}: staged training ends at an FCN-8s: set model to an fcn8s_* "
+                f"model, not {self.model!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path | str) -> None:
+        """Write as JSON (``None`` kept as null, so the file reloads to the same config)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# The paper's learning rates for the summed loss (fcn.berkeleyvision.org solver.prototxt).
+PAPER_LR = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14, "8s-atonce": 1e-10}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "batch_size": 1,  # whole images, one at a time
+        "optimizer": "sgd",
+        "momentum": 0.99,  # "heavy" momentum: with batch 1 it averages ~100 images
+        "weight_decay": 5e-4,
+        "bias_lr_mult": 2.0,  # Caffe's lr_mult 2 on biases
+        "bias_decay": False,  # and decay_mult 0
+        "schedule": "fixed",
+        "warmup_iters": 0,
+        "loss_reduction": "sum",  # SoftmaxWithLoss normalize: false
+        "max_iters": 100_000,
+        "crop_size": None,
+        "scale_range": None,
+        "flip": False,
+        "jitter": False,
+        "amp": "off",
+    },
+    "modern": {
+        "batch_size": 8,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "bias_lr_mult": 1.0,
+        "bias_decay": False,
+        "schedule": "poly",
+        "warmup_iters": 100,
+        "loss_reduction": "mean",
+        "scale_range": [0.5, 2.0],
+        "flip": True,
+        "jitter": True,
+        "amp": "auto",
+    },
+}
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "recipe": tuple(RECIPES),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("fixed", "poly", "cosine"),
+    "loss_reduction": ("sum", "mean"),
+    "amp": ("off", "bf16", "fp16", "auto"),
+    "upsample": ("deconv", "bilinear"),
+    "geometry": ("caffe", "aligned"),
+}
+_MINIMUM: dict[str, float] = {
+    "epochs": 1,
+    "max_iters": 1,
+    "batch_size": 1,
+    "accumulate": 1,
+    "num_classes": 1,
+    "val_batch_size": 1,
+    "eval_every": 1,
+    "checkpoint_every": 0,
+    "log_every": 1,
+    "num_workers": 0,
+    "threads": 0,
+    "overlays": 0,
+    "warmup_iters": 0,
+    "crop_size": 1,
+    "sampling_cell": 1,
+    "class_weight_images": 1,
+    "max_val_images": 1,
+    "time_limit_minutes": 0.0,
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "bias_lr_mult": 0.0,
+    "stage_lr_factor": 0.0,
+}
+
+_VARIANT = re.compile(r"^fcn(32s|16s|8s)_(atonce_)?(.+)$")
+
+
+def model_variant(model: str) -> str:
+    """ "32s", "16s", "8s" or "8s-atonce" from a registered model name."""
+    match = _VARIANT.match(model)
+    if not match:
+        raise ConfigError(f"model {model!r} is not named fcn<32s|16s|8s>_<backbone>")
+    return match.group(1) + ("-atonce" if match.group(2) else "")
+
+
+def stage_models(model: str) -> list[str]:
+    """The staged-training sequence ending at ``model``: fcn32s_X, fcn16s_X, fcn8s_X."""
+    match = _VARIANT.match(model)
+    if not match or match.group(1) != "8s" or match.group(2):
+        raise ConfigError(f"staged training needs an fcn8s_<backbone> model, not {model!r}")
+    return [f"fcn{variant}_{match.group(3)}" for variant in ("32s", "16s", "8s")]
+
+
+def _default_lr(recipe: str, model: str, optimizer: str) -> float:
+    if recipe == "paper":
+        return PAPER_LR[model_variant(model)]
+    return 1e-3 if optimizer == "adamw" else 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files and overrides
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def load_config(
+    path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Read a flat TOML or JSON file (or none: the defaults) and apply ``key=value``
+    overrides; the result is validated but not resolved (see ``TrainConfig.resolved``)."""
+    values: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        values = _read_file(path)
+    config = from_dict(values, source)
+    for key, value in parse_overrides(overrides).items():
+        setattr(config, key, _coerce(key, value, "command line"))
+    config.validate(source if not overrides else f"{source} with overrides")
+    return config
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A TrainConfig from a flat mapping, every key checked and every value coerced."""
+    checked = {key: _coerce(key, value, source) for key, value in values.items()}
+    config = TrainConfig(**checked)
+    config.validate(source)
+    return config
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["lr=1e-3", "flip=false", "model=fcn8s_vgg16"]`` -> typed values (TOML literals;
+    anything that is not one is taken as a string)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (for example lr=1e-3)")
+        _check_key(key, "command line")
+        parsed[key] = parse_literal(text.strip())
+    return parsed
+
+
+def parse_literal(text: str) -> Any:
+    """A TOML literal (1e-3, true, [0.5, 2.0], {size = 64}); "none" is None; else the text."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass an existing .toml or .json file")
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: use a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} cannot be parsed: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table of key = value pairs")
+    return values
+
+
+# Names from other tools (Caffe's solver.prototxt among them) and the key they mean here.
+_SYNONYMS = {
+    "learning_rate": "lr",
+    "base_lr": "lr",
+    "lr_policy": "schedule",
+    "scheduler": "schedule",
+    "max_iter": "max_iters",
+    "iterations": "max_iters",
+    "iter_size": "accumulate",
+    "gradient_accumulation": "accumulate",
+    "batch": "batch_size",
+    "wd": "weight_decay",
+    "data_root": "root",
+    "arch": "model",
+    "workers": "num_workers",
+}
+
+
+def _check_key(key: str, source: str) -> None:
+    if key in _FIELDS:
+        return
+    close = difflib.get_close_matches(key, [*_FIELDS, *_SYNONYMS], n=1, cutoff=0.6)
+    close = [_SYNONYMS.get(name, name) for name in close]
+    hint = f"did you mean {close[0]!r}?" if close else "see docs/training.md for the keys"
+    raise ConfigError(f"{source}: unknown key {key!r}: {hint}")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """``value`` as the type of field ``key``, or a ConfigError naming both."""
+    _check_key(key, source)
+    expected = _TYPES[key]
+    try:
+        return _as_type(value, expected)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {key} = {value!r} should be {_type_name(expected)}") from None
+
+
+def _as_type(value: Any, expected: Any) -> Any:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(expected)
+        if value is None and type(None) in options:
+            return None
+        for option in options:  # the first that takes the value, in declaration order
+            if option is type(None):
+                continue
+            try:
+                return _as_type(value, option)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError(value)
+    if origin is list:
+        (item,) = typing.get_args(expected)
+        if not isinstance(value, list | tuple):
+            raise TypeError(value)
+        return [_as_type(v, item) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(value)
+        return dict(value)
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(value)
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(value)
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(value)
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
+    if expected is Any:
+        return value
+    raise TypeError(value)
+
+
+def _type_name(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(t) for t in typing.get_args(expected) if t is not type(None)]
+        optional = type(None) in typing.get_args(expected)
+        return " or ".join(names) + (" (or none)" if optional else "")
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(expected)[0])}s"
+    if origin is dict:
+        return "a table of options"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        expected, str(expected)
+    )

@@ -1,0 +1,17 @@
+"""Training and evaluation: the loop, checkpoints, evaluation and DDP helpers."""
+
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .evaluate import evaluate
+from .train import NonFiniteLossError, StepInfo, TrainResult, train
+
+__all__ = [
+    "train",
+    "TrainResult",
+    "StepInfo",
+    "NonFiniteLossError",
+    "evaluate",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+    "model_from_checkpoint",
+]

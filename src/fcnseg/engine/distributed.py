@@ -1,0 +1,117 @@
+"""DDP through torchrun: process group, device per rank, sharding and small collectives.
+
+``torchrun --nproc_per_node N -m fcnseg.cli train ...`` starts N processes with RANK,
+LOCAL_RANK and WORLD_SIZE set; ``setup`` joins them into a process group (NCCL on CUDA,
+gloo on CPU). Without those variables everything runs as a single process and every helper
+here is a no-op, so the training code has one path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator, Sized
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+__all__ = ["Context", "setup", "teardown", "ShardSampler", "all_reduce_max", "all_mean", "barrier"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process runs: its rank among ``world_size`` and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """ "auto" is CUDA when there is one, else CPU; "cuda" under torchrun is this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but no CUDA GPU is visible: use cpu")
+        if name == "cuda":
+            return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def setup(device: str = "auto") -> Context:
+    """Join the torchrun process group when launched by torchrun; else a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30)
+        )
+    return Context(rank, world_size, local_rank, resolved)
+
+
+def teardown(context: Context) -> None:
+    if context.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(context: Context) -> None:
+    if context.distributed:
+        dist.barrier()
+
+
+def all_reduce_max(value: float, context: Context) -> float:
+    """The largest ``value`` over ranks (flags that must stop every rank at once)."""
+    if not context.distributed:
+        return value
+    tensor = torch.tensor([float(value)], device=_collective_device(context))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def all_mean(value: float, context: Context) -> float:
+    """The mean of ``value`` over ranks."""
+    if not context.distributed:
+        return value
+    tensor = torch.tensor([float(value)], device=_collective_device(context))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / context.world_size
+
+
+def _collective_device(context: Context) -> torch.device:
+    return context.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + W, rank + 2W, ...: every item exactly once over all ranks.
+
+    For evaluation: DistributedSampler pads the last round with repeated items, which would
+    count those pixels twice in the confusion matrix.
+    """
+
+    def __init__(self, data: Sized | int, rank: int = 0, world_size: int = 1) -> None:
+        self.length = data if isinstance(data, int) else len(data)
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))

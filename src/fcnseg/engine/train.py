@@ -1,0 +1,798 @@
+"""The training loop: data, model, criterion, optimizer, train_one_epoch, evaluate, main.
+
+``train(config)`` runs one recipe (``config.recipe``) end to end and leaves a run folder:
+
+    config.json     the resolved config (every recipe default written in)
+    log.jsonl       one JSON object per line: "train" records (loss, lr, images/s), "val"
+                    records (the four metrics), "start"/"resume"/"stopped" events
+    last.pt         the latest checkpoint, with everything resuming needs
+    best.pt         the weights with the best validation mean IU so far
+    metrics.json    the best and the last validation metrics, per class too
+    curves.png      loss, learning rate and validation metrics against iterations
+    confusion.png   the row-normalised confusion matrix of the best weights
+    overlays/       a few validation images with their labels and predictions
+
+Resuming (``resume=True``) restores the model, optimizer, scheduler, AMP scaler, every
+random generator and the position inside the epoch, so a run killed at any moment and
+resumed ends with the weights of a run never interrupted (on CPU, bit for bit). That rests on
+three rules kept below: nothing draws from the global generators except the training step
+itself (loaders get their own generator; augmentation is seeded per sample by (seed, epoch,
+index)); an epoch's order is a function of (seed, epoch); checkpoints fall on optimizer steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from ..config import ConfigError, TrainConfig, model_variant, stage_models
+from ..data import build_dataset, eval_transforms, pad_collate, train_transforms
+from ..losses import SegmentationLoss, median_frequency_weights
+from ..models import FCN, build_model
+from ..surgery import transplant
+from . import checkpoint as ckpt
+from .distributed import Context, all_mean, all_reduce_max, setup, teardown
+from .evaluate import autocast, eval_loader, evaluate, format_metrics, model_input, model_target
+from .optim import amp_dtype, build_optimizer, build_scheduler
+from .runfolder import RunLog, write_report
+
+__all__ = [
+    "train",
+    "TrainResult",
+    "StepInfo",
+    "NonFiniteLossError",
+    "default_run_dir",
+    "model_options",
+    "train_one_epoch",
+]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a callback sees after every optimizer step."""
+
+    iteration: int
+    epoch: int
+    loss: float
+    lr: float
+    images: int  # images in this step, over every rank
+    seconds: float  # wall time of this step
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iterations: int
+    best_mean_iu: float
+    metrics: dict[str, Any]  # the last validation metrics
+    best_checkpoint: Path
+    last_checkpoint: Path
+    stopped: str  # "finished", "time limit" or "callback"
+
+
+@dataclass
+class _Position:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps done in ``epoch``
+    iteration: int = 0  # optimizer steps done in all
+    best_mean_iu: float = -1.0
+    best_iteration: int = -1
+    finished: bool = False
+
+
+@dataclass
+class _Data:
+    train: Dataset
+    val: Dataset
+    classes: tuple[str, ...]
+    palette: list
+    ignore_index: int
+
+
+@dataclass
+class _Run:
+    """Everything one run works with; built once, then read by the loop."""
+
+    config: TrainConfig
+    context: Context
+    run_dir: Path
+    data: _Data
+    model: nn.Module  # DDP-wrapped when distributed
+    criterion: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: torch.dtype | None
+    sampler: DistributedSampler
+    steps_per_epoch: int
+    total_iters: int
+    log: RunLog
+    callbacks: Sequence[Callable[[StepInfo], bool | None]]
+    position: _Position = field(default_factory=_Position)
+    last_metrics: dict[str, Any] = field(default_factory=dict)  # the latest validation
+    last_confusion: torch.Tensor | None = None
+    new_best: bool = False  # the latest validation beat every earlier one: write best.pt
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def net(self) -> FCN:
+        return ckpt.unwrap(self.model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path | str | None = None,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[StepInfo], bool | None]] = (),
+) -> TrainResult:
+    """Train as ``config`` says; ``run_dir`` defaults to ``<output>/<name or model-date>``.
+
+    With ``resume`` the run continues from ``run_dir/last.pt``. Under torchrun every rank
+    calls this; rank 0 alone writes. A callback returning True stops training (it is then
+    evaluated and saved like a finished run).
+    """
+    context = setup(config.device)
+    try:
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        run_dir = Path(_broadcast(str(run_dir), context))
+        if config.staged:
+            return _train_stages(config, run_dir, context, resume, callbacks)
+        return _train_one(config.resolved(), run_dir, context, resume, callbacks)
+    finally:
+        teardown(context)
+
+
+def default_run_dir(config: TrainConfig, stem: str | None = None) -> Path:
+    name = config.name or f"{stem or config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(config.output) / name
+
+
+def _broadcast(value: Any, context: Context) -> Any:
+    if not context.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _train_stages(
+    config: TrainConfig,
+    run_dir: Path,
+    context: Context,
+    resume: bool,
+    callbacks: Sequence[Callable[[StepInfo], bool | None]],
+) -> TrainResult:
+    """FCN-32s, then FCN-16s from its weights, then FCN-8s from those (Section 4.2): each
+    stage transplants the previous stage's final weights; new skip score layers start at 0."""
+    previous, result = config.init_from, None
+    for index, model in enumerate(stage_models(config.model)):
+        lr = None if config.lr is None else config.lr * config.stage_lr_factor**index
+        stage = dataclasses.replace(
+            config, model=model, staged=False, init_from=previous, lr=lr
+        ).resolved()
+        stage_dir = run_dir / f"stage{index + 1}-{model_variant(model)}"
+        stage_resume = resume and (stage_dir / "last.pt").is_file()
+        if context.is_main:
+            print(f"stage {index + 1}/3: {model}" + (f" from {previous}" if previous else ""))
+        result = _train_one(stage, stage_dir, context, stage_resume, callbacks)
+        previous = str(result.last_checkpoint)
+        if result.stopped != "finished":
+            break
+    assert result is not None
+    return result
+
+
+def _train_one(
+    config: TrainConfig,
+    run_dir: Path,
+    context: Context,
+    resume: bool,
+    callbacks: Sequence[Callable[[StepInfo], bool | None]],
+) -> TrainResult:
+    _seed_everything(config, context)
+    resumed = _load_resume(run_dir) if resume else None
+    if resumed is not None:
+        saved = resumed["training"]["config"]
+        config = dataclasses.replace(config, class_weights=saved["class_weights"])
+    run = _build_run(config, run_dir, context, callbacks, resumed)
+    if run.position.finished:
+        if context.is_main:
+            print(f"{run_dir} has finished already: nothing to resume")
+        return _result(run, "finished")
+    if context.is_main:
+        _announce(run, resumed is not None)
+    stopped = _loop(run)
+    if context.is_main:
+        write_report(
+            run_dir,
+            run.log,
+            classes=run.data.classes,
+            val_set=run.data.val,
+            summary={
+                "iterations": run.position.iteration,
+                "best_iteration": run.position.best_iteration,
+                "last": run.last_metrics,
+            },
+            overlays=config.overlays,
+            device=context.device,
+        )
+    return _result(run, stopped)
+
+
+def _result(run: _Run, stopped: str) -> TrainResult:
+    return TrainResult(
+        run_dir=run.run_dir,
+        iterations=run.position.iteration,
+        best_mean_iu=run.position.best_mean_iu,
+        metrics=run.last_metrics,
+        best_checkpoint=run.run_dir / "best.pt",
+        last_checkpoint=run.run_dir / "last.pt",
+        stopped=stopped,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a run
+
+
+def _seed_everything(config: TrainConfig, context: Context) -> None:
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    seed = config.seed + context.rank  # ranks differ in dropout and loss-sampling masks
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _load_resume(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise ckpt.CheckpointError(
+            f"cannot resume {run_dir}: it holds no last.pt (was the run started there?)"
+        )
+    checkpoint = ckpt.load_checkpoint(path)
+    if "training" not in checkpoint:
+        raise ckpt.CheckpointError(f"{path} holds weights only: it cannot resume a run")
+    return checkpoint
+
+
+def _build_run(
+    config: TrainConfig,
+    run_dir: Path,
+    context: Context,
+    callbacks: Sequence[Callable[[StepInfo], bool | None]],
+    resumed: dict[str, Any] | None,
+) -> _Run:
+    """Data, model, criterion, optimizer and schedule; restored from ``resumed`` if given."""
+    data = _build_data(config)
+    num_classes = config.num_classes or len(data.classes)
+    if num_classes != len(data.classes):
+        raise ConfigError(
+            f"num_classes = {num_classes} but {config.dataset} has {len(data.classes)} "
+            "classes: drop num_classes or use the dataset it was meant for"
+        )
+    model = _build_model(config, num_classes, init=resumed is None).to(context.device)
+    _set_transforms(data.train, _train_transforms(config, model.normalization))
+    _set_transforms(data.val, eval_transforms(model.normalization))
+    if config.class_weights == "median":
+        config = dataclasses.replace(config, class_weights=_median_weights(config, data))
+    sampler = DistributedSampler(
+        data.train, num_replicas=context.world_size, rank=context.rank, seed=config.seed
+    )
+    steps_per_epoch = _steps_per_epoch(config, len(sampler))
+    total_iters = config.max_iters or config.epochs * steps_per_epoch
+    optimizer = build_optimizer(model, config)
+    amp = amp_dtype(config.amp, context.device)
+    if context.distributed:
+        ids = [context.device.index] if context.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=ids)
+    run = _Run(
+        config=config,
+        context=context,
+        run_dir=run_dir,
+        data=data,
+        model=model,
+        criterion=_criterion(config, data, context.device),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, config, total_iters),
+        scaler=torch.amp.GradScaler(context.device.type, enabled=amp is torch.float16),
+        amp=amp,
+        sampler=sampler,
+        steps_per_epoch=steps_per_epoch,
+        total_iters=total_iters,
+        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main),
+        callbacks=callbacks,
+    )
+    if resumed is not None:
+        _restore(run, resumed)  # last: it sets the generators where the checkpoint left them
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+    return run
+
+
+def _criterion(config: TrainConfig, data: _Data, device: torch.device) -> SegmentationLoss:
+    weights = config.class_weights if isinstance(config.class_weights, list) else None
+    return SegmentationLoss(
+        reduction=config.loss_reduction,
+        ignore_index=data.ignore_index,
+        weight=weights,
+        sampling=config.loss_sampling,
+        sampling_cell=config.sampling_cell,
+    ).to(device)
+
+
+def _dataset(config: TrainConfig, part: str) -> Dataset:
+    if part == "train":
+        name, root, split, options = (
+            config.dataset,
+            config.root,
+            config.train_split,
+            config.train_options,
+        )
+    else:
+        name, root, split, options = (
+            config.val_dataset or config.dataset,
+            config.val_root if config.val_root is not None else config.root,
+            config.val_split,
+            config.val_options,
+        )
+    dataset = build_dataset(name, root=root, split=split, **options)
+    if len(dataset) == 0:
+        raise ConfigError(f"the {part} set ({name}, split {split!r}) holds no images")
+    return dataset
+
+
+def _build_data(config: TrainConfig) -> _Data:
+    train_set = _dataset(config, "train")
+    val_set = _dataset(config, "val")
+    classes = tuple(getattr(train_set, "classes", ()))
+    if not classes:
+        raise ConfigError(f"dataset {config.dataset} names no classes: it cannot be trained on")
+    if tuple(getattr(val_set, "classes", classes)) != classes:
+        raise ConfigError(
+            f"validation set {config.val_dataset} has other classes than {config.dataset}: "
+            "validate on a dataset with the same label set"
+        )
+    if config.max_val_images is not None and len(val_set) > config.max_val_images:
+        val_set = Subset(val_set, range(config.max_val_images))
+    palette = list(getattr(train_set, "palette", []))
+    return _Data(train_set, val_set, classes, palette, getattr(train_set, "ignore_index", 255))
+
+
+def _set_transforms(dataset: Dataset, transforms: Callable) -> None:
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    base.transforms = transforms
+
+
+def _train_transforms(config: TrainConfig, normalization: Callable) -> Callable:
+    return train_transforms(
+        normalization,
+        crop_size=config.crop_size,
+        scale=tuple(config.scale_range) if config.scale_range else None,
+        flip=bool(config.flip),
+        jitter=bool(config.jitter),
+        seed=config.seed,
+    )
+
+
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """The keyword options ``build_model`` gets from ``config``."""
+    options: dict[str, Any] = {
+        "upsample": config.upsample,
+        "learnable_upsample": config.learnable_upsample,
+    }
+    if config.geometry is not None:
+        options["geometry"] = config.geometry
+    return options
+
+
+def _build_model(config: TrainConfig, num_classes: int, *, init: bool) -> FCN:
+    """The configured FCN; ``init`` loads the pretrained backbone and ``init_from``."""
+    options = model_options(config)
+    if init:
+        options["pretrained_backbone"] = config.pretrained_backbone
+        options["backbone_weights"] = config.backbone_weights
+    model = build_model(config.model, num_classes=num_classes, **options)
+    if init and config.init_from:
+        source = ckpt.load_checkpoint(config.init_from)
+        report = transplant(model, source["state_dict"])
+        if not report.copied and not report.coerced:
+            raise ConfigError(
+                f"init_from = {config.init_from}: none of its weights fit {config.model}"
+            )
+        print(f"init_from {config.init_from}: {report}")
+    return model
+
+
+def _median_weights(config: TrainConfig, data: _Data) -> list[float]:
+    """Median-frequency weights from up to ``class_weight_images`` training labels."""
+    dataset = data.train
+    count = min(len(dataset), config.class_weight_images)
+    picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
+    load = getattr(dataset, "load", None)
+    labels = (model_target(load(i)[1] if load else dataset[i][1]) for i in picks)
+    return median_frequency_weights(labels, len(data.classes))
+
+
+def _steps_per_epoch(config: TrainConfig, shard_size: int) -> int:
+    micro = shard_size // config.batch_size if config.batch_size > 1 else shard_size
+    steps = micro // config.accumulate
+    if steps < 1:
+        raise ConfigError(
+            f"{shard_size} training images per process cannot fill one step of batch_size "
+            f"{config.batch_size} x accumulate {config.accumulate}: lower them"
+        )
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _loop(run: _Run) -> str:
+    """Epochs until ``total_iters``, evaluating and saving as configured; the stop reason.
+
+    A run stopped early (time limit, callback) is evaluated and saved at the step where it
+    stopped, and is not marked finished: resuming it trains on to ``total_iters``."""
+    config, position = run.config, run.position
+    while position.iteration < run.total_iters:
+        stop = train_one_epoch(run)
+        epoch_done = position.step_in_epoch >= run.steps_per_epoch
+        if epoch_done:
+            position.epoch += 1
+            position.step_in_epoch = 0
+            if stop is None and _time_up(run):
+                stop = "time limit"  # no new epoch
+        complete = position.iteration >= run.total_iters
+        due = epoch_done and position.epoch % config.eval_every == 0
+        if complete or stop is not None or due:
+            _validate(run)
+        _save(run, finished=complete)
+        if stop is None and not complete and _time_up(run):  # the evaluation took the rest
+            stop = "time limit"
+            if not due:
+                _validate(run)
+                _save(run, finished=False)
+        if stop is not None:
+            return stop
+    return "finished"
+
+
+def _epoch_batches(run: _Run) -> list[list[int]]:
+    """This rank's micro-batches for the current epoch, from the current position on."""
+    config = run.config
+    run.sampler.set_epoch(run.position.epoch)  # order: a function of (seed, epoch)
+    order = list(run.sampler)
+    size = config.batch_size
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    batches = batches[: run.steps_per_epoch * config.accumulate]
+    return batches[run.position.step_in_epoch * config.accumulate :]
+
+
+def train_one_epoch(run: _Run) -> str | None:
+    """Optimizer steps to the end of the epoch (or the last iteration); a stop reason or
+    None. A checkpoint is written every ``checkpoint_every`` steps."""
+    config, context, position = run.config, run.context, run.position
+    _set_epoch(run.data.train, position.epoch)
+    loader = DataLoader(
+        run.data.train,
+        batch_sampler=_epoch_batches(run),
+        num_workers=config.num_workers,
+        collate_fn=pad_collate,
+        pin_memory=context.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed + position.epoch),
+        persistent_workers=False,
+    )
+    run.model.train()
+    bar = _progress(run)
+    window = _Window()
+    batches = iter(loader)
+    try:
+        while position.step_in_epoch < run.steps_per_epoch:
+            if position.iteration >= run.total_iters:
+                return None
+            started = time.perf_counter()
+            lr = run.optimizer.param_groups[0]["lr"]  # this step's (the schedule then moves)
+            micro = [next(batches) for _ in range(config.accumulate)]
+            loss, images = _train_step(run, micro)
+            position.step_in_epoch += 1
+            position.iteration += 1
+            seconds = time.perf_counter() - started
+            window.add(loss, images * context.world_size, seconds)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}", img_s=f"{window.rate():.1f}")
+            if position.iteration % config.log_every == 0:
+                _log_train(run, window, lr)
+            if config.checkpoint_every and position.iteration % config.checkpoint_every == 0:
+                if position.step_in_epoch < run.steps_per_epoch:  # the epoch end saves anyway
+                    _save(run, finished=False)
+            info = StepInfo(
+                position.iteration,
+                position.epoch,
+                loss,
+                lr,
+                images * context.world_size,
+                seconds,
+            )
+            stop = _should_stop(run, info)
+            if stop is not None:
+                return stop
+    finally:
+        bar.close()
+    return None
+
+
+def _set_epoch(dataset: Dataset, epoch: int) -> None:
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if hasattr(base, "set_epoch"):
+        base.set_epoch(epoch)  # seeded augmentation varies by epoch
+
+
+def _train_step(run: _Run, micro: list[tuple[Any, Any]]) -> tuple[float, int]:
+    """One optimizer step over ``accumulate`` micro-batches; (mean loss, images on this rank).
+
+    Gradients average over micro-batches and (through DDP) ranks, as Caffe's iter_size does.
+    """
+    context, device = run.context, run.context.device
+    run.optimizer.zero_grad(set_to_none=True)
+    total, images = 0.0, 0
+    for index, (image, label) in enumerate(micro):
+        image = model_input(image).to(device, non_blocking=True)
+        label = model_target(label).to(device, non_blocking=True)
+        last = index == len(micro) - 1
+        with _no_sync(run.model, skip=not last):  # DDP all-reduces on the last only
+            with autocast(device, run.amp):
+                loss = run.criterion(run.model(image), label)
+            value = loss.item()
+            if all_reduce_max(0.0 if math.isfinite(value) else 1.0, context) > 0:
+                _diverged(run, f"loss is {value}")  # before backward: weights still good
+            run.scaler.scale(loss / len(micro)).backward()
+        total += value
+        images += image.shape[0]
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return total / len(micro), images
+
+
+def _no_sync(model: nn.Module, *, skip: bool):
+    if skip and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _diverged(run: _Run, what: str) -> None:
+    """Stop with a message saying what went wrong and which checkpoint is kept."""
+    position, last = run.position, run.run_dir / "last.pt"
+    kept = (
+        f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
+    )
+    message = (
+        f"{what} after iteration {position.iteration} (epoch {position.epoch + 1}): training "
+        f"stopped and {kept}. Lower lr (now {run.config.lr:g}), use loss_reduction = mean, "
+        "or turn amp off"
+    )
+    run.log.write({"event": "stopped", "reason": what, "iteration": position.iteration})
+    raise NonFiniteLossError(message)
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    )
+
+
+def _should_stop(run: _Run, info: StepInfo) -> str | None:
+    """ "time limit", "callback" or None, the same on every rank."""
+    reason = 1.0 if _time_up(run, reduce=False) else 0.0
+    if any(callback(info) for callback in run.callbacks):
+        reason = max(reason, 2.0)
+    reason = all_reduce_max(reason, run.context)  # every rank stops at the same step
+    return {0.0: None, 1.0: "time limit", 2.0: "callback"}[reason]
+
+
+def _time_up(run: _Run, *, reduce: bool = True) -> bool:
+    limit = run.config.time_limit_minutes
+    up = bool(limit) and time.monotonic() - run.started > limit * 60
+    return all_reduce_max(float(up), run.context) > 0 if reduce else up
+
+
+class _Window:
+    """Losses, images and seconds since the last log line."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.images = 0
+        self.seconds = 0.0
+
+    def add(self, loss: float, images: int, seconds: float) -> None:
+        self.losses.append(loss)
+        self.images += images
+        self.seconds += seconds
+
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+def _log_train(run: _Run, window: _Window, lr: float) -> None:
+    loss = all_mean(sum(window.losses) / max(len(window.losses), 1), run.context)
+    run.log.write(
+        {
+            "event": "train",
+            "epoch": run.position.epoch,
+            "iteration": run.position.iteration,
+            "loss": loss,
+            "lr": lr,
+            "images_per_s": window.rate(),
+            "threads": torch.get_num_threads(),
+            "time": round(time.monotonic() - run.started, 3),
+        }
+    )
+    window.reset()
+
+
+def _progress(run: _Run):
+    from tqdm import tqdm
+
+    quiet = not (run.context.is_main and sys.stdout.isatty())
+    epochs = math.ceil(run.total_iters / run.steps_per_epoch)
+    return tqdm(
+        total=run.steps_per_epoch,
+        initial=run.position.step_in_epoch,
+        desc=f"epoch {run.position.epoch + 1}/{epochs}",
+        disable=quiet,
+        dynamic_ncols=True,
+        leave=False,
+        file=sys.stdout,
+    )
+
+
+def _validate(run: _Run) -> None:
+    """Evaluate on the validation set (every rank its shard) and log the summed metrics."""
+    config, context = run.config, run.context
+    loader = eval_loader(
+        run.data.val, context, batch_size=config.val_batch_size, num_workers=config.num_workers
+    )
+    confusion = evaluate(
+        run.net,
+        loader,
+        num_classes=len(run.data.classes),
+        ignore_index=run.data.ignore_index,
+        device=context.device,
+        amp_dtype=run.amp,
+        progress=context.is_main and sys.stdout.isatty(),
+    )
+    metrics = confusion.compute()
+    run.last_metrics, run.last_confusion = metrics, confusion.reduced()
+    position = run.position
+    if metrics["mean_iu"] == metrics["mean_iu"] and metrics["mean_iu"] > position.best_mean_iu:
+        position.best_mean_iu, position.best_iteration = metrics["mean_iu"], position.iteration
+        run.new_best = True
+    run.log.write(
+        {"event": "val", "epoch": position.epoch, "iteration": position.iteration, **metrics}
+    )
+    if context.is_main:
+        print(f"iteration {position.iteration}: {format_metrics(metrics)}", flush=True)
+
+
+def _save(run: _Run, *, finished: bool) -> None:
+    """last.pt always (every rank's generator states gathered into it); best.pt when the
+    latest validation beat the best so far."""
+    if all_reduce_max(0.0 if _finite_weights(run.net) else 1.0, run.context) > 0:
+        _diverged(run, "weights became NaN or infinite")  # never overwrite a good last.pt
+    run.position.finished = finished
+    rng: Any = ckpt.rng_state()
+    if run.context.distributed:
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * run.context.world_size
+        dist.all_gather_object(states, rng)
+        rng = states
+    if not run.context.is_main:
+        return
+    if run.new_best:
+        _write_checkpoint(run, run.run_dir / "best.pt", with_state=False)
+        run.new_best = False
+    _write_checkpoint(run, run.run_dir / "last.pt", with_state=True, rng=rng)
+
+
+def _write_checkpoint(run: _Run, path: Path, *, with_state: bool, rng: Any = None) -> None:
+    position = run.position
+    training: dict[str, Any] = {
+        "config": run.config.to_dict(),
+        **dataclasses.asdict(position),
+    }
+    if with_state:
+        training["optimizer"] = run.optimizer.state_dict()
+        training["scheduler"] = run.scheduler.state_dict()
+        training["scaler"] = run.scaler.state_dict()
+        training["rng"] = rng
+    checkpoint = ckpt.make_checkpoint(
+        run.model,
+        build_options=model_options(run.config),
+        classes=run.data.classes,
+        palette=run.data.palette,
+        ignore_index=run.data.ignore_index,
+        metrics=run.last_metrics or None,
+        confusion=run.last_confusion,
+        training=training,
+    )
+    ckpt.save_checkpoint(checkpoint, path)
+
+
+def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
+    """Weights, optimizer, schedule, scaler, position, log and generators of ``last.pt``."""
+    ckpt.load_weights(run.model, checkpoint, run.run_dir / "last.pt")
+    training = checkpoint["training"]
+    run.optimizer.load_state_dict(training["optimizer"])
+    run.scheduler.load_state_dict(training["scheduler"])
+    run.scaler.load_state_dict(training["scaler"])
+    fields = {f.name for f in dataclasses.fields(_Position)}
+    run.position = _Position(**{k: v for k, v in training.items() if k in fields})
+    run.last_metrics = checkpoint.get("metrics", {})
+    run.last_confusion = checkpoint.get("confusion")
+    run.log.truncate_after(run.position.iteration)
+    states = training["rng"]  # a list under DDP: one per rank
+    rank = run.context.rank
+    ckpt.set_rng_state(states[rank % len(states)] if isinstance(states, list) else states)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _announce(run: _Run, resumed: bool) -> None:
+    config, position = run.config, run.position
+    verb = f"resuming at iteration {position.iteration}" if resumed else "training"
+    print(
+        f"{verb} {config.model} ({config.recipe} recipe) on {config.dataset}: "
+        f"{len(run.data.train)} train / {len(run.data.val)} val images, "
+        f"{run.total_iters} steps of {config.batch_size * config.accumulate} x "
+        f"{run.context.world_size} images; run folder {run.run_dir}",
+        flush=True,
+    )
+    run.log.write(
+        {
+            "event": "resume" if resumed else "start",
+            "iteration": position.iteration,
+            "world_size": run.context.world_size,
+            "device": str(run.context.device),
+        }
+    )

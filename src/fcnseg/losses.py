@@ -1,0 +1,130 @@
+"""Per-pixel softmax cross-entropy with the ignore label, loss sampling and class balancing.
+
+The reference trains with Caffe's SoftmaxWithLoss, ``normalize: false``: the loss is the
+*sum* over every labelled pixel (about 250k on a 500 x 500 PASCAL image), which is why its
+learning rates are as small as 1e-10. ``reduction="mean"`` averages over the labelled pixels
+instead, the usual choice with modern recipes.
+
+Loss sampling (Section 3.4 and 4.4): patchwise training draws patches at random; whole-image
+training gets the same effect by keeping each cell of the final score map with probability
+``1 - p`` and ignoring the rest. A cell is ``sampling_cell`` pixels wide (default 32, the
+stride of the coarsest scores, whose every cell sees one receptive field).
+
+Class balancing weights each pixel's loss by its class: ``median_frequency_weights`` computes
+Eigen & Fergus's median-frequency weights from a dataset, or the weights can be given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SegmentationLoss",
+    "sample_mask",
+    "class_pixel_counts",
+    "median_frequency_weights",
+]
+
+
+class SegmentationLoss(nn.Module):
+    """Softmax cross-entropy over N x C x H x W logits and N x H x W labels.
+
+    ``reduction`` "sum" (the reference's unnormalised loss) or "mean" (over the pixels that
+    count: labelled, kept by sampling; weighted pixels weigh as their class weight says).
+    ``sampling`` is the probability p of dropping a cell (0 keeps every pixel).
+    """
+
+    def __init__(
+        self,
+        *,
+        reduction: str = "mean",
+        ignore_index: int = 255,
+        weight: Sequence[float] | torch.Tensor | None = None,
+        sampling: float = 0.0,
+        sampling_cell: int = 32,
+    ) -> None:
+        super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"loss reduction must be 'sum' or 'mean', got {reduction!r}")
+        if not 0.0 <= sampling < 1.0:
+            raise ValueError(f"loss sampling p must be in [0, 1), got {sampling}")
+        if sampling_cell < 1:
+            raise ValueError(f"sampling_cell must be at least 1 pixel, got {sampling_cell}")
+        self.reduction, self.ignore_index = reduction, ignore_index
+        self.sampling, self.sampling_cell = float(sampling), int(sampling_cell)
+        weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        if weight is not None and (weight.dim() != 1 or (weight < 0).any()):
+            raise ValueError("class weights must be a list of non-negative numbers, one per class")
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
+            raise ValueError(
+                f"logits {tuple(logits.shape)} do not match labels {tuple(target.shape)}"
+            )
+        if self.weight is not None and self.weight.numel() != logits.shape[1]:
+            raise ValueError(
+                f"{self.weight.numel()} class weights for a model of {logits.shape[1]} classes"
+            )
+        if self.sampling > 0 and self.training:
+            keep = sample_mask(target.shape, self.sampling, self.sampling_cell, target.device)
+            target = target.masked_fill(~keep, self.ignore_index)
+        weight = None if self.weight is None else self.weight.to(logits.device)
+        # the float32 loss even under autocast: a sum over 250k pixels overflows fp16
+        return F.cross_entropy(
+            logits.float(),
+            target,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+
+def sample_mask(
+    shape: torch.Size | tuple[int, ...], p: float, cell: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """N x H x W booleans: each ``cell`` x ``cell`` block kept with probability 1 - p.
+
+    Drawn from torch's global generator, so a seeded (or resumed) run draws the same masks.
+    """
+    n, height, width = shape
+    rows, cols = -(-height // cell), -(-width // cell)
+    coarse = torch.rand(n, rows, cols, device=device) >= p
+    fine = coarse.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
+    return fine[:, :height, :width]
+
+
+def class_pixel_counts(
+    labels: Iterable[torch.Tensor], num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class: labelled pixels, and pixels of the images in which the class appears."""
+    pixels = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for label in labels:
+        label = label.reshape(-1)
+        valid = label[(label >= 0) & (label < num_classes)]
+        counts = torch.bincount(valid, minlength=num_classes).double()
+        pixels += counts
+        image_pixels += (counts > 0).double() * valid.numel()
+    return pixels, image_pixels
+
+
+def median_frequency_weights(labels: Iterable[torch.Tensor], num_classes: int) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus 2015): ``median(f) / f_c``, where ``f_c``
+    is the pixels of class c over the pixels of the images that contain c.
+
+    ``labels`` yields H x W label tensors (e.g. ``(label for _, label in dataset)``). A class
+    that never appears gets weight 0: it has no pixel to weigh.
+    """
+    pixels, image_pixels = class_pixel_counts(labels, num_classes)
+    present = image_pixels > 0
+    if not present.any():
+        raise ValueError("no labelled pixel found: cannot compute class frequencies")
+    frequency = torch.where(present, pixels / image_pixels.clamp(min=1), torch.zeros(()))
+    median = frequency[present].median()
+    weights = torch.where(present, median / frequency.clamp(min=1e-12), torch.zeros(()))
+    return [float(w) for w in weights]

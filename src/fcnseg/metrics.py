@@ -1,0 +1,123 @@
+"""The paper's four metrics from a confusion matrix (Section 5, "Metrics").
+
+``n[i, j]`` counts the pixels of class ``i`` predicted as class ``j``, over pixels whose
+label lies in [0, C) (the ignore label 255, and anything else outside the class range, is
+left out), and ``t_i = sum_j n[i, j]``:
+
+- pixel accuracy  ``sum_i n_ii / sum_i t_i``
+- mean accuracy   ``(1 / C') sum_i n_ii / t_i`` over the C' classes with ``t_i > 0``
+- mean IU         ``(1 / C'') sum_i n_ii / (t_i + sum_j n_ji - n_ii)`` over the C'' classes
+                  whose union is not empty
+- f.w. IU         ``(sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)``
+
+A class absent from both labels and predictions has no accuracy and no IU: it is left out
+of the means (and reported as NaN per class) rather than counted as 0 or 1. A class that is
+predicted but never labelled has IU 0 and counts in the mean IU, as it should: it was wrong.
+
+Under DDP each rank accumulates its own shard; ``compute`` sums the matrices of all ranks
+first (an integer all-reduce, so 2 ranks give exactly the numbers of 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["ConfusionMatrix", "METRIC_NAMES", "json_safe"]
+
+# The four summary numbers, in the order of the paper's tables.
+METRIC_NAMES = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+
+
+class ConfusionMatrix:
+    """Accumulates ``n[label, prediction]`` over batches; ``compute`` gives the metrics."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def reset(self) -> None:
+        self.matrix.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``pred`` holds labels (same shape as ``target``) or scores with a
+        class dimension (N x C x H x W for N x H x W targets, taken by argmax)."""
+        if pred.dim() == target.dim() + 1:
+            pred = pred.argmax(1)
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"predictions {tuple(pred.shape)} and labels {tuple(target.shape)} differ in shape"
+            )
+        c = self.num_classes
+        target = target.reshape(-1).long()
+        pred = pred.reshape(-1).long()
+        valid = (target >= 0) & (target < c)  # drops the ignore label and any other stray value
+        if ((pred[valid] < 0) | (pred[valid] >= c)).any():
+            raise ValueError(f"predictions must be class indices in [0, {c})")
+        counts = torch.bincount(target[valid] * c + pred[valid], minlength=c * c)
+        self.matrix += counts.view(c, c).to(self.matrix.device, torch.int64)
+
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        """Add another matrix of the same class count (e.g. from another shard)."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.matrix += other.matrix.to(self.matrix.device)
+        return self
+
+    def reduced(self) -> torch.Tensor:
+        """The matrix summed over every DDP rank (a collective: every rank must call it)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.matrix.clone()
+        backend = dist.get_backend()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+        total = self.matrix.to(device).clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total.cpu()
+
+    def compute(self) -> dict[str, float | list[float]]:
+        """pixel_acc, mean_acc, mean_iu, fw_iu (floats in [0, 1], NaN when no pixel counted),
+        and per-class ``acc`` and ``iu`` lists (NaN for classes that have none)."""
+        return metrics_from_matrix(self.reduced())
+
+
+def metrics_from_matrix(matrix: torch.Tensor) -> dict[str, float | list[float]]:
+    """The metrics of a C x C confusion matrix (rows: labels, columns: predictions)."""
+    n = matrix.double()
+    hits = n.diag()
+    labelled = n.sum(1)  # t_i
+    union = labelled + n.sum(0) - hits
+    total = labelled.sum()
+    acc = torch.where(labelled > 0, hits / labelled.clamp(min=1), torch.nan)
+    iu = torch.where(union > 0, hits / union.clamp(min=1), torch.nan)
+    has_pixels = total > 0
+    return {
+        "pixel_acc": float(hits.sum() / total) if has_pixels else math.nan,
+        "mean_acc": _nanmean(acc),
+        "mean_iu": _nanmean(iu),
+        # classes with t_i = 0 add nothing; a NaN IU only ever has t_i = 0
+        "fw_iu": float((labelled * iu.nan_to_num(0.0)).sum() / total) if has_pixels else math.nan,
+        "iu": iu.tolist(),
+        "acc": acc.tolist(),
+    }
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    defined = values[~values.isnan()]
+    return float(defined.mean()) if defined.numel() else math.nan
+
+
+def json_safe(value):
+    """``value`` with NaN floats turned into None, since JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value

@@ -1,0 +1,206 @@
+"""The training loop on tiny synthetic runs: the run folder, recipes, staging, stopping."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from fcnseg import build_model
+from fcnseg.config import TrainConfig
+from fcnseg.engine import checkpoint as ckpt
+from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
+from fcnseg.engine.train import NonFiniteLossError, model_options, train
+from fcnseg.losses import SegmentationLoss
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(tmp_path, **overrides) -> TrainConfig:
+    """FCN-8s on 32 x 32 synthetic images: a few seconds a run."""
+    values = dict(
+        model="fcn8s_efficientnet_lite0",
+        train_options={"size": 32, "num_images": 8},
+        val_options={"size": 32, "num_images": 3},
+        epochs=2,
+        batch_size=2,
+        warmup_iters=2,
+        scale_range=None,
+        jitter=False,
+        num_workers=0,
+        log_every=1,
+        overlays=2,
+        output=str(tmp_path),
+        name="run",
+        threads=1,  # a shared 2-core machine runs one thread far faster than two
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_a_run_folder_holds_everything(tmp_path):
+    config = tiny(tmp_path, class_weights="median", loss_sampling=0.25, checkpoint_every=3)
+    result = train(config)
+    run = tmp_path / "run"
+    assert result.run_dir == run and result.iterations == 8 and result.stopped == "finished"
+    for name in ("config.json", "log.jsonl", "last.pt", "best.pt", "metrics.json"):
+        assert (run / name).is_file(), name
+    for name in ("curves.png", "confusion.png", "overlays/000.png", "overlays/001_overlay.png"):
+        assert Image.open(run / name).size[0] > 0, name
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["batch_size"] == 2 and saved["schedule"] == "poly"  # resolved by the recipe
+    assert len(saved["class_weights"]) == 7  # median frequencies, computed once and kept
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["event"] == "train"]
+    assert [r["iteration"] for r in train_records] == list(range(1, 9))
+    assert all(r["loss"] > 0 and r["lr"] > 0 and r["images_per_s"] > 0 for r in train_records)
+    val = [r for r in records if r["event"] == "val"]
+    assert [r["iteration"] for r in val] == [4, 8]  # once per epoch
+    best = ckpt.load_checkpoint(run / "best.pt")
+    assert best["metrics"]["mean_iu"] == pytest.approx(max(r["mean_iu"] for r in val))
+    assert best["metrics"]["mean_iu"] == pytest.approx(result.best_mean_iu)
+    assert best["confusion"].shape == (7, 7) and "optimizer" not in best["training"]
+    last = ckpt.load_checkpoint(run / "last.pt")
+    assert last["training"]["iteration"] == 8 and last["training"]["finished"]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert set(summary["last"]) >= {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "iu", "acc"}
+
+
+def test_paper_recipe_parameter_groups():
+    config = TrainConfig(recipe="paper", model="fcn8s_efficientnet_lite0").resolved()
+    model = build_model(config.model, num_classes=7)
+    groups = {group["name"]: group for group in param_groups(model, config)}
+    assert groups["weight"]["lr"] == 1e-14 and groups["weight"]["weight_decay"] == 5e-4
+    assert groups["bias"]["lr"] == 2e-14 and groups["bias"]["weight_decay"] == 0
+    assert groups["norm"]["weight_decay"] == 0
+    grouped = {id(p) for group in groups.values() for p in group["params"]}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and not any(id(p) in grouped for p in frozen)  # fixed deconvolutions
+    assert len(grouped) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_schedules():
+    poly = LRSchedule("poly", total=100, warmup=10, power=0.9)
+    assert poly(0) == pytest.approx(0.001) and poly(5) == pytest.approx(
+        (0.001 + 0.999 * 0.5) * 0.95**0.9
+    )
+    assert poly(50) == pytest.approx(0.5**0.9) and poly(100) == 0.0
+    cosine = LRSchedule("cosine", total=100)
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0)
+    assert LRSchedule("fixed", total=100)(77) == 1.0
+
+
+def test_amp_choices():
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        amp_dtype("fp16", cpu)
+
+
+def test_bf16_autocast_and_accumulation_on_cpu(tmp_path):
+    config = tiny(tmp_path, amp="bf16", accumulate=2, epochs=1, overlays=0)
+    result = train(config)
+    assert result.iterations == 2  # 8 images, 2 per micro-batch, 2 micro-batches per step
+    assert math.isfinite(result.metrics["pixel_acc"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    forward = SegmentationLoss.forward
+
+    def failing(self, logits, target):
+        calls["n"] += 1
+        loss = forward(self, logits, target)
+        return loss * math.nan if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(SegmentationLoss, "forward", failing)
+    with pytest.raises(NonFiniteLossError, match="loss is nan after iteration 2") as error:
+        train(tiny(tmp_path, checkpoint_every=1))
+    assert "the last good checkpoint is" in str(error.value) and "\n" not in str(error.value)
+    last = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["training"]["iteration"] == 2
+    assert all(
+        torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
+    )
+    records = (tmp_path / "run" / "log.jsonl").read_text()
+    assert '"event": "stopped"' in records
+
+
+def test_a_callback_or_time_limit_stops_the_run_evaluated_and_saved(tmp_path):
+    config = tiny(tmp_path, overlays=0)
+    result = train(config, callbacks=[lambda info: info.iteration == 3])
+    assert result.stopped == "callback" and result.iterations == 3
+    assert math.isfinite(result.metrics["mean_iu"])
+    saved = ckpt.load_checkpoint(result.last_checkpoint)
+    assert saved["training"]["iteration"] == 3 and not saved["training"]["finished"]
+    assert saved["metrics"] == result.metrics  # evaluated where it stopped
+    resumed = train(config, resume=True)  # an early stop resumes to the end
+    assert resumed.stopped == "finished" and resumed.iterations == 8
+    result = train(tiny(tmp_path, name="limited", overlays=0, time_limit_minutes=1e-9))
+    assert result.stopped == "time limit" and result.iterations == 1
+
+
+def test_init_from_transplants_and_new_skips_start_at_zero(tmp_path):
+    torch.manual_seed(0)
+    coarse = build_model("fcn32s_efficientnet_lite0", num_classes=7)
+    with torch.no_grad():
+        coarse.head.score_fr.weight.normal_()
+    source = ckpt.make_checkpoint(
+        coarse, build_options={}, classes=[str(i) for i in range(7)], palette=[]
+    )
+    ckpt.save_checkpoint(source, tmp_path / "32s.pt")
+    config = tiny(tmp_path, model="fcn16s_efficientnet_lite0", init_from=str(tmp_path / "32s.pt"))
+    from fcnseg.engine.train import _build_model
+
+    fine = _build_model(config.resolved(), 7, init=True)
+    assert torch.equal(fine.head.score_fr.weight, coarse.head.score_fr.weight)
+    assert torch.equal(fine.backbone._conv_stem.weight, coarse.backbone._conv_stem.weight)
+    assert not fine.head.score_pool4.weight.any() and not fine.head.score_pool4.bias.any()
+    assert model_options(config) == {"upsample": "deconv", "learnable_upsample": False}
+
+
+def test_staged_paper_training_chains_the_stages(tmp_path):
+    config = tiny(
+        tmp_path, recipe="paper", staged=True, max_iters=1, overlays=0, val_options={"size": 32, "num_images": 1}
+    )  # fmt: skip
+    result = train(config)
+    stages = ["stage1-32s", "stage2-16s", "stage3-8s"]
+    assert result.run_dir == tmp_path / "run" / stages[-1]
+    configs = [json.loads((tmp_path / "run" / s / "config.json").read_text()) for s in stages]
+    assert [c["model"] for c in configs] == [
+        "fcn32s_efficientnet_lite0",
+        "fcn16s_efficientnet_lite0",
+        "fcn8s_efficientnet_lite0",
+    ]
+    assert [c["lr"] for c in configs] == [1e-10, 1e-12, 1e-14]  # the reference's rates
+    assert configs[0]["init_from"] is None
+    assert configs[1]["init_from"] == str(tmp_path / "run" / stages[0] / "last.pt")
+    assert configs[2]["init_from"] == str(tmp_path / "run" / stages[1] / "last.pt")
+    assert all(c["momentum"] == 0.99 and c["loss_reduction"] == "sum" for c in configs)
+
+
+def test_bad_settings_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="cannot fill one step"):
+        train(tiny(tmp_path, batch_size=4, accumulate=4))
+    with pytest.raises(ValueError, match="num_classes = 5 but synthetic has 7 classes"):
+        train(tiny(tmp_path, num_classes=5))
+    with pytest.raises(ckpt.CheckpointError, match="holds no last.pt"):
+        train(tiny(tmp_path, name="never-started"), resume=True)
+
+
+def test_progress_bar_shows_loss_lr_and_speed_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    train(tiny(tmp_path, name="quiet", epochs=1, overlays=0))
+    quiet = capsys.readouterr()
+    assert "img_s" not in quiet.out + quiet.err  # not a terminal: no bars
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    train(tiny(tmp_path, name="bars", epochs=1, overlays=0))
+    shown = capsys.readouterr().out
+    assert "loss=" in shown and "lr=" in shown and "img_s=" in shown and "epoch 1/1" in shown

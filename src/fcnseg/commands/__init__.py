@@ -4,8 +4,8 @@ A command's ``register`` adds its parser and sets ``run`` to a function taking t
 arguments and returning the exit status.
 """
 
-from . import models
+from . import demo, evaluate, export, models, predict, train, weights
 
-COMMANDS = (models,)
+COMMANDS = (models, train, evaluate, predict, demo, weights, export)
 
 __all__ = ["COMMANDS"]

@@ -1,0 +1,114 @@
+"""``fcnseg eval``: the paper's four metrics and a per-class table for a checkpoint.
+
+fcnseg eval --checkpoint runs/x/best.pt --data camvid --root data/CamVid --split test
+fcnseg eval --checkpoint best.pt --data synthetic --option size=96 --out metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from torch.utils.data import Subset
+
+from ..config import parse_literal
+from ..data import DatasetError, build_dataset, eval_transforms
+from ..engine.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from ..engine.distributed import Context, resolve_device
+from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics
+from ..metrics import json_safe
+from .table import print_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a dataset",
+        description="Whole-image evaluation: pixel accuracy, mean accuracy, mean IU, "
+        "frequency-weighted IU and per-class IU, printed and written as JSON.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
+    parser.add_argument("--data", required=True, help="dataset name (synthetic, camvid, voc, ...)")
+    parser.add_argument("--root", type=Path, help="the dataset's folder (not for synthetic)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default val)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a reader option, e.g. size=96 or sbd_root=data/sbd (repeatable)",
+    )
+    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
+    parser.add_argument("--out", type=Path, help="JSON file (default: beside the checkpoint)")
+    parser.set_defaults(run=run)
+
+
+def _options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r} is not KEY=VALUE")
+        options[key.strip()] = parse_literal(value.strip())
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(checkpoint, args.checkpoint)
+    try:
+        dataset = build_dataset(
+            args.data,
+            root=args.root,
+            split=args.split,
+            transforms=eval_transforms(model.normalization),
+            **_options(args.option),
+        )
+    except TypeError as error:  # an option the reader does not take
+        raise DatasetError(f"dataset {args.data!r}: {error}") from None
+    classes = list(getattr(dataset, "classes", checkpoint["classes"]))
+    if len(classes) != model.num_classes:
+        raise CheckpointError(
+            f"checkpoint {args.checkpoint} predicts {model.num_classes} classes but "
+            f"{args.data} has {len(classes)}: evaluate on the dataset it was trained for"
+        )
+    if args.max_images is not None:
+        dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
+    device = resolve_device(args.device)
+    loader = eval_loader(dataset, Context(device=device), num_workers=args.workers)
+    confusion = evaluate(
+        model,
+        loader,
+        num_classes=model.num_classes,
+        ignore_index=checkpoint.get("ignore_index", 255),
+        device=device,
+        progress=sys.stdout.isatty(),  # quiet when piped or logged
+    )
+    metrics = confusion.compute()
+    print(f"{checkpoint['model']['name']} on {args.data} {args.split} ({len(dataset)} images)")
+    print(format_metrics(metrics))
+    print()
+    print_table(class_table(metrics, classes))
+    out = args.out or args.checkpoint.with_name(
+        f"eval-{args.checkpoint.stem}-{args.data}-{args.split}.json"
+    )
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "model": checkpoint["model"]["name"],
+        "dataset": args.data,
+        "split": args.split,
+        "images": len(dataset),
+        "classes": classes,
+        **metrics,
+        "confusion": confusion.matrix.tolist(),
+    }
+    try:
+        out.write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    except OSError as error:
+        raise PermissionError(f"cannot write {out} ({error.strerror}): pass --out FILE") from None
+    print(f"\nwrote {out}")
+    return 0

@@ -1,0 +1,117 @@
+"""Prediction with a trained FCN: ``Segmenter.from_checkpoint(path).predict(image)``.
+
+An FCN takes any input size (Section 3: "fully convolutional networks ... take input of
+arbitrary size and produce correspondingly-sized output"), so images are predicted whole,
+never resized or tiled: the label map has the image's height and width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.base import image_to_tensor, read_image
+from .data.palettes import flat_palette
+from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+from .models import FCN, Normalization
+
+__all__ = ["Segmenter", "load_rgb", "save_mask"]
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
+
+
+class Segmenter:
+    """A model with its classes, palette and input normalisation, ready to predict.
+
+    The model is switched to eval mode once, here (dropout off, batch-norm statistics
+    fixed): a Segmenter exists to predict. Build one from a checkpoint with
+    ``from_checkpoint``.
+    """
+
+    def __init__(
+        self,
+        model: FCN,
+        *,
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]] | None = None,
+        normalization: Normalization | None = None,
+        device: torch.device | str = "cpu",
+        ignore_index: int = 255,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.classes = tuple(classes)
+        self.palette = [tuple(int(c) for c in color) for color in (palette or [])]
+        self.normalization = normalization or model.normalization
+        self.ignore_index = ignore_index
+        if len(self.classes) != model.num_classes:
+            raise ValueError(
+                f"{len(self.classes)} class names for a model of {model.num_classes} classes"
+            )
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, *, device: torch.device | str = "cpu") -> Segmenter:
+        """Load a checkpoint written by ``fcnseg train`` (weights only; no code is run)."""
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path)
+        return cls(
+            model,
+            classes=checkpoint["classes"],
+            palette=checkpoint.get("palette"),
+            device=device,
+            ignore_index=checkpoint.get("ignore_index", 255),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @torch.inference_mode()
+    def predict(
+        self, image: ImageLike, probabilities: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The H x W label map (uint8 when the classes fit, else int64) of one image.
+
+        ``image``: a PIL image, an H x W x 3 (or H x W) uint8 array in RGB, a 3 x H x W tensor
+        in 0..255, or a file path (an unreadable file raises ``DatasetError``). With ``probabilities`` the result is
+        ``(labels, probs)``, ``probs`` a C x H x W float32 array of class probabilities.
+        """
+        rgb = load_rgb(image)  # 3 x H x W float, 0..255
+        scores = self.model(self.normalization(rgb)[None].to(self.device))[0].float()
+        labels = scores.argmax(0).cpu().numpy()
+        labels = labels.astype(np.uint8 if self.num_classes <= 256 else np.int64)
+        if not probabilities:
+            return labels
+        return labels, scores.softmax(0).cpu().numpy()
+
+
+def load_rgb(image: ImageLike) -> torch.Tensor:
+    """A 3 x H x W float tensor of 0..255 RGB from any accepted image form."""
+    if isinstance(image, str | Path):
+        array = read_image(Path(image))  # EXIF-upright, any mode to RGB; DatasetError if bad
+        return image_to_tensor(array)
+    if isinstance(image, Image.Image):
+        return image_to_tensor(np.asarray(image.convert("RGB")))
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a 3 x H x W image tensor, got shape {tuple(image.shape)}")
+        return image.float()
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"expected an H x W x 3 RGB array, got shape {array.shape}")
+    return image_to_tensor(array[..., :3].astype(np.float32))
+
+
+def save_mask(labels: np.ndarray, path: Path | str, palette: Sequence[Sequence[int]]) -> None:
+    """An index PNG (mode P): pixel values are the class indices, shown in ``palette``."""
+    if labels.max(initial=0) > 255:
+        raise ValueError("an index PNG holds at most 256 classes: save the labels as .npy")
+    mask = Image.fromarray(labels.astype(np.uint8))  # mode L; a palette makes it P
+    mask.putpalette(flat_palette([tuple(color) for color in palette]))
+    mask.save(path)

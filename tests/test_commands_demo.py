@@ -1,0 +1,43 @@
+"""``fcnseg demo`` end to end, seconds long: FCN-32s vs FCN-8s and a report folder."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from fcnseg.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_demo_writes_a_report_under_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--steps", "2", "--size", "32", "--batch-size", "2", "--val-images", "2"]
+    assert main([*args, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    (folder,) = (tmp_path / "runs").glob("demo-*")
+    assert f"report: {folder.relative_to(tmp_path) / 'report.md'}" in out
+    report = (folder / "report.md").read_text()
+    assert "| FCN-32s |" in report and "| FCN-8s |" in report and "mean IU" in report
+    assert "ImageNet EfficientNet-Lite0" in report  # the weights package is installed
+    for name in ("curves.png", "confusion.png", "overlays/000.png"):
+        assert Image.open(folder / name).size[0] > 0
+    panel = Image.open(folder / "overlays" / "000.png")
+    assert panel.size == (4 * 64 + 3 * 4, 64)  # image | label | FCN-32s | FCN-8s, 2x
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary) >= {"32s", "8s", "steps", "seconds"}
+    assert summary["32s"]["mean_iu"] is not None and summary["8s"]["mean_iu"] is not None
+    for variant in ("fcn32s", "fcn8s"):
+        assert (folder / variant / "best.pt").is_file()
+
+
+def test_demo_rejects_bad_sizes(capsys):
+    assert main(["demo", "--size", "16"]) == 2
+    assert "--size must be at least 32" in capsys.readouterr().err
+    assert main(["demo", "--minutes", "0"]) == 2

@@ -1,0 +1,89 @@
+"""``fcnseg predict``: files, folders and globs in; index PNGs and overlays out."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fcnseg
+from fcnseg.cli import main
+from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
+from fcnseg.engine import checkpoint as ckpt
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s_efficientnet_lite0", num_classes=7)
+    with torch.no_grad():
+        model.head.score_pool3.weight.normal_(0, 0.1)  # varied predictions
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    data = ckpt.make_checkpoint(
+        model, build_options={}, classes=SYNTHETIC_CLASSES, palette=voc_palette(7)
+    )
+    return ckpt.save_checkpoint(data, path)
+
+
+def _image(path, height, width, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_predict_files_folders_globs_and_report_failures(checkpoint, tmp_path, capsys):
+    _image(tmp_path / "folder" / "a.png", 40, 60)
+    _image(tmp_path / "folder" / "b.jpg", 33, 21, seed=1)
+    (tmp_path / "folder" / "notes.txt").write_text("not an image")
+    _image(tmp_path / "more" / "a.png", 25, 25, seed=2)  # same name as folder/a.png
+    _image(tmp_path / "globbed" / "c.png", 30, 30, seed=3)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG but not really")
+    out = tmp_path / "out"
+    inputs = [
+        str(tmp_path / "folder"),
+        str(tmp_path / "more" / "a.png"),
+        str(tmp_path / "globbed" / "*.png"),
+        str(tmp_path / "broken.png"),
+        str(tmp_path / "missing.jpg"),
+    ]
+    code = main(["predict", "--checkpoint", str(checkpoint), *inputs, "--out", str(out), "--probabilities"])  # fmt: skip
+    assert code == 1  # some inputs failed; the others were still processed
+    stdout = capsys.readouterr().out
+    assert "4 image(s) predicted" in stdout
+    tail = stdout[stdout.index("2 input(s) failed:") :]
+    assert "broken.png: image" in tail and "cannot be decoded" in tail
+    assert "missing.jpg: no such file or folder" in tail
+    sizes = {"a": (60, 40), "b": (21, 33), "a-2": (25, 25), "c": (30, 30)}
+    for stem, size in sizes.items():
+        mask = Image.open(out / f"{stem}.png")
+        assert mask.mode == "P" and mask.size == size
+        assert np.asarray(mask).max() < 7
+        assert mask.getpalette()[3:6] == [128, 0, 0]  # the dataset's palette
+        assert Image.open(out / f"{stem}_overlay.png").size == size
+        probs = np.load(out / f"{stem}_probs.npy")
+        assert probs.shape == (7, size[1], size[0])
+        chosen = np.take_along_axis(probs, np.asarray(mask)[None].astype(np.int64), 0)[0]
+        assert probs.dtype == np.float32 and np.allclose(chosen, probs.max(0), atol=1e-6)
+
+
+def test_unwritable_output_folder_is_a_clear_error(checkpoint, tmp_path, capsys):
+    image = _image(tmp_path / "x.png", 16, 16)
+    (tmp_path / "file").write_text("a file, not a folder")
+    code = main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "file" / "out")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot write to output folder" in err and "choose another --out" in err
+
+
+def test_no_overlay_and_all_good_inputs_exit_zero(checkpoint, tmp_path, capsys):
+    image = _image(tmp_path / "x.png", 16, 24)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "o"), "--no-overlay"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.png"]

@@ -20,6 +20,11 @@ def _randomise_scores(model: nn.Module) -> None:
             nn.init.normal_(module.bias, std=0.01)
 
 
+def _input(model: nn.Module, batch: int, height: int, width: int) -> torch.Tensor:
+    """Random input with the channels the model reads (RGB 3; RGB-D 4; RGB-HHA stacked 6)."""
+    return torch.randn(batch, getattr(model, "in_channels", 3), height, width)
+
+
 @pytest.fixture(scope="module", params=MODELS)
 def model(request):
     torch.manual_seed(0)
@@ -42,26 +47,28 @@ def test_output_size_equals_input_size(model):
     model.eval()
     with torch.no_grad():
         for size in [(1, 1), (97, 131), (375, 500)]:
-            out = model(torch.randn(1, 3, *size))
+            out = model(_input(model, 1, *size))
             assert out.shape == (1, 5, *size), f"{model.name} at {size}"
 
 
 def test_backward_reaches_backbone_and_head(model):
     model.train()
     model.zero_grad()
-    out = model(torch.randn(2, 3, 97, 131))
+    out = model(_input(model, 2, 97, 131))
     assert out.shape == (2, 5, 97, 131)
     out.square().mean().backward()
     first = next(p for p in model.backbone.parameters() if p.requires_grad)
     assert first.grad is not None and first.grad.abs().sum() > 0
-    assert model.head.score_fr.weight.grad.abs().sum() > 0
+    # score_fr, or one per stream in a late-fusion head (score_frcolor, score_frhha)
+    score_fr = [m for n, m in model.head.named_children() if n.startswith("score_fr")]
+    assert score_fr and all(m.weight.grad.abs().sum() > 0 for m in score_fr)
     fixed = [p for p in model.head.parameters() if not p.requires_grad]
     assert all(p.grad is None for p in fixed), "fixed deconvolutions must not learn"
 
 
 def test_eval_is_deterministic_and_state_dict_round_trips(model):
     model.eval()
-    x = torch.randn(1, 3, 97, 131)
+    x = _input(model, 1, 97, 131)
     with torch.no_grad():
         first, second = model(x), model(x)
     torch.testing.assert_close(first, second, rtol=0, atol=0)

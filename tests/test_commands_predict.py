@@ -87,3 +87,20 @@ def test_no_overlay_and_all_good_inputs_exit_zero(checkpoint, tmp_path, capsys):
     image = _image(tmp_path / "x.png", 16, 24)
     assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "o"), "--no-overlay"]) == 0  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.png"]
+
+
+def test_predict_runs_an_exported_onnx_model(checkpoint, tmp_path, capsys):
+    """The same masks from the checkpoint and from its ONNX export (issue: predict on ONNX)."""
+    pytest.importorskip("onnxruntime")
+    from fcnseg.export import export_onnx
+
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(fcnseg.Segmenter.from_checkpoint(checkpoint).model, onnx_path)
+    image = _image(tmp_path / "in" / "photo.png", 45, 70, seed=3)
+    assert main(["predict", "--checkpoint", str(onnx_path), str(image), "--out", str(tmp_path / "onnx")]) == 0  # fmt: skip
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "pt")]) == 0  # fmt: skip
+    from_onnx = np.array(Image.open(tmp_path / "onnx" / "photo.png"))
+    from_pt = np.array(Image.open(tmp_path / "pt" / "photo.png"))
+    assert from_onnx.shape == (45, 70)
+    assert (from_onnx == from_pt).mean() > 0.999  # float ties may flip a pixel
+    assert len(np.unique(from_pt)) > 1

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .data.base import image_to_tensor, read_image
-from .data.palettes import flat_palette
+from .data.palettes import flat_palette, voc_palette
 from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .models import FCN, Normalization
 
@@ -34,7 +34,7 @@ class Segmenter:
 
     def __init__(
         self,
-        model: FCN,
+        model: FCN | torch.nn.Module,
         *,
         classes: Sequence[str],
         palette: Sequence[Sequence[int]] | None = None,
@@ -55,7 +55,12 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, *, device: torch.device | str = "cpu") -> Segmenter:
-        """Load a checkpoint written by ``fcnseg train`` (weights only; no code is run)."""
+        """Load a checkpoint written by ``fcnseg train`` (weights only; no code is run).
+
+        A ``.onnx`` file from ``fcnseg export onnx`` runs in onnxruntime instead.
+        """
+        if Path(path).suffix.lower() == ".onnx":
+            return cls.from_onnx(path)
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, path)
         return cls(
@@ -64,6 +69,28 @@ class Segmenter:
             palette=checkpoint.get("palette"),
             device=device,
             ignore_index=checkpoint.get("ignore_index", 255),
+        )
+
+    @classmethod
+    def from_onnx(cls, path: Path | str) -> Segmenter:
+        """An FCN exported by ``fcnseg export onnx``, run by onnxruntime on the CPU.
+
+        The file records the class count and the input normalisation, not the class names:
+        classes are named "class 0", "class 1", ... and drawn in the VOC palette.
+        """
+        from .export import load_onnx  # onnxruntime is an optional dependency
+
+        runner = load_onnx(path)
+        if runner.num_classes is None or runner.normalization is None:
+            raise ValueError(
+                f"{path}: no fcnseg metadata (class count, normalisation): export it with "
+                "fcnseg export onnx"
+            )
+        return cls(
+            _OnnxModule(runner),
+            classes=[f"class {index}" for index in range(runner.num_classes)],
+            palette=voc_palette(runner.num_classes),
+            normalization=runner.normalization,
         )
 
     @property
@@ -87,6 +114,17 @@ class Segmenter:
         if not probabilities:
             return labels
         return labels, scores.softmax(0).cpu().numpy()
+
+
+class _OnnxModule(torch.nn.Module):
+    """An onnxruntime session behind the interface Segmenter uses (tensor in, tensor out)."""
+
+    def __init__(self, runner) -> None:
+        super().__init__()
+        self.runner, self.num_classes = runner, runner.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner(x.cpu().numpy()))
 
 
 def load_rgb(image: ImageLike) -> torch.Tensor:

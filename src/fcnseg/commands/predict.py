@@ -33,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="predict label maps for images",
         description="Write an index PNG mask (dataset palette) and an overlay per image.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a .pt from fcnseg train, or a .onnx from fcnseg export onnx",
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument(

@@ -15,14 +15,7 @@ from fcnseg.models.normalization import IMAGENET, Normalization
 from fcnseg.weights import load_weights, read_weights, save_weights
 from fcnseg.weights.files import atomic_write
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: one thread runs them fastest, and cannot stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- a tiny .caffemodel

@@ -20,14 +20,6 @@ from fcnseg.engine.evaluate import eval_loader, evaluate
 from fcnseg.metrics import metrics_from_matrix
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ranks run: the same arithmetic, to the last bit
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_shards_cover_every_item_once():
     shards = [list(ShardSampler(5, rank, 2)) for rank in range(2)]
     assert shards == [[0, 2, 4], [1, 3]] and len(ShardSampler(5, 1, 2)) == 2

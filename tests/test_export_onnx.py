@@ -27,14 +27,7 @@ from fcnseg.export import check_onnx, export_onnx, load_onnx  # noqa: E402
 
 SIZES = ((97, 131), (160, 224))
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: one thread runs them fastest, and cannot stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_scores(model: FCN, seed: int) -> FCN:

@@ -43,14 +43,7 @@ ARCH = (
 SCALING = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2)}
 BUILDERS = {0: efficientnet_lite0, 1: efficientnet_lite1, 2: efficientnet_lite2}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: one thread runs them fastest, and cannot stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

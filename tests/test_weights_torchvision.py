@@ -27,14 +27,7 @@ OUR_VGG_NAMES = [
 SLIM = {64: 4, 128: 6, 256: 8, 512: 10}  # channel map for the slim test net
 SLIM_FC = 12
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: one thread runs them fastest, and cannot stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randn(generator: torch.Generator, *shape: int) -> torch.Tensor:

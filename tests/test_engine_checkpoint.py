@@ -129,3 +129,18 @@ def test_rng_states_survive_weights_only_loading(tmp_path):
     ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_build_options_travel_with_the_weights(tmp_path):
+    """A non-default build (caffe geometry, bilinear upsampling, output stride 16)."""
+    from fcnseg.weights import load_weights, save_weights
+
+    model = build_model(
+        "fcn8s_resnet18", num_classes=3, geometry="caffe", upsample="bilinear", output_stride=16
+    )
+    checkpoint = ckpt.make_checkpoint(model, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
+    assert checkpoint["model"]["options"]["output_stride"] == 16
+    for suffix in (".pt", ".safetensors"):
+        rebuilt = load_weights(save_weights(tmp_path / f"w{suffix}", model))
+        assert rebuilt.build_options == model.build_options
+        assert rebuilt.backbone.output_stride == 16 and rebuilt.backbone.geometry == "caffe"

@@ -5,7 +5,8 @@ A checkpoint is a dict::
     format          "fcnseg.checkpoint"
     version         1
     model           {"name": "fcn8s_vgg16", "num_classes": 21,
-                     "options": {"geometry", "upsample", "learnable_upsample", "in_channels"}}
+                     "options": {"geometry", "upsample", "learnable_upsample", "in_channels",
+                                 "output_stride"}}
     classes         ["background", "aeroplane", ...]
     palette         [[0, 0, 0], [128, 0, 0], ...]      one RGB triple per class
     ignore_index    255
@@ -58,7 +59,7 @@ __all__ = [
 
 FORMAT = "fcnseg.checkpoint"
 VERSION = 1
-_BUILD_OPTIONS = ("geometry", "upsample", "learnable_upsample", "in_channels")
+_BUILD_OPTIONS = ("geometry", "upsample", "learnable_upsample", "in_channels", "output_stride")
 
 
 class CheckpointError(ValueError):
@@ -73,7 +74,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def make_checkpoint(
     model: nn.Module,
     *,
-    build_options: dict[str, Any],
+    build_options: dict[str, Any] | None = None,
     classes: list[str] | tuple[str, ...],
     palette: list[tuple[int, int, int]] | list[list[int]],
     ignore_index: int = 255,
@@ -81,10 +82,15 @@ def make_checkpoint(
     confusion: torch.Tensor | None = None,
     training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict of ``model`` (an FCN, possibly DDP-wrapped)."""
+    """The checkpoint dict of ``model`` (an FCN, possibly DDP-wrapped).
+
+    ``build_options`` default to those the model was built with (``FCN.build_options``).
+    """
     net = unwrap(model)
     if not isinstance(net, FCN):
         raise TypeError(f"checkpoints hold fcnseg FCN models, not {type(net).__name__}")
+    if build_options is None:
+        build_options = net.build_options
     norm = net.normalization
     checkpoint = {
         "format": FORMAT,

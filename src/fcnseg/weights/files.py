@@ -72,6 +72,7 @@ def _record(model: FCN) -> dict[str, object]:
         "model": model.name,
         "num_classes": model.num_classes,
         "normalization": asdict(model.normalization),
+        "options": dict(model.build_options),  # geometry, upsampling, ...: to rebuild it
     }
 
 
@@ -110,7 +111,7 @@ def _from_record(state: dict[str, torch.Tensor], record: Mapping[str, object]) -
     """Ours keeps the name and class count at the top; a training checkpoint
     (``engine.checkpoint``) under ``model`` with the build options."""
     name, classes, norm = (record.get(key) for key in ("model", "num_classes", "normalization"))
-    options: dict[str, object] = {}
+    options = record.get("options") if isinstance(record.get("options"), dict) else {}
     if isinstance(name, dict):
         name, classes, options = name.get("name"), name.get("num_classes"), name.get("options")
         options = dict(options) if isinstance(options, dict) else {}

@@ -81,8 +81,9 @@ def parse_record(metadata: Mapping[str, str], path: str | Path) -> dict[str, obj
             "model": metadata["model"],
             "num_classes": int(metadata["num_classes"]),
         }
-        if "normalization" in metadata:
-            record["normalization"] = json.loads(metadata["normalization"])
+        for key in ("normalization", "options"):
+            if key in metadata:
+                record[key] = json.loads(metadata[key])
     except (KeyError, ValueError) as error:
         raise ValueError(f"{path}: malformed fcnseg metadata ({error})") from None
     return record

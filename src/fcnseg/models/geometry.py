@@ -73,7 +73,16 @@ def deconv_map(kernel: int, stride: int, padding: int = 0) -> CoordMap:
 
 
 def module_map(module: nn.Module) -> CoordMap:
-    """The map of one module; modules that do not resample (ReLU, BN, LRN) are identity."""
+    """The map of one module; modules that do not resample (ReLU, BN, LRN) are identity.
+
+    A module with a ``coord_map()`` method (an Inception module, whose branches must agree)
+    gives its own; an ``nn.Sequential`` is the trace of its children.
+    """
+    own = getattr(module, "coord_map", None)
+    if callable(own):
+        return own()
+    if isinstance(module, nn.Sequential):
+        return trace(module)
     if isinstance(module, nn.ConvTranspose2d):
         return deconv_map(
             _pair_first(module.kernel_size), _pair_first(module.stride), _pair_first(module.padding)

@@ -88,6 +88,9 @@ class Upsample(nn.Module):
         if self.identity:
             return x
         if self.mode == "deconv":
+            diagonal = self._diagonal_kernels()
+            if diagonal is not None:  # one k x k kernel per class: C times fewer FLOPs
+                return F.conv_transpose2d(x, diagonal, stride=self.factor, groups=x.shape[1])
             return F.conv_transpose2d(x, self.weight, stride=self.factor)
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")
         h, w = x.shape[-2:]
@@ -97,6 +100,32 @@ class Upsample(nn.Module):
             size = ((h - 1) * self.factor + 1, (w - 1) * self.factor + 1)
             return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
         return F.interpolate(x, size=(h * self.factor, w * self.factor), mode="bilinear")
+
+    def _diagonal_kernels(self) -> torch.Tensor | None:
+        """The C x 1 x k x k class-diagonal kernels when every other kernel is zero, else None.
+
+        The reference's fixed bilinear deconvolution maps class c only to class c, so the
+        full C x C transposed convolution spends (C - 1) / C of its FLOPs multiplying zeros;
+        the depthwise one (groups=C) gives the same sums. A weight that is being learned
+        keeps the full form, whose gradient reaches the off-diagonal kernels. The check
+        runs once per weight version (in-place edits bump it), not once per call.
+        """
+        weight = self.weight
+        if weight.requires_grad and torch.is_grad_enabled():
+            return None
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = getattr(self, "_diagonal_cache", None)
+        if cached is None or cached[0] != key:
+            channels = weight.shape[0]
+            index = torch.arange(channels, device=weight.device)
+            with torch.inference_mode(False), torch.no_grad():  # a tensor backward can save
+                kernels = weight[index, index].unsqueeze(1).clone()  # C x 1 x k x k
+                off = weight.detach().clone()
+                off[index, index] = 0
+                diagonal = weight.shape[1] == channels and not bool(off.any())
+            cached = (key, kernels if diagonal else None)
+            self._diagonal_cache = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         if self.identity:

@@ -21,9 +21,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .. import geometry as geo
 from ..normalization import CAFFE_VOC
-from .base import Backbone, FeatureTap, check_geometry
+from .base import FeatureTap, SequentialBackbone, check_geometry
 
 __all__ = ["AlexNet", "caffe_lrn", "caffe_max_pool"]
 
@@ -43,7 +42,7 @@ def caffe_max_pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
 
-class AlexNet(Backbone):
+class AlexNet(SequentialBackbone):
     """AlexNet with taps pool1 (stride 8), pool2 (stride 16) and fc7 (stride 32).
 
     ``geometry="caffe"`` pads conv1 by 100 and fc6 by 0, exactly the reference
@@ -103,27 +102,6 @@ class AlexNet(Backbone):
             FeatureTap("pool2", 16, 256),
             FeatureTap("fc7", 32, 4096),
         )
-
-    def _trunk(self) -> list[tuple[str, nn.Module]]:
-        """The layers up to drop7 in forward order (fc8 is not part of the trunk)."""
-        return [(name, module) for name, module in self.named_children() if name != "fc8"]
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features: dict[str, torch.Tensor] = {}
-        for name, module in self._trunk():
-            x = module(x)
-            if name in ("pool1", "pool2"):
-                features[name] = x  # the Caffe blobs, before norm1 / norm2
-        features["fc7"] = x  # after relu7 and drop7
-        return features
-
-    def coord_map(self, tap: str) -> geo.CoordMap:
-        last = "drop7" if tap == "fc7" else tap
-        names = [name for name, _ in self._trunk()]
-        if tap not in {t.name for t in self.taps}:
-            offered = ", ".join(t.name for t in self.taps)
-            raise ValueError(f"AlexNet has no tap {tap!r}; it offers {offered}")
-        return geo.trace(module for _, module in self._trunk()[: names.index(last) + 1])
 
     @staticmethod
     def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,10 +10,17 @@ import torch
 from torch import nn
 
 from ...surgery import TransplantReport, WeightMismatchError, transplant
-from ..geometry import CoordMap
+from ..geometry import CoordMap, trace
 from ..normalization import Normalization
 
-__all__ = ["FeatureTap", "Backbone", "GEOMETRIES", "check_geometry", "read_state_dict"]
+__all__ = [
+    "FeatureTap",
+    "Backbone",
+    "SequentialBackbone",
+    "GEOMETRIES",
+    "check_geometry",
+    "read_state_dict",
+]
 
 # caffe: pad 100 on the first convolution, as the reference nets (output covers any input);
 # aligned: ordinary padding, every stride-s tap has ceil(H / s) cells over the image.
@@ -102,6 +109,38 @@ class Backbone(nn.Module):
                 f"{error}: is this a state dict of {type(self).__name__} "
                 "with the same depth and widths?"
             ) from None
+
+
+class SequentialBackbone(Backbone):
+    """A backbone whose children run one after another (VGG16, AlexNet, GoogLeNet).
+
+    A tap is the output of the child of the same name; the last tap is the trunk's output
+    (after fc7's ReLU and dropout). The classifier child is not part of the trunk.
+    """
+
+    def _trunk(self) -> list[tuple[str, nn.Module]]:
+        return [(n, m) for n, m in self.named_children() if n != self.classifier_name]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        inner = {tap.name for tap in self.taps[:-1]}
+        features: dict[str, torch.Tensor] = {}
+        for name, module in self._trunk():
+            x = module(x)
+            if name in inner:
+                features[name] = x
+        features[self.taps[-1].name] = x
+        return features
+
+    def coord_map(self, tap: str) -> CoordMap:
+        names = [name for name, _ in self._trunk()]
+        if tap == self.taps[-1].name:
+            end = len(names)
+        elif tap in {t.name for t in self.taps}:
+            end = names.index(tap) + 1
+        else:
+            offered = ", ".join(t.name for t in self.taps)
+            raise ValueError(f"{type(self).__name__} has no tap {tap!r}; it offers {offered}")
+        return trace(module for _, module in self._trunk()[:end])
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

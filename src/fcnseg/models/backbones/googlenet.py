@@ -17,7 +17,6 @@ parameters are ``inception_4c.5x5_reduce.weight`` and ``.bias``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -25,7 +24,7 @@ from torch import nn
 from .. import geometry as geo
 from ..normalization import CAFFE_VOC
 from .alexnet import caffe_lrn, caffe_max_pool
-from .base import Backbone, FeatureTap, check_geometry
+from .base import FeatureTap, SequentialBackbone, check_geometry
 
 __all__ = ["GoogLeNet", "Inception", "INCEPTION_WIDTHS"]
 
@@ -105,7 +104,7 @@ class Inception(nn.Module):
         return torch.cat(outputs, dim=1)
 
 
-class GoogLeNet(Backbone):
+class GoogLeNet(SequentialBackbone):
     """GoogLeNet with taps inception_3b (stride 8), inception_4e (16), inception_5b (32).
 
     ``geometry="caffe"`` pads conv1/7x7_s2 by 100 like the FCN reference nets:
@@ -160,31 +159,3 @@ class GoogLeNet(Backbone):
             FeatureTap("inception_4e", 16, 832),
             FeatureTap("inception_5b", 32, 1024),
         )
-
-    def _trunk(self) -> list[tuple[str, nn.Module]]:
-        """The stages up to inception_5b in forward order (loss3 is not part of it)."""
-        return [(name, module) for name, module in self.named_children() if name != "loss3"]
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        taps = {tap.name for tap in self.taps}
-        features: dict[str, torch.Tensor] = {}
-        for name, stage in self._trunk():
-            x = stage(x)
-            if name in taps:
-                features[name] = x
-        return features
-
-    def _stage_maps(self, last_stage: str) -> Iterator[geo.CoordMap]:
-        for name, stage in self._trunk():
-            yield stage.coord_map() if isinstance(stage, Inception) else geo.trace(stage)
-            if name == last_stage:
-                return
-
-    def coord_map(self, tap: str) -> geo.CoordMap:
-        if tap not in {t.name for t in self.taps}:
-            offered = ", ".join(t.name for t in self.taps)
-            raise ValueError(f"GoogLeNet has no tap {tap!r}; it offers {offered}")
-        result = geo.IDENTITY
-        for stage_map in self._stage_maps(tap):
-            result = result.compose(stage_map)
-        return result

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .. import geometry as geo
 from ..normalization import CAFFE_VOC
-from .base import Backbone, FeatureTap, check_geometry
+from .base import FeatureTap, SequentialBackbone, check_geometry
 
 __all__ = ["VGG16", "TORCHVISION_VGG16_KEYS"]
 
@@ -40,7 +39,7 @@ TORCHVISION_VGG16_KEYS = {
 }
 
 
-class VGG16(Backbone):
+class VGG16(SequentialBackbone):
     """VGG16 with taps pool3 (stride 8), pool4 (stride 16) and fc7 (stride 32).
 
     ``geometry="caffe"`` pads conv1_1 by 100 and fc6 by 0, exactly the reference nets;
@@ -88,26 +87,6 @@ class VGG16(Backbone):
             FeatureTap("pool4", 16, widths[3]),
             FeatureTap("fc7", 32, fc_channels),
         )
-
-    def _trunk(self) -> list[tuple[str, nn.Module]]:
-        """The layers up to drop7 in forward order (fc8 is not part of the trunk)."""
-        return [(name, module) for name, module in self.named_children() if name != "fc8"]
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features: dict[str, torch.Tensor] = {}
-        for name, module in self._trunk():
-            x = module(x)
-            if name in ("pool3", "pool4"):
-                features[name] = x
-        features["fc7"] = x
-        return features
-
-    def coord_map(self, tap: str) -> geo.CoordMap:
-        last = "drop7" if tap == "fc7" else tap
-        names = [name for name, _ in self._trunk()]
-        if last not in names:
-            raise ValueError(f"VGG16 has no tap {tap!r}")
-        return geo.trace(module for _, module in self._trunk()[: names.index(last) + 1])
 
     @staticmethod
     def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

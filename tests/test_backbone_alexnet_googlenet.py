@@ -283,7 +283,7 @@ def test_dropout_only_in_training(alexnets):
 def test_torchvision_alexnet_is_refused_clearly():
     weights = {"features.0.weight": torch.zeros(64, 3, 11, 11)}
     with pytest.raises(ValueError, match="one weird trick.*BVLC"):
-        AlexNet.convert_torchvision(weights)
+        AlexNet().load_torchvision(weights)
 
 
 # --- GoogLeNet: channel table, Caffe names ------------------------------------------------

@@ -19,7 +19,7 @@ from fcnseg.models.backbones.efficientnet import (
     efficientnet_lite2,
     package_weights_path,
 )
-from fcnseg.models.backbones.resnet import ResNet, resnet18, resnet34, resnet50, resnet101
+from fcnseg.models.backbones.resnet import resnet18, resnet34, resnet50, resnet101
 from fcnseg.surgery import transplant
 
 RESNETS = (resnet18, resnet34, resnet50, resnet101)
@@ -125,7 +125,8 @@ def test_torchvision_resnet18_state_dict_loads_exactly():
     source = _torchvision_basic_resnet()
     model = resnet18(classifier=True)
     report = model.load_torchvision(source)
-    assert not (report.coerced or report.dropped or report.missing)
+    assert report.coerced == ["fc.weight"]  # the Linear classifier, reshaped to 1x1
+    assert not (report.dropped or report.missing)
     loaded = model.state_dict()
     assert loaded.keys() == source.keys()
     for key, value in source.items():
@@ -143,8 +144,8 @@ def test_a_wrong_shape_names_the_key_and_both_shapes():
     source = _torchvision_basic_resnet()
     source["layer3.1.conv2.weight"] = torch.randn(256, 256, 1, 1)
     message = (
-        "shape mismatch for 'layer3.1.conv2.weight': the weights have (256, 256, 1, 1), "
-        "the model expects (256, 256, 3, 3)"
+        "shape mismatch at 'layer3.1.conv2.weight' (our 'layer3.1.conv2.weight'): the weights "
+        "have (256, 256, 1, 1), the backbone expects (256, 256, 3, 3)"
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         resnet18(classifier=True).load_torchvision(source)
@@ -158,10 +159,11 @@ def test_a_truncated_or_wrong_depth_state_dict_is_refused():
     with pytest.raises(KeyError, match=r"missing from the weights: layer1\.2\.conv1\.weight"):
         resnet34(classifier=True).load_torchvision(resnet18_state)
     resnet34_state = _torchvision_basic_resnet((3, 4, 6, 3))
-    with pytest.raises(KeyError, match=r"not in the model: layer1\.2\.conv1\.weight"):
+    with pytest.raises(KeyError, match=r"not in the backbone: layer1\.2\.conv1\.weight"):
         resnet18(classifier=True).load_torchvision(resnet34_state)
-    with pytest.raises(KeyError, match="unexpected key 'module.conv1.weight'"):
-        ResNet.convert_torchvision({"module.conv1.weight": resnet18_state["conv1.weight"]})
+    extra = dict(resnet18_state, **{"layer1.0.se.weight": torch.zeros(4)})
+    with pytest.raises(KeyError, match=r"not in the backbone: layer1\.0\.se\.weight"):
+        resnet18(classifier=True).load_torchvision(extra)
 
 
 def test_torchvision_weights_load_from_a_file(tmp_path):

@@ -147,14 +147,15 @@ def test_load_torchvision_file_errors(tmp_path, vgg16_classifier):
         backbone.load_torchvision(tmp_path / "missing.pth")
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="broken.pth: not a readable PyTorch state dict"):
+    with pytest.raises(ValueError, match="broken.pth: not a readable PyTorch weights file"):
         backbone.load_torchvision(broken)
     weights = _torchvision_keys(vgg16_classifier)
     weights["features.0.weight"] = torch.zeros(64, 3, 5, 5)
     with pytest.raises(ValueError, match=r"'conv1_1.weight'.*\(64, 3, 5, 5\).*\(64, 3, 3, 3\)"):
         backbone.load_torchvision(weights)
-    del weights["features.0.weight"]
-    with pytest.raises(KeyError, match="conv1_1.weight"):
+    weights["features.0.weight"] = torch.zeros(64, 3, 3, 3)
+    del weights["features.2.weight"]
+    with pytest.raises(KeyError, match="missing from the weights: conv1_2.weight"):
         backbone.load_torchvision(weights)
 
 

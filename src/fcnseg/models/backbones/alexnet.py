@@ -16,9 +16,6 @@ same layer names and parameter shapes, so either's weights load here by name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
 from torch import nn
 
 from ..normalization import CAFFE_VOC
@@ -103,8 +100,7 @@ class AlexNet(SequentialBackbone):
             FeatureTap("fc7", 32, 4096),
         )
 
-    @staticmethod
-    def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def load_torchvision(self, source: object) -> None:
         """Refuse: torchvision's alexnet is another network, not this one renamed."""
         raise ValueError(
             "torchvision's alexnet is the 'one weird trick' variant (64/192/384/256/256 "

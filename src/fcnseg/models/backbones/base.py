@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...surgery import TransplantReport, WeightMismatchError, transplant
+from ...surgery import TransplantReport
 from ..geometry import CoordMap, trace
 from ..normalization import Normalization
 
@@ -84,31 +84,17 @@ class Backbone(nn.Module):
             )
         return self.classifier(self(x)[self.taps[-1].name])
 
-    @staticmethod
-    def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename a torchvision/timm state dict to this backbone's keys."""
-        raise NotImplementedError("this backbone has no torchvision counterpart")
-
     def load_torchvision(self, source: str | Path | Mapping[str, torch.Tensor]) -> TransplantReport:
         """Load a torchvision state dict (a file or a mapping) into this backbone.
 
-        Fully connected weights are reshaped into the convolutionalized layers; the
-        ImageNet classifier is dropped when the backbone was built without it. A key the
-        backbone needs and the weights lack, or one it has no place for (a deeper
-        ResNet's extra blocks), raises naming the key, before anything is written.
+        ``fcnseg.weights.load_backbone_weights`` with ``source="torchvision"``: keys are
+        mapped by layout, fully connected weights reshaped into the convolutionalized
+        layers, the ImageNet classifier dropped when the backbone has none, every tensor
+        checked before anything is written, and the normalisation set to the weights'.
         """
-        state_dict = read_state_dict(source) if isinstance(source, (str, Path)) else source
-        renamed = self.convert_torchvision(state_dict)
-        if self.classifier is None:
-            prefix = self.classifier_name + "."
-            renamed = {k: v for k, v in renamed.items() if not k.startswith(prefix)}
-        try:
-            return transplant(self, renamed, strict=True)
-        except WeightMismatchError as error:
-            raise WeightMismatchError(
-                f"{error}: is this a state dict of {type(self).__name__} "
-                "with the same depth and widths?"
-            ) from None
+        from ...weights.foreign import load_backbone_weights  # weights builds on models
+
+        return load_backbone_weights(self, source, source="torchvision")
 
 
 class SequentialBackbone(Backbone):

@@ -16,7 +16,7 @@ scores every stride-32 cell.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -184,25 +184,6 @@ class ResNet(Backbone):
             offered = ", ".join(t.name for t in self.taps)
             raise ValueError(f"ResNet has no tap {tap!r}; it offers {offered}")
         return geo.trace(self._main_path(tap))
-
-    @staticmethod
-    def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A torchvision ``resnet*`` state dict in this module's shapes.
-
-        The names agree already; only ``fc.weight`` turns from a Linear's 1000 x C into the
-        1x1 convolution's 1000 x C x 1 x 1. Keys of other layouts are refused here.
-        """
-        converted = {}
-        for key, value in state_dict.items():
-            if not _TORCHVISION_KEY.fullmatch(key):
-                raise KeyError(
-                    f"unexpected key {key!r} in a torchvision resnet state dict "
-                    "(strip a 'module.' prefix; other architectures are not supported)"
-                )
-            if key == "fc.weight" and value.dim() == 2:
-                value = value[:, :, None, None]  # Linear 1000 x C -> conv 1000 x C x 1 x 1
-            converted[key] = value
-        return converted
 
 
 def _resnet(

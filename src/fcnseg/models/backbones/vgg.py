@@ -9,9 +9,6 @@ each followed by ReLU and element-wise dropout 0.5, and the ImageNet classifier 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
 from torch import nn
 
 from ..normalization import CAFFE_VOC
@@ -87,21 +84,3 @@ class VGG16(SequentialBackbone):
             FeatureTap("pool4", 16, widths[3]),
             FeatureTap("fc7", 32, fc_channels),
         )
-
-    @staticmethod
-    def convert_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename a torchvision ``vgg16`` state dict to these layer names.
-
-        fc6/fc7/fc8 keep their Linear shapes (4096 x 25088, ...); ``transplant`` reshapes
-        them into the convolutions, since the element counts agree.
-        """
-        renamed = {}
-        for key, value in state_dict.items():
-            module, _, param = key.rpartition(".")
-            if module not in TORCHVISION_VGG16_KEYS:
-                raise KeyError(
-                    f"unexpected key {key!r} in a torchvision vgg16 state dict "
-                    "(vgg16_bn and other variants have a different layout)"
-                )
-            renamed[f"{TORCHVISION_VGG16_KEYS[module]}.{param}"] = value
-        return renamed

@@ -63,6 +63,9 @@ class TrainConfig:
     pretrained_backbone: bool = False
     backbone_weights: str | None = None
     init_from: str | None = None  # a checkpoint whose weights start this run (transplant)
+    # late fusion: one trained single-input checkpoint per stream, fused 0.5 / 0.5 at start
+    # (NYUDv2 RGB-HHA: {color = "runs/rgb/best.pt", hha = "runs/hha/best.pt"})
+    init_streams: dict[str, str] = field(default_factory=dict)
     staged: bool = False  # paper: train FCN-32s, then 16s from it, then 8s from 16s
     stage_lr_factor: float = 0.01  # lr of each later stage, when lr is set explicitly
 
@@ -96,6 +99,7 @@ class TrainConfig:
     sampling_cell: int = 32  # pixels per score cell for loss sampling
     class_weights: str | list[float] = "none"  # none, median, or one weight per class
     class_weight_images: int = 500  # images read to estimate median frequencies
+    task_weights: dict[str, float] = field(default_factory=dict)  # multi-task; {}: 1 each
     crop_size: int | None = None
     scale_range: list[float] | None = None  # [min, max] random scaling
     flip: bool | None = None
@@ -168,6 +172,22 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: scale_range must be [min, max] with 0 < min <= max, "
                 f"got {self.scale_range}"
+            )
+        for task, weight in self.task_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                raise ConfigError(
+                    f"{source}: task_weights.{task} = {weight!r}: give each task a number >= 0 "
+                    "(SIFT Flow: task_weights = {semantic = 1.0, geometric = 1.0})"
+                )
+        for stream, path in self.init_streams.items():
+            if not isinstance(path, str):
+                raise ConfigError(
+                    f"{source}: init_streams.{stream} = {path!r}: give each stream the path "
+                    'of a checkpoint ({color = "runs/rgb/best.pt", hha = "runs/hha/best.pt"})'
+                )
+        if self.init_streams and self.init_from:
+            raise ConfigError(
+                f"{source}: init_streams and init_from both start the weights: keep one"
             )
         if self.staged and model_variant(self.model) != "8s":
             raise ConfigError(

@@ -3,25 +3,31 @@
 An FCN takes any input size (Section 3: "fully convolutional networks ... take input of
 arbitrary size and produce correspondingly-sized output"), so images are predicted whole,
 never resized or tiled: the label map has the image's height and width.
+
+A multi-input model (NYUDv2 RGB-D, RGB-HHA) predicts from a dict of its inputs
+(``{"color": ..., "depth": ...}``), each normalised as the model says; a multi-task model
+(SIFT Flow) gives one label map per task, as a dict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .data.base import image_to_tensor, read_image
+from .data.base import image_to_tensor, read_depth, read_image
 from .data.palettes import flat_palette, voc_palette
 from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .models import FCN, Normalization
 
-__all__ = ["Segmenter", "load_rgb", "save_mask"]
+__all__ = ["Segmenter", "load_rgb", "load_input", "save_mask"]
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
+Palette = Sequence[Sequence[int]]
 
 
 class Segmenter:
@@ -36,22 +42,26 @@ class Segmenter:
         self,
         model: FCN | torch.nn.Module,
         *,
-        classes: Sequence[str],
-        palette: Sequence[Sequence[int]] | None = None,
-        normalization: Normalization | None = None,
+        classes: Sequence[str] | Mapping[str, Sequence[str]],
+        palette: Palette | Mapping[str, Palette] | None = None,
+        normalization: Normalization | Mapping[str, Any] | None = None,
         device: torch.device | str = "cpu",
         ignore_index: int = 255,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.classes = tuple(classes)
-        self.palette = [tuple(int(c) for c in color) for color in (palette or [])]
+        if isinstance(classes, Mapping):  # a multi-task model: names and colours by task
+            palette = palette or {}
+            self.classes = {task: tuple(names) for task, names in classes.items()}
+            self.palette = {task: _colors(palette.get(task)) for task in self.classes}
+            counts = {task: len(names) for task, names in self.classes.items()}
+        else:
+            self.classes, self.palette = tuple(classes), _colors(palette)
+            counts = len(self.classes)
         self.normalization = normalization or model.normalization
         self.ignore_index = ignore_index
-        if len(self.classes) != model.num_classes:
-            raise ValueError(
-                f"{len(self.classes)} class names for a model of {model.num_classes} classes"
-            )
+        if counts != model.num_classes:
+            raise ValueError(f"{counts} class names for a model of {model.num_classes} classes")
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, *, device: torch.device | str = "cpu") -> Segmenter:
@@ -94,26 +104,48 @@ class Segmenter:
         )
 
     @property
-    def num_classes(self) -> int:
+    def num_classes(self) -> int | dict[str, int]:
         return self.model.num_classes
 
+    @property
+    def inputs(self) -> tuple[str, ...] | None:
+        """The inputs a multi-input model reads (``("color", "depth")``), or None."""
+        return tuple(self.normalization) if isinstance(self.normalization, Mapping) else None
+
     @torch.inference_mode()
-    def predict(
-        self, image: ImageLike, probabilities: bool = False
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def predict(self, image: ImageLike | Mapping[str, ImageLike], probabilities: bool = False):
         """The H x W label map (uint8 when the classes fit, else int64) of one image.
 
         ``image``: a PIL image, an H x W x 3 (or H x W) uint8 array in RGB, a 3 x H x W tensor
-        in 0..255, or a file path (an unreadable file raises ``DatasetError``). With ``probabilities`` the result is
-        ``(labels, probs)``, ``probs`` a C x H x W float32 array of class probabilities.
+        in 0..255, or a file path (an unreadable file raises ``DatasetError``); for a
+        multi-input model a dict of such inputs by name (depth: H x W as stored, or its
+        16-bit PNG). With ``probabilities`` the result is ``(labels, probs)``, ``probs`` a
+        C x H x W float32 array of class probabilities. A multi-task model gives dicts by
+        task: ``{"semantic": labels, "geometric": labels}`` (and the same for ``probs``).
         """
-        rgb = load_rgb(image)  # 3 x H x W float, 0..255
-        scores = self.model(self.normalization(rgb)[None].to(self.device))[0].float()
-        labels = scores.argmax(0).cpu().numpy()
-        labels = labels.astype(np.uint8 if self.num_classes <= 256 else np.int64)
-        if not probabilities:
-            return labels
-        return labels, scores.softmax(0).cpu().numpy()
+        scores = self.model(self._batch(image))
+        if isinstance(scores, Mapping):
+            results = {task: _label_map(s[0].float(), probabilities) for task, s in scores.items()}
+            if not probabilities:
+                return results
+            return {t: r[0] for t, r in results.items()}, {t: r[1] for t, r in results.items()}
+        return _label_map(scores[0].float(), probabilities)
+
+    def _batch(self, image: ImageLike | Mapping[str, ImageLike]) -> Any:
+        """A batch of one, normalised: a tensor, or a dict by input for multi-input models."""
+        inputs = self.inputs
+        if inputs is None:
+            return self.normalization(load_rgb(image))[None].to(self.device)
+        if not isinstance(image, Mapping) or set(image) != set(inputs):
+            given = sorted(image) if isinstance(image, Mapping) else type(image).__name__
+            raise ValueError(
+                f"this model reads {list(inputs)}, got {given}: pass a dict with one image "
+                "per input"
+            )
+        return {
+            name: self.normalization[name](load_input(name, image[name]))[None].to(self.device)
+            for name in inputs
+        }
 
 
 class _OnnxModule(torch.nn.Module):
@@ -125,6 +157,32 @@ class _OnnxModule(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.runner(x.cpu().numpy()))
+
+
+def _colors(palette: Palette | None) -> list[tuple[int, ...]]:
+    return [tuple(int(c) for c in color) for color in (palette or [])]
+
+
+def _label_map(scores: torch.Tensor, probabilities: bool):
+    """Labels of C x H x W scores (uint8 when the classes fit), with probabilities if asked."""
+    labels = scores.argmax(0).cpu().numpy()
+    labels = labels.astype(np.uint8 if scores.shape[0] <= 256 else np.int64)
+    if not probabilities:
+        return labels
+    return labels, scores.softmax(0).cpu().numpy()
+
+
+def load_input(name: str, image: ImageLike) -> torch.Tensor:
+    """One input of a multi-input model as a C x H x W float tensor: colour as
+    ``load_rgb``; depth as stored (a 16-bit PNG or an H x W array); HHA as an RGB image."""
+    if name == "color":
+        return load_rgb(image)
+    if isinstance(image, str | Path):
+        array = read_depth(Path(image)) if name == "depth" else read_image(Path(image))
+        return image_to_tensor(array)
+    if isinstance(image, torch.Tensor):
+        return image.float() if image.dim() == 3 else image.float()[None]
+    return image_to_tensor(np.asarray(image, dtype=np.float32))
 
 
 def load_rgb(image: ImageLike) -> torch.Tensor:

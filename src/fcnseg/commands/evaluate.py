@@ -19,6 +19,7 @@ from ..engine.checkpoint import CheckpointError, load_checkpoint, model_from_che
 from ..engine.distributed import Context, resolve_device
 from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics
 from ..metrics import json_safe
+from ..models.multitask import siftflow_metrics
 from .table import print_table
 
 
@@ -70,12 +71,16 @@ def run(args: argparse.Namespace) -> int:
         )
     except TypeError as error:  # an option the reader does not take
         raise DatasetError(f"dataset {args.data!r}: {error}") from None
-    classes = list(getattr(dataset, "classes", checkpoint["classes"]))
-    if len(classes) != model.num_classes:
-        raise CheckpointError(
-            f"checkpoint {args.checkpoint} predicts {model.num_classes} classes but "
-            f"{args.data} has {len(classes)}: evaluate on the dataset it was trained for"
-        )
+    tasks = getattr(model, "tasks", None)  # a multi-task model: classes by task
+    if tasks:
+        classes = checkpoint["classes"]
+    else:
+        classes = list(getattr(dataset, "classes", checkpoint["classes"]))
+        if len(classes) != model.num_classes:
+            raise CheckpointError(
+                f"checkpoint {args.checkpoint} predicts {model.num_classes} classes but "
+                f"{args.data} has {len(classes)}: evaluate on the dataset it was trained for"
+            )
     if args.max_images is not None:
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     device = resolve_device(args.device)
@@ -88,11 +93,19 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=sys.stdout.isatty(),  # quiet when piped or logged
     )
-    metrics = confusion.compute()
     print(f"{checkpoint['model']['name']} on {args.data} {args.split} ({len(dataset)} images)")
-    print(format_metrics(metrics))
-    print()
-    print_table(class_table(metrics, classes))
+    if tasks:  # per task; semantic means over the classes present (the SIFT Flow caveat)
+        metrics = siftflow_metrics(confusion)
+        for task in tasks:
+            print(f"\n{task}: {format_metrics(metrics[task])}\n")
+            print_table(class_table(metrics[task], classes[task]))
+        matrices = {task: confusion[task].matrix.tolist() for task in tasks}
+    else:
+        metrics = confusion.compute()
+        print(format_metrics(metrics))
+        print()
+        print_table(class_table(metrics, classes))
+        matrices = confusion.matrix.tolist()
     out = args.out or args.checkpoint.with_name(
         f"eval-{args.checkpoint.stem}-{args.data}-{args.split}.json"
     )
@@ -104,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "images": len(dataset),
         "classes": classes,
         **metrics,
-        "confusion": confusion.matrix.tolist(),
+        "confusion": matrices,
     }
     try:
         out.write_text(json.dumps(json_safe(report), indent=2) + "\n")

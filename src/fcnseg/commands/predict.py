@@ -6,6 +6,11 @@ For each image it writes ``<name>.png``, an index PNG whose pixel values are the
 indices shown in the dataset's palette, and ``<name>_overlay.png``; ``--probabilities`` adds
 ``<name>_probs.npy`` (C x H x W float32). Images of any size are predicted whole. An input
 that cannot be read is reported at the end; the others are still processed.
+
+A two-headed checkpoint (SIFT Flow) writes one map per task: ``<name>_semantic.png``,
+``<name>_geometric.png`` (and ``<name>_semantic_overlay.png``, ``<name>_semantic_probs.npy``
+...). Multi-input checkpoints (NYUDv2 RGB-D, RGB-HHA) read more than one image per
+prediction: use ``fcnseg.inference.Segmenter`` with a dict of inputs.
 """
 
 from __future__ import annotations
@@ -98,9 +103,24 @@ def _output_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+def _write(args, rgb, stem: str, labels: np.ndarray, probs: np.ndarray | None, palette) -> None:
+    """``<stem>.png``, its overlay and probabilities, as the options ask."""
+    save_mask(labels, args.out / f"{stem}.png", palette)
+    if not args.no_overlay:
+        image = rgb.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+        Image.fromarray(overlay(image, labels, palette)).save(args.out / f"{stem}_overlay.png")
+    if probs is not None:
+        np.save(args.out / f"{stem}_probs.npy", probs)
+
+
 def run(args: argparse.Namespace) -> int:
     check_writable(args.out)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    if segmenter.inputs is not None:
+        raise ValueError(
+            f"{args.checkpoint} reads {' + '.join(segmenter.inputs)}, and fcnseg predict reads "
+            "one RGB image: predict with fcnseg.inference.Segmenter and a dict of inputs"
+        )
     paths, failed = expand_inputs(args.inputs)
     used: set[str] = set()
     written = 0
@@ -113,16 +133,18 @@ def run(args: argparse.Namespace) -> int:
         stem = _output_stem(path, used)
         result = segmenter.predict(rgb, probabilities=args.probabilities)
         labels, probs = result if args.probabilities else (result, None)
-        save_mask(labels, args.out / f"{stem}.png", segmenter.palette)
-        if not args.no_overlay:
-            image = rgb.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
-            Image.fromarray(overlay(image, labels, segmenter.palette)).save(
-                args.out / f"{stem}_overlay.png"
-            )
-        if probs is not None:
-            np.save(args.out / f"{stem}_probs.npy", probs)
+        if isinstance(labels, dict):  # a multi-task model: one map per task
+            names = []
+            for task, task_labels in labels.items():
+                task_probs = None if probs is None else probs[task]
+                palette = segmenter.palette[task]
+                _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, palette)
+                names.append(f"{stem}_{task}.png")
+        else:
+            _write(args, rgb, stem, labels, probs, segmenter.palette)
+            names = [f"{stem}.png"]
         written += 1
-        print(f"{path} -> {args.out / (stem + '.png')}")
+        print(f"{path} -> {', '.join(str(args.out / name) for name in names)}")
     print(f"{written} image(s) predicted into {args.out}{os.sep}")
     if failed:
         print(f"{len(failed)} input(s) failed:")

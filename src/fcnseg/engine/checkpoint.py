@@ -19,6 +19,11 @@ A checkpoint is a dict::
                     "iteration", "best_mean_iu", "optimizer", "scheduler", "scaler", "rng"
                     (torch, CUDA, numpy and Python generator states)
 
+A multi-input model (NYUDv2 RGB-D, RGB-HHA) records ``normalization`` by input:
+``{"color": {"mean": ..., "std": ...}, "depth": {"mean": 7.844}}`` (log depth has only its
+mean). A multi-task model (``MULTITASK_MODELS``, SIFT Flow) has ``num_classes``,
+``classes``, ``palette`` and ``confusion`` as dicts by task, and ``metrics`` by task.
+
 Everything in it is a tensor, number, string, list or dict, so it loads with
 ``torch.load(weights_only=True)``: loading runs no code from the file. Writes go to a temporary
 file in the same folder, then ``os.replace`` it over the target, so a crash (even SIGKILL)
@@ -33,6 +38,7 @@ import random
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.nyud import LogDepth
 from ..models import FCN, Normalization, build_model
+from ..models.multitask import MULTITASK_MODELS, MultiTaskFCN, build_multitask_model
 
 __all__ = [
     "CheckpointError",
@@ -55,6 +63,8 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "unwrap",
+    "normalization_record",
+    "normalization_from_record",
 ]
 
 FORMAT = "fcnseg.checkpoint"
@@ -75,23 +85,23 @@ def make_checkpoint(
     model: nn.Module,
     *,
     build_options: dict[str, Any] | None = None,
-    classes: list[str] | tuple[str, ...],
-    palette: list[tuple[int, int, int]] | list[list[int]],
+    classes: Sequence[str] | Mapping[str, Sequence[str]],
+    palette: Sequence[Sequence[int]] | Mapping[str, Sequence[Sequence[int]]],
     ignore_index: int = 255,
     metrics: dict[str, Any] | None = None,
-    confusion: torch.Tensor | None = None,
+    confusion: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of ``model`` (an FCN, possibly DDP-wrapped).
 
     ``build_options`` default to those the model was built with (``FCN.build_options``).
+    For a multi-task model ``classes`` and ``palette`` are dicts by task.
     """
     net = unwrap(model)
-    if not isinstance(net, FCN):
+    if not isinstance(net, FCN | MultiTaskFCN):
         raise TypeError(f"checkpoints hold fcnseg FCN models, not {type(net).__name__}")
     if build_options is None:
-        build_options = net.build_options
-    norm = net.normalization
+        build_options = getattr(net, "build_options", {})
     checkpoint = {
         "format": FORMAT,
         "version": VERSION,
@@ -100,24 +110,61 @@ def make_checkpoint(
             "num_classes": net.num_classes,
             "options": {k: v for k, v in build_options.items() if k in _BUILD_OPTIONS},
         },
-        "classes": list(classes),
-        "palette": [list(map(int, color)) for color in palette[: net.num_classes]],
+        "classes": _by_task(classes, list),
+        "palette": _by_task(palette, lambda colors: _palette(colors, net.num_classes)),
         "ignore_index": int(ignore_index),
-        "normalization": {
-            "mean": list(norm.mean),
-            "std": list(norm.std),
-            "bgr": bool(norm.bgr),
-            "input_range": float(norm.input_range),
-        },
+        "normalization": normalization_record(net.normalization),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
     if metrics is not None:
         checkpoint["metrics"] = metrics
     if confusion is not None:
-        checkpoint["confusion"] = confusion.cpu()
+        checkpoint["confusion"] = _by_task(confusion, lambda matrix: matrix.cpu())
     if training is not None:
         checkpoint["training"] = training
     return checkpoint
+
+
+def _by_task(value: Any, convert: Callable[[Any], Any]) -> Any:
+    """``convert(value)``, or a dict of it by task when ``value`` is a dict."""
+    if isinstance(value, Mapping):
+        return {task: convert(item) for task, item in value.items()}
+    return convert(value)
+
+
+def _palette(colors: Sequence[Sequence[int]], num_classes: int | Mapping[str, int]) -> list:
+    count = len(colors) if isinstance(num_classes, Mapping) else num_classes
+    return [list(map(int, color)) for color in colors[:count]]
+
+
+def normalization_record(norm: Any) -> dict[str, Any]:
+    """Plain data for a ``Normalization``, a ``LogDepth``, or a dict of them by input."""
+    if isinstance(norm, Mapping):
+        return {name: normalization_record(item) for name, item in norm.items()}
+    if isinstance(norm, LogDepth):
+        return {"mean": float(norm.mean)}
+    if isinstance(norm, Normalization):
+        return {
+            "mean": list(norm.mean),
+            "std": list(norm.std),
+            "bgr": bool(norm.bgr),
+            "input_range": float(norm.input_range),
+        }
+    raise TypeError(f"cannot record input normalisation {norm!r} in a checkpoint")
+
+
+def normalization_from_record(record: dict[str, Any]) -> Any:
+    """The normalisation ``normalization_record`` wrote: one, or a dict by input."""
+    if "mean" not in record:
+        return {name: normalization_from_record(item) for name, item in record.items()}
+    if "std" not in record:
+        return LogDepth(mean=record["mean"])
+    return Normalization(
+        mean=tuple(record["mean"]),
+        std=tuple(record["std"]),
+        bgr=record["bgr"],
+        input_range=record["input_range"],
+    )
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path | str) -> Path:
@@ -204,22 +251,22 @@ def _offending_global(error: BaseException) -> str:
     return f"it names {match.group(1)}" if match else "it holds a pickled Python object"
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | str = "checkpoint") -> FCN:
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: Path | str = "checkpoint"
+) -> FCN | MultiTaskFCN:
     """Build the checkpoint's model and load its weights (strictly: every key must match)."""
     spec = checkpoint["model"]
     try:
-        model = build_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+        if spec["name"] in MULTITASK_MODELS:
+            model = build_multitask_model(spec["name"], **spec["options"])
+        else:
+            model = build_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path}: cannot build its model ({error})") from None
     _load_state(model, checkpoint, path)
     norm = checkpoint.get("normalization")
     if norm is not None:
-        recorded = Normalization(
-            mean=tuple(norm["mean"]),
-            std=tuple(norm["std"]),
-            bgr=norm["bgr"],
-            input_range=norm["input_range"],
-        )
+        recorded = normalization_from_record(norm)
         if recorded != model.normalization:
             raise CheckpointError(
                 f"checkpoint {path} was trained with input normalisation {recorded}, but "

@@ -13,30 +13,53 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import pad_collate
 from ..metrics import METRIC_NAMES, ConfusionMatrix
+from ..models.multitask import MultiTaskConfusion
 from .distributed import Context, ShardSampler
 
-__all__ = ["evaluate", "eval_loader", "autocast", "model_input", "format_metrics", "class_table"]
+__all__ = [
+    "evaluate",
+    "eval_loader",
+    "autocast",
+    "model_input",
+    "model_target",
+    "to_device",
+    "batch_size",
+    "format_metrics",
+    "class_table",
+]
 
 
-def model_input(image: Any) -> torch.Tensor:
-    """The tensor a single-input FCN reads; a dict image must hold only ``color``."""
+def model_input(image: Any, model: nn.Module | None = None) -> Any:
+    """What ``model`` reads: a dict image as it is for a multi-input model (one that
+    declares ``channels``), else the one tensor (a dict must then hold only ``color``)."""
     if isinstance(image, Mapping):
+        if getattr(getattr(model, "module", model), "channels", None) is not None:
+            return dict(image)
         if set(image) != {"color"}:
             raise ValueError(
-                f"inputs {sorted(image)}: the trainer feeds one image to the model; "
-                "use one modality (for NYUDv2: modalities = 'color')"
+                f"inputs {sorted(image)}: this model reads one image; use one modality "
+                "(for NYUDv2: modalities = 'color') or a multi-input model (fcn32s_vgg16_rgbd)"
             )
         return image["color"]
     return image
 
 
-def model_target(label: Any) -> torch.Tensor:
-    if isinstance(label, Mapping):
-        raise ValueError(
-            f"labels {sorted(label)}: the trainer takes one label set; pick one (for SIFT "
-            "Flow: labels = 'semantic' in the reader options)"
-        )
-    return label
+def model_target(label: Any) -> Any:
+    """The label tensor, or a dict of them by task for a multi-task model (SIFT Flow)."""
+    return dict(label) if isinstance(label, Mapping) else label
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """A tensor, or each tensor of a dict, on ``device``."""
+    if isinstance(value, Mapping):
+        return {key: item.to(device, non_blocking=True) for key, item in value.items()}
+    return value.to(device, non_blocking=True)
+
+
+def batch_size(image: Any) -> int:
+    """The image count of a batch: that of any entry when the inputs come as a dict."""
+    first = next(iter(image.values())) if isinstance(image, Mapping) else image
+    return first.shape[0]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -65,19 +88,23 @@ def evaluate(
     model: nn.Module,
     loader: DataLoader,
     *,
-    num_classes: int,
+    num_classes: int | Mapping[str, int],
     ignore_index: int = 255,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> ConfusionMatrix:
+) -> ConfusionMatrix | MultiTaskConfusion:
     """Accumulate predictions of ``model`` over ``loader`` (this rank's share).
 
     The model runs in eval mode (dropout off, batch-norm statistics frozen) and is put back
-    in the mode it was in. ``compute()`` on the result sums every rank's matrix.
+    in the mode it was in. ``compute()`` on the result sums every rank's matrix. With
+    ``num_classes`` a dict by task (a multi-task model) the result holds one matrix per task.
     """
     device = torch.device(device)
-    confusion = ConfusionMatrix(num_classes, ignore_index)
+    if isinstance(num_classes, Mapping):
+        confusion = MultiTaskConfusion(num_classes, ignore_index)
+    else:
+        confusion = ConfusionMatrix(num_classes, ignore_index)
     was_training = model.training
     model.eval()
     batches = loader
@@ -87,11 +114,14 @@ def evaluate(
         batches = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, file=sys.stderr)
     try:
         for image, label in batches:
-            image = model_input(image).to(device, non_blocking=True)
-            label = model_target(label).to(device, non_blocking=True)
+            image = to_device(model_input(image, model), device)
+            label = to_device(model_target(label), device)
             with autocast(device, amp_dtype):
                 scores = model(image)
-            confusion.update(scores.argmax(1), label)
+            if isinstance(scores, Mapping):
+                confusion.update({task: s.argmax(1) for task, s in scores.items()}, label)
+            else:
+                confusion.update(scores.argmax(1), label)
     finally:
         model.train(was_training)
     return confusion

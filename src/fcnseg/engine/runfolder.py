@@ -6,7 +6,9 @@
     train            epoch, iteration, loss (mean over the logging window and the ranks),
                      lr (of the weights group, for the step taken), images_per_s (all
                      ranks), threads, time (seconds since this session started)
-    val              epoch, iteration, pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc
+    val              epoch, iteration, pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc; for a
+                     multi-task model the first task's four numbers and one dict of metrics
+                     per task ("semantic", "geometric")
     stopped          reason, iteration (NaN or infinite loss)
 
 ``write_report`` adds metrics.json, curves.png, confusion.png and overlays/.
@@ -87,7 +89,10 @@ def write_report(
     viz.plot_curves(log.records(), run_dir / "curves.png")
     if best is None or "confusion" not in best:
         return
-    viz.plot_confusion(best["confusion"], classes, run_dir / "confusion.png")
+    confusion = best["confusion"]
+    if isinstance(confusion, dict):  # a multi-task run: the first task's (``classes``)
+        confusion = next(iter(confusion.values()))
+    viz.plot_confusion(confusion, classes, run_dir / "confusion.png")
     if overlays:
         segmenter = Segmenter.from_checkpoint(best_path, device=device)
         viz.save_overlays(segmenter, val_set, run_dir / "overlays", count=overlays)

@@ -44,11 +44,29 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ..config import ConfigError, TrainConfig, model_variant, stage_models
 from ..data import build_dataset, eval_transforms, pad_collate, train_transforms
 from ..losses import SegmentationLoss, median_frequency_weights
+from ..metrics import METRIC_NAMES
 from ..models import FCN, build_model
+from ..models.fusion import LateFusionFCN, late_fusion
+from ..models.multitask import (
+    MULTITASK_MODELS,
+    MultiTaskFCN,
+    MultiTaskLoss,
+    build_multitask_model,
+    siftflow_metrics,
+)
 from ..surgery import transplant
 from . import checkpoint as ckpt
 from .distributed import Context, all_mean, all_reduce_max, setup, teardown
-from .evaluate import autocast, eval_loader, evaluate, format_metrics, model_input, model_target
+from .evaluate import (
+    autocast,
+    batch_size,
+    eval_loader,
+    evaluate,
+    format_metrics,
+    model_input,
+    model_target,
+    to_device,
+)
 from .optim import amp_dtype, build_optimizer, build_scheduler
 from .runfolder import RunLog, write_report
 
@@ -109,6 +127,17 @@ class _Data:
     classes: tuple[str, ...]
     palette: list
     ignore_index: int
+    # a multi-task model's label sets: classes and palette by task (SiftFlow.label_classes)
+    task_classes: dict[str, tuple[str, ...]] | None = None
+    task_palettes: dict[str, list] | None = None
+
+    @property
+    def checkpoint_classes(self) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+        return self.task_classes if self.task_classes is not None else self.classes
+
+    @property
+    def checkpoint_palette(self) -> list | dict[str, list]:
+        return self.task_palettes if self.task_palettes is not None else self.palette
 
 
 @dataclass
@@ -120,7 +149,7 @@ class _Run:
     run_dir: Path
     data: _Data
     model: nn.Module  # DDP-wrapped when distributed
-    criterion: SegmentationLoss
+    criterion: SegmentationLoss | MultiTaskLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -137,8 +166,13 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
 
     @property
-    def net(self) -> FCN:
+    def net(self) -> FCN | MultiTaskFCN:
         return ckpt.unwrap(self.model)
+
+    @property
+    def tasks(self) -> tuple[str, ...] | None:
+        """The multi-task model's tasks (the first ranks checkpoints), or None."""
+        return getattr(self.net, "tasks", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,17 +266,18 @@ def _train_one(
         _announce(run, resumed is not None)
     stopped = _loop(run)
     if context.is_main:
+        simple = run.tasks is None and not isinstance(run.net.normalization, dict)
         write_report(
             run_dir,
             run.log,
-            classes=run.data.classes,
+            classes=run.data.classes if run.tasks is None else run.data.task_classes[run.tasks[0]],
             val_set=run.data.val,
             summary={
                 "iterations": run.position.iteration,
                 "best_iteration": run.position.best_iteration,
                 "last": run.last_metrics,
             },
-            overlays=config.overlays,
+            overlays=config.overlays if simple else 0,  # overlays draw one RGB image, one map
             device=context.device,
         )
     return _result(run, stopped)
@@ -299,12 +334,14 @@ def _build_run(
     """Data, model, criterion, optimizer and schedule; restored from ``resumed`` if given."""
     data = _build_data(config)
     num_classes = config.num_classes or len(data.classes)
-    if num_classes != len(data.classes):
+    if num_classes != len(data.classes) and config.model not in MULTITASK_MODELS:
         raise ConfigError(
             f"num_classes = {num_classes} but {config.dataset} has {len(data.classes)} "
             "classes: drop num_classes or use the dataset it was meant for"
         )
     model = _build_model(config, num_classes, init=resumed is None).to(context.device)
+    if isinstance(model, MultiTaskFCN):
+        _task_labels(config, data, model)
     _set_transforms(data.train, _train_transforms(config, model.normalization))
     _set_transforms(data.val, eval_transforms(model.normalization))
     if config.class_weights == "median":
@@ -325,7 +362,7 @@ def _build_run(
         run_dir=run_dir,
         data=data,
         model=model,
-        criterion=_criterion(config, data, context.device),
+        criterion=_criterion(config, data, context.device, ckpt.unwrap(model)),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, config, total_iters),
         scaler=torch.amp.GradScaler(context.device.type, enabled=amp is torch.float16),
@@ -344,7 +381,50 @@ def _build_run(
     return run
 
 
-def _criterion(config: TrainConfig, data: _Data, device: torch.device) -> SegmentationLoss:
+def _task_labels(config: TrainConfig, data: _Data, model: MultiTaskFCN) -> None:
+    """Fill ``data``'s per-task classes and palettes from the dataset's label sets, checked
+    against the model's heads; a multi-task run takes no class weights."""
+    base = data.train.dataset if isinstance(data.train, Subset) else data.train
+    label_classes = getattr(base, "label_classes", {})
+    palettes = getattr(base, "label_palettes", {})
+    missing = [task for task in model.tasks if task not in label_classes]
+    if missing:
+        raise ConfigError(
+            f"model {config.model} predicts {list(model.tasks)}, but {config.dataset} has no "
+            f"label set {missing[0]!r}: train it on a dataset with these label sets (siftflow)"
+        )
+    data.task_classes = {task: tuple(label_classes[task]) for task in model.tasks}
+    data.task_palettes = {task: list(palettes.get(task, [])) for task in model.tasks}
+    for task, classes in model.num_classes.items():
+        if classes != len(data.task_classes[task]):
+            raise ConfigError(
+                f"model {config.model} has {classes} {task} classes, {config.dataset} "
+                f"{len(data.task_classes[task])}: use the model made for this dataset"
+            )
+    if config.class_weights != "none":
+        raise ConfigError(
+            "class_weights apply to single-task models: drop it for "
+            f"{config.model} (weigh the tasks with task_weights)"
+        )
+    unknown = set(config.task_weights) - set(model.tasks)
+    if unknown:
+        raise ConfigError(
+            f"task_weights names {sorted(unknown)}; {config.model} has the tasks "
+            f"{list(model.tasks)}"
+        )
+
+
+def _criterion(
+    config: TrainConfig, data: _Data, device: torch.device, net: nn.Module
+) -> SegmentationLoss | MultiTaskLoss:
+    if isinstance(net, MultiTaskFCN):  # the reference: the two losses summed, weight 1 each
+        return MultiTaskLoss(
+            {task: config.task_weights.get(task, 1.0) for task in net.tasks},
+            reduction=config.loss_reduction,
+            ignore_index=data.ignore_index,
+            sampling=config.loss_sampling,
+            sampling_cell=config.sampling_cell,
+        ).to(device)
     weights = config.class_weights if isinstance(config.class_weights, list) else None
     return SegmentationLoss(
         reduction=config.loss_reduction,
@@ -420,13 +500,19 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
     return options
 
 
-def _build_model(config: TrainConfig, num_classes: int, *, init: bool) -> FCN:
-    """The configured FCN; ``init`` loads the pretrained backbone and ``init_from``."""
+def _build_model(config: TrainConfig, num_classes: int, *, init: bool) -> FCN | MultiTaskFCN:
+    """The configured FCN; ``init`` loads the pretrained backbone, ``init_from`` and
+    ``init_streams``. A multi-task model takes its class counts from its heads."""
     options = model_options(config)
     if init:
         options["pretrained_backbone"] = config.pretrained_backbone
         options["backbone_weights"] = config.backbone_weights
-    model = build_model(config.model, num_classes=num_classes, **options)
+    if config.model in MULTITASK_MODELS:
+        model = build_multitask_model(config.model, **options)
+    else:
+        model = build_model(config.model, num_classes=num_classes, **options)
+    if init and config.init_streams:
+        _fuse_streams(model, config)
     if init and config.init_from:
         source = ckpt.load_checkpoint(config.init_from)
         report = transplant(model, source["state_dict"])
@@ -436,6 +522,39 @@ def _build_model(config: TrainConfig, num_classes: int, *, init: bool) -> FCN:
             )
         print(f"init_from {config.init_from}: {report}")
     return model
+
+
+def _fuse_streams(model: nn.Module, config: TrainConfig) -> None:
+    """Load the late fusion of the ``init_streams`` checkpoints into ``model``: with trained
+    RGB and HHA nets it starts as 0.5 x RGB + 0.5 x HHA scores, as the reference initialised
+    ``nyud-fcn32s-color-hha`` from its single-stream nets."""
+    if not isinstance(model, LateFusionFCN):
+        raise ConfigError(f"init_streams: {config.model} is not a late-fusion model: use init_from")
+    if set(config.init_streams) != set(model.modalities):
+        raise ConfigError(
+            f"init_streams names {sorted(config.init_streams)}, but {config.model} has the "
+            f"streams {list(model.modalities)}: give one checkpoint per stream"
+        )
+    streams = {}
+    for stream in model.modalities:
+        path = config.init_streams[stream]
+        streams[stream] = ckpt.model_from_checkpoint(ckpt.load_checkpoint(path), path)
+    fused = late_fusion(streams, weights=model.head.weights, name=model.name)
+    if fused.normalization != model.normalization:
+        raise ConfigError(
+            f"init_streams: the checkpoints read inputs normalised as {fused.normalization}, "
+            f"{config.model} as {model.normalization}: train each stream with its model "
+            "(color: fcn32s_vgg16, hha: fcn32s_vgg16_hha)"
+        )
+    try:
+        model.load_state_dict(fused.state_dict())
+    except RuntimeError as error:
+        detail = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"init_streams: the checkpoints do not fit {config.model} ({detail}): train "
+            "them with the same backbone, variant and classes"
+        ) from None
+    print(f"init_streams: fused {', '.join(f'{m} {p}' for m, p in config.init_streams.items())}")
 
 
 def _median_weights(config: TrainConfig, data: _Data) -> list[float]:
@@ -571,8 +690,8 @@ def _train_step(run: _Run, micro: list[tuple[Any, Any]]) -> tuple[float, int]:
     run.optimizer.zero_grad(set_to_none=True)
     total, images = 0.0, 0
     for index, (image, label) in enumerate(micro):
-        image = model_input(image).to(device, non_blocking=True)
-        label = model_target(label).to(device, non_blocking=True)
+        image = to_device(model_input(image, run.model), device)
+        label = to_device(model_target(label), device)
         last = index == len(micro) - 1
         with _no_sync(run.model, skip=not last):  # DDP all-reduces on the last only
             with autocast(device, run.amp):
@@ -582,7 +701,7 @@ def _train_step(run: _Run, micro: list[tuple[Any, Any]]) -> tuple[float, int]:
                 _diverged(run, f"loss is {value}")  # before backward: weights still good
             run.scaler.scale(loss / len(micro)).backward()
         total += value
-        images += image.shape[0]
+        images += batch_size(image)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
@@ -690,26 +809,37 @@ def _validate(run: _Run) -> None:
     loader = eval_loader(
         run.data.val, context, batch_size=config.val_batch_size, num_workers=config.num_workers
     )
+    tasks = run.tasks
     confusion = evaluate(
         run.net,
         loader,
-        num_classes=len(run.data.classes),
+        num_classes=len(run.data.classes) if tasks is None else run.net.num_classes,
         ignore_index=run.data.ignore_index,
         device=context.device,
         amp_dtype=run.amp,
         progress=context.is_main and sys.stdout.isatty(),
     )
-    metrics = confusion.compute()
-    run.last_metrics, run.last_confusion = metrics, confusion.reduced()
+    if tasks is None:
+        metrics = confusion.compute()
+        run.last_metrics, run.last_confusion = metrics, confusion.reduced()
+        summary, text = metrics, format_metrics(metrics)
+    else:  # per task; the semantic means over the classes present (the SIFT Flow caveat)
+        metrics = siftflow_metrics(confusion)
+        run.last_metrics = metrics
+        run.last_confusion = {task: confusion[task].reduced() for task in tasks}
+        # the first task's four numbers on top, for the curves and the best checkpoint
+        summary = {**{key: metrics[tasks[0]][key] for key in METRIC_NAMES}, **metrics}
+        text = "; ".join(f"{task}: {format_metrics(metrics[task])}" for task in tasks)
     position = run.position
-    if metrics["mean_iu"] == metrics["mean_iu"] and metrics["mean_iu"] > position.best_mean_iu:
-        position.best_mean_iu, position.best_iteration = metrics["mean_iu"], position.iteration
+    mean_iu = summary["mean_iu"]
+    if mean_iu == mean_iu and mean_iu > position.best_mean_iu:
+        position.best_mean_iu, position.best_iteration = mean_iu, position.iteration
         run.new_best = True
     run.log.write(
-        {"event": "val", "epoch": position.epoch, "iteration": position.iteration, **metrics}
+        {"event": "val", "epoch": position.epoch, "iteration": position.iteration, **summary}
     )
     if context.is_main:
-        print(f"iteration {position.iteration}: {format_metrics(metrics)}", flush=True)
+        print(f"iteration {position.iteration}: {text}", flush=True)
 
 
 def _save(run: _Run, *, finished: bool) -> None:
@@ -747,8 +877,8 @@ def _write_checkpoint(run: _Run, path: Path, *, with_state: bool, rng: Any = Non
     checkpoint = ckpt.make_checkpoint(
         run.model,
         build_options=model_options(run.config),
-        classes=run.data.classes,
-        palette=run.data.palette,
+        classes=run.data.checkpoint_classes,
+        palette=run.data.checkpoint_palette,
         ignore_index=run.data.ignore_index,
         metrics=run.last_metrics or None,
         confusion=run.last_confusion,

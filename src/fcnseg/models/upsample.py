@@ -107,12 +107,15 @@ class Upsample(nn.Module):
         The reference's fixed bilinear deconvolution maps class c only to class c, so the
         full C x C transposed convolution spends (C - 1) / C of its FLOPs multiplying zeros;
         the depthwise one (groups=C) gives the same sums. A weight that is being learned
-        keeps the full form, whose gradient reaches the off-diagonal kernels. The check
-        runs once per weight version (in-place edits bump it), not once per call.
+        keeps the full form, whose gradient reaches the off-diagonal kernels, and so does a
+        traced graph. The check runs once per weight version (in-place edits bump it), not
+        once per call.
         """
         weight = self.weight
         if weight.requires_grad and torch.is_grad_enabled():
             return None
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return None  # a traced graph (ONNX export) keeps the full, data-independent form
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         cached = getattr(self, "_diagonal_cache", None)
         if cached is None or cached[0] != key:

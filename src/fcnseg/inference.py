@@ -23,6 +23,7 @@ from .data.base import image_to_tensor, read_depth, read_image
 from .data.palettes import flat_palette, voc_palette
 from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .models import FCN, Normalization
+from .speed import InferenceOptions, fast_forward, prepare_model
 
 __all__ = ["Segmenter", "load_rgb", "load_input", "save_mask"]
 
@@ -35,7 +36,9 @@ class Segmenter:
 
     The model is switched to eval mode once, here (dropout off, batch-norm statistics
     fixed): a Segmenter exists to predict. Build one from a checkpoint with
-    ``from_checkpoint``.
+    ``from_checkpoint``. ``speed`` says how it runs (``fcnseg.speed``): by default
+    channels-last in fp32 under inference mode (the fastest measured, docs/BENCHMARKS.md);
+    ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster.
     """
 
     def __init__(
@@ -47,9 +50,11 @@ class Segmenter:
         normalization: Normalization | Mapping[str, Any] | None = None,
         device: torch.device | str = "cpu",
         ignore_index: int = 255,
+        speed: InferenceOptions | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.speed = speed or InferenceOptions()
+        self.model = prepare_model(model.to(self.device).eval(), self.speed)
         if isinstance(classes, Mapping):  # a multi-task model: names and colours by task
             palette = palette or {}
             self.classes = {task: tuple(names) for task, names in classes.items()}
@@ -64,7 +69,13 @@ class Segmenter:
             raise ValueError(f"{counts} class names for a model of {model.num_classes} classes")
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str, *, device: torch.device | str = "cpu") -> Segmenter:
+    def from_checkpoint(
+        cls,
+        path: Path | str,
+        *,
+        device: torch.device | str = "cpu",
+        speed: InferenceOptions | None = None,
+    ) -> Segmenter:
         """Load a checkpoint written by ``fcnseg train`` (weights only; no code is run).
 
         A ``.onnx`` file from ``fcnseg export onnx`` runs in onnxruntime instead.
@@ -79,6 +90,7 @@ class Segmenter:
             palette=checkpoint.get("palette"),
             device=device,
             ignore_index=checkpoint.get("ignore_index", 255),
+            speed=speed,
         )
 
     @classmethod
@@ -101,6 +113,7 @@ class Segmenter:
             classes=[f"class {index}" for index in range(runner.num_classes)],
             palette=voc_palette(runner.num_classes),
             normalization=runner.normalization,
+            speed=InferenceOptions(channels_last=False, bf16=False),  # onnxruntime decides
         )
 
     @property
@@ -123,7 +136,7 @@ class Segmenter:
         C x H x W float32 array of class probabilities. A multi-task model gives dicts by
         task: ``{"semantic": labels, "geometric": labels}`` (and the same for ``probs``).
         """
-        scores = self.model(self._batch(image))
+        scores = fast_forward(self.model, self._batch(image), self.speed)
         if isinstance(scores, Mapping):
             results = {task: _label_map(s[0].float(), probabilities) for task, s in scores.items()}
             if not probabilities:

@@ -1,0 +1,116 @@
+"""Speed options agree with the plain fp32 path: depthwise upsampling, fast_forward, bf16."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from fcnseg.inference import Segmenter
+from fcnseg.models import FCN, FCNHead
+from fcnseg.models.backbones.vgg import VGG16
+from fcnseg.models.upsample import Upsample
+from fcnseg.speed import InferenceOptions, fast_forward, native_bf16, prepare_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: threads only wait for each other
+    yield
+    torch.set_num_threads(threads)
+
+
+def _flops(run) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize(("factor", "odd"), [(2, False), (8, False), (32, False), (32, True)])
+def test_depthwise_upsampling_equals_the_full_deconvolution(factor, odd):
+    up = Upsample(5, factor, odd=odd)
+    x = torch.randn(2, 5, 4, 6)
+    full = F.conv_transpose2d(x, up.weight, stride=factor)
+    assert up._diagonal_kernels() is not None  # the fast path is taken
+    torch.testing.assert_close(up(x), full, rtol=1e-6, atol=1e-6)
+    assert up.weight.shape == (5, 5, up.kernel_size, up.kernel_size)  # the Caffe blob kept
+    flops = _flops(lambda: up(x))
+    assert flops * 5 == _flops(lambda: F.conv_transpose2d(x, up.weight, stride=factor))
+
+
+def test_a_non_diagonal_weight_keeps_the_full_deconvolution():
+    up = Upsample(3, 4)
+    x = torch.randn(1, 3, 5, 5)
+    up(x)  # caches the diagonal decision
+    with torch.no_grad():
+        up.weight[0, 1, 2, 2] = 1.0  # an in-place edit invalidates the cache
+    assert up._diagonal_kernels() is None
+    torch.testing.assert_close(up(x), F.conv_transpose2d(x, up.weight, stride=4))
+
+
+def test_gradients_match_fixed_and_learned():
+    x = torch.randn(1, 4, 5, 5, requires_grad=True)
+    fixed = Upsample(4, 8)
+    with torch.inference_mode():
+        fixed(x.detach())  # a cache built in inference mode must still serve backward
+    fixed(x).square().sum().backward()
+    expected = x.detach().clone().requires_grad_()
+    F.conv_transpose2d(expected, fixed.weight, stride=8).square().sum().backward()
+    torch.testing.assert_close(x.grad, expected.grad, rtol=1e-5, atol=1e-5)
+
+    learned = Upsample(4, 8, learnable=True)
+    learned(x).sum().backward()  # the full form: off-diagonal kernels get their gradient
+    assert learned.weight.grad is not None and learned.weight.grad[0, 1].abs().sum() > 0
+
+
+def _slim_fcn8s(geometry: str = "caffe") -> FCN:
+    torch.manual_seed(0)
+    backbone = VGG16(geometry=geometry, widths=(8, 8, 16, 16, 16), fc_channels=32)
+    model = FCN(backbone, FCNHead(backbone, 6, variant="8s")).eval()
+    with torch.no_grad():
+        for name, parameter in model.head.named_parameters():
+            if name.startswith("score"):
+                parameter.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("geometry", ["caffe", "aligned"])
+def test_fp32_fast_forward_matches_the_plain_forward(geometry):
+    model = _slim_fcn8s(geometry)
+    x = torch.randn(2, 3, 45, 61) * 50
+    with torch.no_grad():
+        expected = model(x)
+    for channels_last in (False, True):
+        options = InferenceOptions(channels_last=channels_last, bf16=False)
+        scores = fast_forward(prepare_model(model, options), x, options)
+        assert scores.dtype == torch.float32 and scores.is_contiguous()
+        torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
+def test_bf16_agrees_with_fp32():
+    model = _slim_fcn8s()
+    x = torch.randn(1, 3, 64, 80) * 50
+    with torch.no_grad():
+        expected = model(x)
+    scores = fast_forward(model, x, InferenceOptions(bf16=True))
+    assert scores.dtype == torch.float32
+    # bf16 keeps 8 significant bits: observed max error 0.85% of the score range here
+    assert (scores - expected).abs().max() <= 0.03 * expected.abs().max()
+    agreement = (scores.argmax(1) == expected.argmax(1)).float().mean()
+    assert agreement >= 0.99  # observed: 100% on this random net
+
+
+def test_segmenter_uses_the_options():
+    model = _slim_fcn8s()
+    image = np.random.default_rng(0).integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None]
+    with torch.no_grad():
+        expected = model(model.normalization(x))[0].argmax(0).numpy()
+    segmenter = Segmenter(model, classes=list("abcdef"))  # defaults: channels-last, fp32
+    assert segmenter.speed == InferenceOptions(channels_last=True, bf16=False)
+    assert np.array_equal(segmenter.predict(image), expected)
+    fast = Segmenter(model, classes=list("abcdef"), speed=InferenceOptions(bf16=True))
+    assert (fast.predict(image) == expected).mean() >= 0.99
+    assert isinstance(native_bf16(), bool)

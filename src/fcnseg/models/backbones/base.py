@@ -68,6 +68,18 @@ class Backbone(nn.Module):
             f"{type(self).__name__} has no tap at stride {stride}; it offers {offered}"
         )
 
+    def init_weights(self) -> None:
+        """He normal (fan out) convolutions and unit batch norm, classifier excepted.
+
+        torchvision's ResNet initialisation, and TF's variance scaling for EfficientNet.
+        """
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Conv2d) and name != self.classifier_name:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
     @property
     def output_stride(self) -> int:
         return self.taps[-1].stride

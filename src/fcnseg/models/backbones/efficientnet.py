@@ -200,7 +200,7 @@ class EfficientNetLite(Backbone):
             ),
             FeatureTap("head", 32, _HEAD),
         )
-        self._init_weights()
+        self.init_weights()
 
     @staticmethod
     def _block_plan(width: float, depth: float) -> list[tuple[int, int, int, int, int, int]]:
@@ -213,15 +213,6 @@ class EfficientNetLite(Backbone):
                 plan.append((stage, expand, kernel, stride if index == 0 else 1, channels, out))
                 channels = out
         return plan
-
-    def _init_weights(self) -> None:
-        """He normal (fan out) convolutions, as TF's variance scaling; unit batch norm."""
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Conv2d) and name != "_fc":
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self._relu(self._bn0(self._conv_stem(x)))  # N x 32 x H/2 x W/2

@@ -143,16 +143,7 @@ class ResNet(Backbone):
             FeatureTap(f"layer{stage}", 2 ** (stage + 1), width * block.expansion)
             for stage, width in zip((2, 3, 4), _STAGE_WIDTHS[1:], strict=True)
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """torchvision's initialisation: He normal (fan out) convolutions, unit BN."""
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Conv2d) and name != "fc":
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.init_weights()
 
     def _stages(self) -> list[tuple[str, nn.Sequential]]:
         return [(f"layer{stage}", getattr(self, f"layer{stage}")) for stage in range(1, 5)]

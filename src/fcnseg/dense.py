@@ -271,7 +271,9 @@ def shift_and_stitch(
         raise ValueError(f"factor must divide the net's output stride {stride}, got {factor}")
     copies = list(_shifted_copies(x, factor, stride // factor, common=batch_size > 1))
     coarse = _run_copies(net, copies, batch_size)
-    height = min(dy + factor * c.shape[-2] for (dy, _), c in zip(_grid(factor), coarse, strict=True))
+    height = min(
+        dy + factor * c.shape[-2] for (dy, _), c in zip(_grid(factor), coarse, strict=True)
+    )
     width = min(dx + factor * c.shape[-1] for (_, dx), c in zip(_grid(factor), coarse, strict=True))
     dense = coarse[0].new_empty(*coarse[0].shape[:2], height, width)
     for (dy, dx), cells in zip(_grid(factor), coarse, strict=True):

@@ -49,6 +49,7 @@ from torch import nn
 from ..data.nyud import LogDepth
 from ..models import FCN, Normalization, build_model
 from ..models.multitask import MULTITASK_MODELS, MultiTaskFCN, build_multitask_model
+from ..weights.files import load_failure
 
 __all__ = [
     "CheckpointError",
@@ -229,7 +230,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 
 def _corrupt(path: Path, error: BaseException) -> str:
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = load_failure(path, error)
     return (
         f"checkpoint {path} is corrupt or truncated ({detail}): use another checkpoint "
         "(a run folder keeps last.pt and best.pt) or copy the file again"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,6 +140,18 @@ def _unwrap(loaded: object, path: Path) -> WeightsFile:
     )
 
 
+def load_failure(path: Path, error: BaseException) -> str:
+    """Why ``torch.load`` failed, in words that fit the file.
+
+    For a file that is no ``torch.save`` archive at all torch's own first line advises
+    retrying with ``weights_only=False``, which would run code from the file: say what the
+    file is not instead.
+    """
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive, as torch.save writes: damaged, truncated or another format"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def read_weights(path: str | Path) -> WeightsFile:
     """The state dict of a .pt/.pth/.bin or .safetensors file, with its record if any.
 
@@ -155,8 +168,8 @@ def read_weights(path: str | Path) -> WeightsFile:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for corrupt and unsafe files
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ValueError(f"{path}: not a readable PyTorch weights file ({first})") from None
+            detail = load_failure(path, error)
+            raise ValueError(f"{path}: not a readable PyTorch weights file ({detail})") from None
         found = _unwrap(loaded, path)
     if found.state_dict and all(key.startswith("module.") for key in found.state_dict):
         found.state_dict = {key[7:]: value for key, value in found.state_dict.items()}

@@ -19,7 +19,6 @@ __all__ = [
     "SequentialBackbone",
     "GEOMETRIES",
     "check_geometry",
-    "read_state_dict",
 ]
 
 # caffe: pad 100 on the first convolution, as the reference nets (output covers any input);
@@ -139,29 +138,6 @@ class SequentialBackbone(Backbone):
             offered = ", ".join(t.name for t in self.taps)
             raise ValueError(f"{type(self).__name__} has no tap {tap!r}; it offers {offered}")
         return trace(module for _, module in self._trunk()[:end])
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict saved with torch.save, loaded without executing code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weight file")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt and unsafe files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({first})") from None
-    if (
-        isinstance(loaded, dict)
-        and "state_dict" in loaded
-        and isinstance(loaded["state_dict"], dict)
-    ):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(
-        isinstance(v, torch.Tensor) for v in loaded.values()
-    ):
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors)")
-    return loaded
 
 
 def check_geometry(geometry: str) -> str:

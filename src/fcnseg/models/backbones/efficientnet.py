@@ -38,7 +38,7 @@ from torch import nn
 from ...surgery import transplant
 from .. import geometry as geo
 from ..normalization import EFFICIENTNET_LITE
-from .base import Backbone, FeatureTap, check_geometry, read_state_dict
+from .base import Backbone, FeatureTap, check_geometry
 
 __all__ = [
     "EfficientNetLite",
@@ -265,7 +265,9 @@ class EfficientNetLite(Backbone):
         Every key must match (a missing or surplus key, or a shape that differs, raises
         naming it), so a wrong block table cannot load silently.
         """
-        state = read_state_dict(package_weights_path(self.variant))
+        from ...weights.files import read_weights  # weights builds on models
+
+        state = read_weights(package_weights_path(self.variant)).state_dict
         converted = self.convert_package(state, classifier=self.classifier is not None)
         transplant(self, converted, strict=True)
 

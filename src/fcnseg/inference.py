@@ -12,6 +12,7 @@ A multi-input model (NYUDv2 RGB-D, RGB-HHA) predicts from a dict of its inputs
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .data.palettes import flat_palette, voc_palette
 from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .models import FCN, Normalization
 from .speed import InferenceOptions, fast_forward, prepare_model
+from .tiling import Tiling, sliding_window
 
 __all__ = ["Segmenter", "load_rgb", "load_input", "save_mask"]
 
@@ -39,6 +41,8 @@ class Segmenter:
     ``from_checkpoint``. ``speed`` says how it runs (``fcnseg.speed``): by default
     channels-last in fp32 under inference mode (the fastest measured, docs/BENCHMARKS.md);
     ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster.
+    ``tiling`` (``fcnseg.tiling.Tiling``) scores images larger than a tile in overlapping
+    tiles, bounding memory by the tile size instead of the image size.
     """
 
     def __init__(
@@ -51,9 +55,11 @@ class Segmenter:
         device: torch.device | str = "cpu",
         ignore_index: int = 255,
         speed: InferenceOptions | None = None,
+        tiling: Tiling | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.speed = speed or InferenceOptions()
+        self.tiling = tiling
         self.model = prepare_model(model.to(self.device).eval(), self.speed)
         if isinstance(classes, Mapping):  # a multi-task model: names and colours by task
             palette = palette or {}
@@ -75,13 +81,14 @@ class Segmenter:
         *,
         device: torch.device | str = "cpu",
         speed: InferenceOptions | None = None,
+        tiling: Tiling | None = None,
     ) -> Segmenter:
         """Load a checkpoint written by ``fcnseg train`` (weights only; no code is run).
 
         A ``.onnx`` file from ``fcnseg export onnx`` runs in onnxruntime instead.
         """
         if Path(path).suffix.lower() == ".onnx":
-            return cls.from_onnx(path)
+            return cls.from_onnx(path, tiling=tiling)
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, path)
         return cls(
@@ -91,10 +98,11 @@ class Segmenter:
             device=device,
             ignore_index=checkpoint.get("ignore_index", 255),
             speed=speed,
+            tiling=tiling,
         )
 
     @classmethod
-    def from_onnx(cls, path: Path | str) -> Segmenter:
+    def from_onnx(cls, path: Path | str, *, tiling: Tiling | None = None) -> Segmenter:
         """An FCN exported by ``fcnseg export onnx``, run by onnxruntime on the CPU.
 
         The file records the class count and the input normalisation, not the class names:
@@ -114,6 +122,7 @@ class Segmenter:
             palette=voc_palette(runner.num_classes),
             normalization=runner.normalization,
             speed=InferenceOptions(channels_last=False, bf16=False),  # onnxruntime decides
+            tiling=tiling,
         )
 
     @property
@@ -136,13 +145,20 @@ class Segmenter:
         C x H x W float32 array of class probabilities. A multi-task model gives dicts by
         task: ``{"semantic": labels, "geometric": labels}`` (and the same for ``probs``).
         """
-        scores = fast_forward(self.model, self._batch(image), self.speed)
+        scores = self.scores(self._batch(image))
         if isinstance(scores, Mapping):
             results = {task: _label_map(s[0].float(), probabilities) for task, s in scores.items()}
             if not probabilities:
                 return results
             return {t: r[0] for t, r in results.items()}, {t: r[1] for t, r in results.items()}
         return _label_map(scores[0].float(), probabilities)
+
+    def scores(self, batch: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The model's float32 scores for a normalised batch, whole or tile by tile."""
+        forward = partial(fast_forward, self.model, options=self.speed)
+        if self.tiling is None:
+            return forward(batch)
+        return sliding_window(forward, batch, self.tiling)
 
     def _batch(self, image: ImageLike | Mapping[str, ImageLike]) -> Any:
         """A batch of one, normalised: a tensor, or a dict by input for multi-input models."""

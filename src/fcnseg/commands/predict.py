@@ -4,8 +4,10 @@
 
 For each image it writes ``<name>.png``, an index PNG whose pixel values are the class
 indices shown in the dataset's palette, and ``<name>_overlay.png``; ``--probabilities`` adds
-``<name>_probs.npy`` (C x H x W float32). Images of any size are predicted whole. An input
-that cannot be read is reported at the end; the others are still processed.
+``<name>_probs.npy`` (C x H x W float32). Images of any size are predicted whole, or with
+``--tile 1024`` in overlapping 1024 x 1024 tiles (memory bounded by the tile, not the
+image; ``fcnseg.tiling``). An input that cannot be read is reported at the end; the others
+are still processed.
 
 A two-headed checkpoint (SIFT Flow) writes one map per task: ``<name>_semantic.png``,
 ``<name>_geometric.png`` (and ``<name>_semantic_overlay.png``, ``<name>_semantic_probs.npy``
@@ -27,6 +29,7 @@ from PIL import Image
 from ..data import DatasetError
 from ..engine.distributed import resolve_device
 from ..inference import Segmenter, load_rgb, save_mask
+from ..tiling import Tiling
 from ..viz import overlay
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
@@ -51,7 +54,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-overlay", action="store_true", help="masks only")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument(
+        "--tile",
+        type=_positive,
+        metavar="PIXELS",
+        help="predict larger images in overlapping tiles of this side (default: whole)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=int,
+        metavar="PIXELS",
+        help="pixels adjacent tiles share (default: a third of --tile)",
+    )
     parser.set_defaults(run=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of pixels")
+    return value
+
+
+def _tiling(args: argparse.Namespace) -> Tiling | None:
+    if args.tile is None:
+        if args.tile_overlap is not None:
+            raise ValueError("--tile-overlap needs --tile: give the tile side as well")
+        return None
+    if args.tile_overlap is not None and not 0 <= args.tile_overlap < args.tile:
+        raise ValueError(
+            f"--tile-overlap {args.tile_overlap} must be at least 0 and less than --tile "
+            f"{args.tile}"
+        )
+    return Tiling.of(args.tile, args.tile_overlap)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -114,8 +149,11 @@ def _write(args, rgb, stem: str, labels: np.ndarray, probs: np.ndarray | None, p
 
 
 def run(args: argparse.Namespace) -> int:
+    tiling = _tiling(args)
     check_writable(args.out)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    segmenter = Segmenter.from_checkpoint(
+        args.checkpoint, device=resolve_device(args.device), tiling=tiling
+    )
     if segmenter.inputs is not None:
         raise ValueError(
             f"{args.checkpoint} reads {' + '.join(segmenter.inputs)}, and fcnseg predict reads "

@@ -17,15 +17,13 @@ are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import statistics
 import time
 from dataclasses import dataclass, replace
-from queue import Empty
 
 import torch
 import torch.nn.functional as F
+from _fresh import in_fresh_process, peak_rss_mib
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -259,7 +257,7 @@ def _measure(config: Config, repeats: int, queue) -> None:
         start = time.perf_counter()
         _step(config, model, image, target)
         times.append(time.perf_counter() - start)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     queue.put((config, statistics.median(times), flops, peak_mib, note))
 
 
@@ -291,22 +289,6 @@ def _matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:
     return 2 * n**3 / min(times) / 1e9  # a peak: the least disturbed of the repeats
 
 
-def _in_process(context, target, *args):
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Empty:
-            if not process.is_alive():
-                message = f"{target.__name__}{args[:1]} died: see its traceback above"
-                raise RuntimeError(message) from None
-    process.join()
-    return result
-
-
 def _peaks(n: int, repeats: int, queue) -> None:
     queue.put((_matmul_peak(torch.float32, n, repeats), _matmul_peak(torch.bfloat16, n, repeats)))
 
@@ -319,9 +301,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="all rows (FCN-32s/16s, 1 thread)")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
     args = parser.parse_args()
-    context = mp.get_context("spawn")
-    fp32_peak, bf16_peak = _in_process(context, _peaks, 4096, 10)
-    diff, scale, agree, bf16_diff = _in_process(context, _compare, args.size)
+    fp32_peak, bf16_peak = in_fresh_process(_peaks, 4096, 10)
+    diff, scale, agree, bf16_diff = in_fresh_process(_compare, args.size)
     seconds: dict[str, float] = {}
     threads = torch.get_num_threads()
     print(f"{threads} threads; matmul peak fp32 {fp32_peak:.0f}, bf16 {bf16_peak:.0f} GFLOP/s")
@@ -337,7 +318,7 @@ def main() -> None:
     print(header)
     for row in _configs(args.size, args.full, args.compile):
         repeats = args.train_repeats if row.train else args.repeats
-        config, time_s, flops, peak_mib, note = _in_process(context, _measure, row, repeats)
+        config, time_s, flops, peak_mib, note = in_fresh_process(_measure, row, repeats)
         seconds[config.label] = time_s
         size = "x".join(map(str, config.size))
         if time_s is None:

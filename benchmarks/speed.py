@@ -12,6 +12,7 @@ are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device.
     python benchmarks/speed.py --full           # adds FCN-32s/16s, 1 thread, more training
     python benchmarks/speed.py --compile        # adds torch.compile rows (slow to compile)
     python benchmarks/speed.py --size 256       # quicker, same rows
+    python benchmarks/speed.py --only train     # the training rows (and their baseline)
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Config:
     bf16: bool = False
     compile: bool = False
     threads: int | None = None
+    checkpointing: bool = False  # activation checkpointing in the backbone (training)
 
 
 def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
@@ -157,6 +159,16 @@ def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
         Config(
             "FCN-8s aligned bf16 train", ours, hw, tbook, train=True, bf16=True, geometry="aligned"
         ),
+        Config("FCN-8s fp32 train checkpointed", ours, hw, tbook, train=True, checkpointing=True),
+        Config(
+            "FCN-8s aligned train checkpointed",
+            ours,
+            hw,
+            tbook,
+            train=True,
+            geometry="aligned",
+            checkpointing=True,
+        ),
     ]
     if full:
         rows.append(
@@ -178,12 +190,34 @@ def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
         rows.append(
             Config("EffNet-Lite0 bf16 train", lite_name, lite_hw, lite_train, train=True, bf16=True)
         )
+        rows.append(
+            Config(
+                "EffNet-Lite0 train checkpointed",
+                lite_name,
+                lite_hw,
+                lite_train,
+                train=True,
+                checkpointing=True,
+            )
+        )
     return rows
+
+
+def _selected(rows: list[Config], only: list[str] | None) -> list[Config]:
+    """The rows whose label holds one of ``only`` (all rows without it), and their bases."""
+    if not only:
+        return rows
+    chosen = {row.label for row in rows if any(text in row.label for text in only)}
+    chosen |= {row.base for row in rows if row.label in chosen}
+    return [row for row in rows if row.label in chosen]
 
 
 def _build(config: Config) -> nn.Module:
     model = _textbook() if config.model == "textbook" else _ours(config.model, config.geometry)
     model.train(config.train)
+    for module in model.modules():
+        if isinstance(module, fcnseg.models.backbones.Backbone):
+            module.checkpointing = config.checkpointing
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
@@ -300,6 +334,7 @@ def main() -> None:
     parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps")
     parser.add_argument("--full", action="store_true", help="all rows (FCN-32s/16s, 1 thread)")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    parser.add_argument("--only", nargs="+", help="rows whose label holds one of these words")
     args = parser.parse_args()
     fp32_peak, bf16_peak = in_fresh_process(_peaks, 4096, 10)
     diff, scale, agree, bf16_diff = in_fresh_process(_compare, args.size)
@@ -316,7 +351,7 @@ def main() -> None:
         f"{'GFLOP/s':>7} {'%fp32pk':>7} {'%bf16pk':>7} {'x base':>6} {'RSS MiB':>7}  note"
     )
     print(header)
-    for row in _configs(args.size, args.full, args.compile):
+    for row in _selected(_configs(args.size, args.full, args.compile), args.only):
         repeats = args.train_repeats if row.train else args.repeats
         config, time_s, flops, peak_mib, note = in_fresh_process(_measure, row, repeats)
         seconds[config.label] = time_s

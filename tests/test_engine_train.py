@@ -204,3 +204,18 @@ def test_progress_bar_shows_loss_lr_and_speed_on_a_terminal_only(tmp_path, monke
     train(tiny(tmp_path, name="bars", epochs=1, overlays=0))
     shown = capsys.readouterr().out
     assert "loss=" in shown and "lr=" in shown and "img_s=" in shown and "epoch 1/1" in shown
+
+
+def test_activation_checkpointing_trains_to_the_same_weights(tmp_path, monkeypatch):
+    from fcnseg.models.backbones import base
+
+    calls = []
+    checkpoint = base.checkpoint
+    monkeypatch.setattr(base, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    plain = train(tiny(tmp_path / "plain", epochs=1))
+    assert not calls
+    saved = train(tiny(tmp_path / "ckpt", epochs=1, activation_checkpointing=True))
+    assert calls  # the blocks did run checkpointed
+    ours = ckpt.load_checkpoint(saved.last_checkpoint)["state_dict"]
+    for key, value in ckpt.load_checkpoint(plain.last_checkpoint)["state_dict"].items():
+        torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-6, msg=key)

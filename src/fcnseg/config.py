@@ -105,6 +105,7 @@ class TrainConfig:
     flip: bool | None = None
     jitter: bool | None = None
     amp: str | None = None  # off, bf16, fp16, auto
+    activation_checkpointing: bool = False  # backbone recomputes activations: less memory
 
     # -- the run
     output: str = "runs"

@@ -46,6 +46,7 @@ from ..data import build_dataset, eval_transforms, pad_collate, train_transforms
 from ..losses import SegmentationLoss, median_frequency_weights
 from ..metrics import METRIC_NAMES
 from ..models import FCN, build_model
+from ..models.backbones import Backbone
 from ..models.fusion import LateFusionFCN, late_fusion
 from ..models.multitask import (
     MULTITASK_MODELS,
@@ -511,6 +512,9 @@ def _build_model(config: TrainConfig, num_classes: int, *, init: bool) -> FCN | 
         model = build_multitask_model(config.model, **options)
     else:
         model = build_model(config.model, num_classes=num_classes, **options)
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            module.checkpointing = config.activation_checkpointing
     if init and config.init_streams:
         _fuse_streams(model, config)
     if init and config.init_from:

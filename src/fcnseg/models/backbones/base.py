@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...surgery import TransplantReport
 from ..geometry import CoordMap, trace
@@ -42,13 +45,29 @@ class Backbone(nn.Module):
     feature map the classifier, and an FCN's ``score_fr``, reads), ``normalization``
     (the input convention of the weights), ``classifier_name`` (the attribute holding
     the ImageNet classifier as a 1x1 convolution when built with ``classifier=True``)
-    and implement ``forward`` and ``coord_map``.
+    and implement ``forward`` and ``coord_map``, running their blocks through
+    ``run_block`` so that ``checkpointing`` applies to them.
+
+    ``checkpointing = True`` trades compute for memory in training: each block keeps only
+    its input and recomputes its activations in the backward pass (gradients unchanged;
+    benchmarks/speed.py measures the cost and the memory saved).
     """
 
     taps: tuple[FeatureTap, ...]
     normalization: Normalization
     classifier_name: str
     geometry: str
+    checkpointing: bool = False
+
+    def run_block(self, block: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+        """``block(x)``; when checkpointing a training pass, its activations are not kept
+        but recomputed in the backward pass (batch-norm statistics are updated once)."""
+        if not (self.checkpointing and self.training and torch.is_grad_enabled()):
+            return block(x)
+        return checkpoint(block, x, use_reentrant=False, context_fn=self._recompute_context)
+
+    def _recompute_context(self):
+        return nullcontext(), _running_stats_frozen(self)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -121,12 +140,31 @@ class SequentialBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         inner = {tap.name for tap in self.taps[:-1]}
         features: dict[str, torch.Tensor] = {}
-        for name, module in self._trunk():
-            x = module(x)
-            if name in inner:
-                features[name] = x
+        for names, modules in self._runs():
+            x = self.run_block(partial(_in_turn, modules), x)
+            if names[-1] in inner:
+                features[names[-1]] = x
         features[self.taps[-1].name] = x
         return features
+
+    def _runs(self) -> Iterator[tuple[list[str], list[nn.Module]]]:
+        """The trunk in runs that end at an inner tap or a pooling layer: the blocks that
+        ``run_block`` checkpoints (VGG16: its five stages and fc6-fc7). A run never starts
+        with an in-place layer: that would overwrite the input the checkpoint keeps."""
+        trunk = self._trunk()
+        inner = {tap.name for tap in self.taps[:-1]}
+        names: list[str] = []
+        modules: list[nn.Module] = []
+        for index, (name, module) in enumerate(trunk):
+            names.append(name)
+            modules.append(module)
+            following = trunk[index + 1][1] if index + 1 < len(trunk) else None
+            pooled = isinstance(module, (nn.MaxPool2d, nn.AvgPool2d))
+            if name in inner or (pooled and not getattr(following, "inplace", False)):
+                yield names, modules
+                names, modules = [], []
+        if modules:
+            yield names, modules
 
     def coord_map(self, tap: str) -> CoordMap:
         names = [name for name, _ in self._trunk()]
@@ -138,6 +176,32 @@ class SequentialBackbone(Backbone):
             offered = ", ".join(t.name for t in self.taps)
             raise ValueError(f"{type(self).__name__} has no tap {tap!r}; it offers {offered}")
         return trace(module for _, module in self._trunk()[:end])
+
+
+def _in_turn(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for module in modules:
+        x = module(x)
+    return x
+
+
+@contextmanager
+def _running_stats_frozen(module: nn.Module):
+    """Batch norms in ``module`` normalise by the batch but leave their running statistics
+    alone: a checkpointed block's recomputation must not count the batch twice."""
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, (momentum, tracked) in zip(norms, saved, strict=True):
+            norm.momentum = momentum
+            norm.num_batches_tracked.copy_(tracked)
 
 
 def check_geometry(geometry: str) -> str:

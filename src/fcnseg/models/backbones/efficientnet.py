@@ -219,7 +219,7 @@ class EfficientNetLite(Backbone):
         tapped = {index: name for name, index in self._tap_blocks.items()}
         features: dict[str, torch.Tensor] = {}
         for index, block in enumerate(self._blocks):
-            x = block(x)
+            x = self.run_block(block, x)
             if index in tapped:
                 features[tapped[index]] = x
         features["head"] = self._relu(self._bn1(self._conv_head(x)))  # N x 1280 x H/32 x W/32

@@ -152,7 +152,8 @@ class ResNet(Backbone):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # N x 64 x H/4 x W/4
         features: dict[str, torch.Tensor] = {}
         for name, stage in self._stages():
-            x = stage(x)
+            for block in stage:
+                x = self.run_block(block, x)
             features[name] = x
         return {tap.name: features[tap.name] for tap in self.taps}
 

@@ -1,5 +1,8 @@
 """The fcnseg command line."""
 
+import subprocess
+import sys
+
 import fcnseg
 from fcnseg.cli import main
 
@@ -17,3 +20,11 @@ def test_models_lists_every_model(capsys):
 def test_models_rejects_bad_class_count(capsys):
     assert main(["models", "--num-classes", "0"]) == 2
     assert "--num-classes must be at least 1" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "fcnseg", "models"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fcn8s_vgg16" in result.stdout

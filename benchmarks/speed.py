@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fcnseg
+from fcnseg.speed import fold_batch_norm
 
 NUM_CLASSES = 21
 MIN_SECONDS = 3.0  # each row times at least this long in all, however short its step
@@ -120,6 +121,7 @@ class Config:
     compile: bool = False
     threads: int | None = None
     checkpointing: bool = False  # activation checkpointing in the backbone (training)
+    fold_bn: bool = False  # batch norms folded into their convolutions (inference)
 
 
 def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
@@ -152,6 +154,7 @@ def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
         Config(lite, lite_name, lite_hw, lite),
         Config("EffNet-Lite0 fp32 + ch_last", lite_name, lite_hw, lite, **fast),
         Config("EffNet-Lite0 bf16 + ch_last", lite_name, lite_hw, lite, bf16=True, **fast),
+        Config("EffNet-Lite0 fp32 ch_last fold BN", lite_name, lite_hw, lite, fold_bn=True, **fast),
         Config(tbook, "textbook", hw, tbook, train=True),
         Config("FCN-8s fp32 train", ours, hw, tbook, train=True),
         Config("FCN-8s bf16 train", ours, hw, tbook, train=True, bf16=True),
@@ -218,6 +221,8 @@ def _build(config: Config) -> nn.Module:
     for module in model.modules():
         if isinstance(module, fcnseg.models.backbones.Backbone):
             module.checkpointing = config.checkpointing
+    if config.fold_bn:
+        fold_batch_norm(model)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     return model

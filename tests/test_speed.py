@@ -1,16 +1,25 @@
 """Speed options agree with the plain fp32 path: depthwise upsampling, fast_forward, bf16."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import fcnseg
 from fcnseg.inference import Segmenter
 from fcnseg.models import FCN, FCNHead
 from fcnseg.models.backbones.vgg import VGG16
 from fcnseg.models.upsample import Upsample
-from fcnseg.speed import InferenceOptions, fast_forward, native_bf16, prepare_model
+from fcnseg.speed import (
+    InferenceOptions,
+    fast_forward,
+    fold_batch_norm,
+    native_bf16,
+    prepare_model,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +123,49 @@ def test_segmenter_uses_the_options():
     fast = Segmenter(model, classes=list("abcdef"), speed=InferenceOptions(bf16=True))
     assert (fast.predict(image) == expected).mean() >= 0.99
     assert isinstance(native_bf16(), bool)
+
+
+def _with_running_stats(name):
+    """A model whose batch norms hold varied statistics and affine parameters."""
+    torch.manual_seed(0)
+    model = fcnseg.build_model(name, num_classes=4)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+        model.head.score_fr.weight.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["fcn8s_efficientnet_lite0", "fcn16s_resnet18"])
+def test_folded_batch_norm_gives_the_same_scores(name):
+    model = _with_running_stats(name)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = copy.deepcopy(model)
+    assert fold_batch_norm(folded) == norms > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    image = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = model(image)
+        torch.testing.assert_close(
+            folded(image), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()
+        )
+
+
+def test_batch_norm_in_training_mode_is_not_folded():
+    model = _with_running_stats("fcn8s_resnet18").train()
+    assert fold_batch_norm(model) == 0
+
+
+def test_segmenter_folds_by_default_and_predicts_the_same():
+    model = _with_running_stats("fcn8s_efficientnet_lite0")
+    plain = Segmenter(
+        copy.deepcopy(model), classes=list("abcd"), speed=InferenceOptions(fold_batch_norm=False)
+    )
+    folded = Segmenter(model, classes=list("abcd"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    assert (folded.predict(image) == plain.predict(image)).mean() > 0.999

@@ -39,7 +39,9 @@ class Segmenter:
     The model is switched to eval mode once, here (dropout off, batch-norm statistics
     fixed): a Segmenter exists to predict. Build one from a checkpoint with
     ``from_checkpoint``. ``speed`` says how it runs (``fcnseg.speed``): by default
-    channels-last in fp32 under inference mode (the fastest measured, docs/BENCHMARKS.md);
+    channels-last in fp32 under inference mode with batch norms folded into their
+    convolutions (the fastest measured, docs/BENCHMARKS.md); this prepares the model in
+    place, for inference only (pass a copy to keep training the original).
     ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster.
     ``tiling`` (``fcnseg.tiling.Tiling``) scores images larger than a tile in overlapping
     tiles, bounding memory by the tile size instead of the image size.

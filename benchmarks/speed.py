@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from _fresh import in_fresh_process, peak_rss_mib
 from torch import nn
@@ -119,6 +120,7 @@ class Config:
     inference_mode: bool = False
     bf16: bool = False
     compile: bool = False
+    freezing: bool = False  # inductor folds weights and fuses conv + ReLU (oneDNN post-ops)
     threads: int | None = None
     checkpointing: bool = False  # activation checkpointing in the backbone (training)
     fold_bn: bool = False  # batch norms folded into their convolutions (inference)
@@ -142,6 +144,11 @@ def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
     if compile_:
         rows.append(replace(rows[3], label="FCN-8s fp32 + ch_last compiled", compile=True))
         rows.append(replace(rows[4], label="FCN-8s bf16 + ch_last compiled", compile=True))
+        rows.append(
+            replace(
+                rows[3], label="FCN-8s fp32 ch_last compiled frozen", compile=True, freezing=True
+            )
+        )
     if full:
         rows.append(replace(rows[3], label="FCN-8s fp32 + ch_last 1 thread", threads=1))
         rows.append(replace(rows[4], label="FCN-8s bf16 + ch_last 1 thread", threads=1))
@@ -203,6 +210,9 @@ def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
                 checkpointing=True,
             )
         )
+    if compile_:
+        label = "EffNet-Lite0 compiled frozen"
+        rows.append(Config(label, lite_name, lite_hw, lite, compile=True, freezing=True, **fast))
     return rows
 
 
@@ -283,6 +293,7 @@ def _measure(config: Config, repeats: int, queue) -> None:
     if config.compile:
         start = time.perf_counter()
         try:
+            torch._inductor.config.freezing = config.freezing
             model = torch.compile(model)
             model.optimizer = model._orig_mod.optimizer
             _step(config, model, image, target)

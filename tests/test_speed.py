@@ -169,3 +169,15 @@ def test_segmenter_folds_by_default_and_predicts_the_same():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     assert (folded.predict(image) == plain.predict(image)).mean() > 0.999
+
+
+def test_a_backbone_that_cannot_be_traced_is_left_unfolded():
+    model = _with_running_stats("fcn8s_resnet18")
+
+    class DataDependent(type(model.backbone)):
+        def forward(self, x):
+            return super().forward(x if x.sum() > 0 else -x)  # tracing cannot follow this
+
+    model.backbone.__class__ = DataDependent
+    assert fold_batch_norm(model) == 0
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

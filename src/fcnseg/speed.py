@@ -78,12 +78,16 @@ def fold_batch_norm(model: nn.Module) -> int:
     In eval mode ``bn(conv(x))`` is ``conv'(x)`` with the weights scaled by
     gamma / sqrt(var + eps) per output channel and the bias shifted: one pass over the
     activations less per pair, equal up to rounding. The pairs are found in the
-    backbone's traced graph (``torch.fx``), so no layer naming is assumed. The batch norms
+    backbone's traced graph (``torch.fx``), so no layer naming is assumed; a backbone that
+    cannot be traced (data-dependent control flow) is left as it is. The batch norms
     become ``nn.Identity``: the model is then for inference only.
     """
     folded = 0
     for backbone in [module for module in model.modules() if isinstance(module, Backbone)]:
-        graph = torch.fx.symbolic_trace(backbone).graph
+        try:
+            graph = torch.fx.symbolic_trace(backbone).graph
+        except (torch.fx.proxy.TraceError, TypeError, RuntimeError):
+            continue  # unfolded is still exact, only slower
         calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
         for node in graph.nodes:
             pair = _conv_then_norm(backbone, node, calls)

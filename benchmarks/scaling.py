@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 from _fresh import in_fresh_process, peak_rss_mib
 
@@ -58,7 +59,7 @@ def _measure(args: argparse.Namespace, row: Row, queue) -> None:
     else:
         run = partial(sliding_window, forward, image, Tiling.of(row.tile))
     with torch.inference_mode():
-        labels = run()[0].argmax(0).to(torch.uint8)  # the warm-up
+        labels = run()[0].argmax(0).to(torch.uint8).numpy()  # the warm-up; numpy pickles
         times: list[float] = []
         while len(times) < args.repeats or sum(times) < MIN_SECONDS:
             start = time.perf_counter()
@@ -89,7 +90,7 @@ def main() -> None:
     print(f"{name}, {args.threads} threads, fp32 channels-last, tiles of {args.tile} px")
     print(f"{'input':>11} {'mode':>10} {'MPix':>6} {'time s':>8} {'s/MPix':>7} "
           f"{'RSS MiB':>8} {'+MiB':>7} {'MiB/MPix':>8} {'agree':>6}")  # fmt: skip
-    whole_labels: dict[int, torch.Tensor] = {}
+    whole_labels: dict[int, np.ndarray] = {}
     for row in _rows(args):
         seconds, peak, loaded, labels = in_fresh_process(_measure, args, row)
         megapixels = row.side**2 / 1e6
@@ -98,7 +99,7 @@ def main() -> None:
         if labels is not None and row.tile is None:
             whole_labels[row.side] = labels
         elif labels is not None and row.side in whole_labels:
-            agree = f"{100 * (labels == whole_labels[row.side]).float().mean().item():.2f}%"
+            agree = f"{100 * (labels == whole_labels[row.side]).mean():.2f}%"
         grown = peak - loaded
         print(f"{row.side:>5}x{row.side:<5} {mode:>10} {megapixels:6.2f} {seconds:8.2f} "
               f"{seconds / megapixels:7.2f} {peak:8.0f} {grown:7.0f} {grown / megapixels:8.0f} "

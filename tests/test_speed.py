@@ -1,6 +1,7 @@
 """Speed options agree with the plain fp32 path: depthwise upsampling, fast_forward, bf16."""
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -181,3 +182,15 @@ def test_a_backbone_that_cannot_be_traced_is_left_unfolded():
     model.backbone.__class__ = DataDependent
     assert fold_batch_norm(model) == 0
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_segmenter_predicts_the_same():
+    model = _with_running_stats("fcn8s_resnet18")
+    plain = Segmenter(copy.deepcopy(model), classes=list("abcd"))
+    fast = Segmenter(model, classes=list("abcd"), speed=InferenceOptions(compile=True))
+    batch = plain._batch(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    expected = plain.scores(batch)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(fast.scores(batch), expected, rtol=1e-3, atol=1e-4 * scale)
+    assert fast._runner is not fast.model  # it did compile

@@ -24,7 +24,7 @@ from .data.base import image_to_tensor, read_depth, read_image
 from .data.palettes import flat_palette, voc_palette
 from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .models import FCN, Normalization
-from .speed import InferenceOptions, fast_forward, prepare_model
+from .speed import InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, sliding_window
 
 __all__ = ["Segmenter", "load_rgb", "load_input", "save_mask"]
@@ -42,7 +42,8 @@ class Segmenter:
     channels-last in fp32 under inference mode with batch norms folded into their
     convolutions (the fastest measured, docs/BENCHMARKS.md); this prepares the model in
     place, for inference only (pass a copy to keep training the original).
-    ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster.
+    ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster,
+    ``InferenceOptions(compile=True)`` compiles it (worth it for many images of one size).
     ``tiling`` (``fcnseg.tiling.Tiling``) scores images larger than a tile in overlapping
     tiles, bounding memory by the tile size instead of the image size.
     """
@@ -63,6 +64,7 @@ class Segmenter:
         self.speed = speed or InferenceOptions()
         self.tiling = tiling
         self.model = prepare_model(model.to(self.device).eval(), self.speed)
+        self._runner = compiled(self.model, self.speed)
         if isinstance(classes, Mapping):  # a multi-task model: names and colours by task
             palette = palette or {}
             self.classes = {task: tuple(names) for task, names in classes.items()}
@@ -157,7 +159,7 @@ class Segmenter:
 
     def scores(self, batch: Any) -> torch.Tensor | dict[str, torch.Tensor]:
         """The model's float32 scores for a normalised batch, whole or tile by tile."""
-        forward = partial(fast_forward, self.model, options=self.speed)
+        forward = partial(fast_forward, self._runner, options=self.speed)
         if self.tiling is None:
             return forward(batch)
         return sliding_window(forward, batch, self.tiling)

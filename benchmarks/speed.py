@@ -149,6 +149,8 @@ def _configs(size: int, full: bool, compile_: bool) -> list[Config]:
                 rows[3], label="FCN-8s fp32 ch_last compiled frozen", compile=True, freezing=True
             )
         )
+        label = "FCN-8s aligned compiled frozen"
+        rows.append(replace(rows[5], label=label, compile=True, freezing=True))
     if full:
         rows.append(replace(rows[3], label="FCN-8s fp32 + ch_last 1 thread", threads=1))
         rows.append(replace(rows[4], label="FCN-8s bf16 + ch_last 1 thread", threads=1))

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fcnseg
+from fcnseg.models.backbones import set_activation_checkpointing
 from fcnseg.speed import fold_batch_norm
 
 NUM_CLASSES = 21
@@ -230,9 +231,7 @@ def _selected(rows: list[Config], only: list[str] | None) -> list[Config]:
 def _build(config: Config) -> nn.Module:
     model = _textbook() if config.model == "textbook" else _ours(config.model, config.geometry)
     model.train(config.train)
-    for module in model.modules():
-        if isinstance(module, fcnseg.models.backbones.Backbone):
-            module.checkpointing = config.checkpointing
+    set_activation_checkpointing(model, config.checkpointing)
     if config.fold_bn:
         fold_batch_norm(model)
     if config.channels_last:

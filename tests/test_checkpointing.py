@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fcnseg
-from fcnseg.models.backbones.base import Backbone
+from fcnseg.models.backbones import set_activation_checkpointing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,9 +27,7 @@ def _pair(name, options):
             if isinstance(module, torch.nn.Conv2d) and module.weight.requires_grad:
                 module.weight.normal_(0, 0.01)
     checkpointed = copy.deepcopy(model)
-    for module in checkpointed.modules():
-        if isinstance(module, Backbone):
-            module.checkpointing = True
+    set_activation_checkpointing(checkpointed, True)
     return model, checkpointed
 
 

@@ -12,7 +12,7 @@ from fcnseg import build_model
 from fcnseg.config import TrainConfig
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
-from fcnseg.engine.train import NonFiniteLossError, model_options, train
+from fcnseg.engine.train import NonFiniteLossError, train
 from fcnseg.losses import SegmentationLoss
 
 

@@ -10,13 +10,7 @@ from fcnseg.data import SYNTHETIC_CLASSES, DatasetError, voc_palette
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.inference import Segmenter, load_rgb, save_mask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small images: threads only wait for each other
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small images: threads only wait
 
 
 @pytest.fixture(scope="module")

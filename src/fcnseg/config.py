@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .builder import resolve_spec
+from .models.spec import SPEC_FIELDS, SpecError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -54,14 +57,12 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Everything a training run reads. ``None`` means "the recipe's default"."""
 
-    # -- the model
+    # -- the model: a registered name, and any ModelSpec option (geometry, upsample,
+    # output_stride, in_channels, inputs, tasks, pretrained_backbone, ...; num_classes
+    # defaults to the training set's). A config file or override may name an option at
+    # the top level (pretrained_backbone = true): it lands here.
     model: str = "fcn8s_efficientnet_lite0"
-    num_classes: int | None = None  # None: the training set's class count
-    geometry: str | None = None  # None: the backbone's default
-    upsample: str = "deconv"
-    learnable_upsample: bool = False
-    pretrained_backbone: bool = False
-    backbone_weights: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # a checkpoint whose weights start this run (transplant)
     # late fusion: one trained single-input checkpoint per stream, fused 0.5 / 0.5 at start
     # (NYUDv2 RGB-HHA: {color = "runs/rgb/best.pt", hha = "runs/hha/best.pt"})
@@ -190,6 +191,10 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: init_streams and init_from both start the weights: keep one"
             )
+        try:
+            resolve_spec(self.model, require_tasks=False, **self.model_options)
+        except SpecError as error:
+            raise ConfigError(f"{source}: {error}") from None
         if self.staged and model_variant(self.model) != "8s":
             raise ConfigError(
                 f"{source}: staged training ends at an FCN-8s: set model to an fcn8s_* "
@@ -248,15 +253,12 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "schedule": ("fixed", "poly", "cosine"),
     "loss_reduction": ("sum", "mean"),
     "amp": ("off", "bf16", "fp16", "auto"),
-    "upsample": ("deconv", "bilinear"),
-    "geometry": ("caffe", "aligned"),
 }
 _MINIMUM: dict[str, float] = {
     "epochs": 1,
     "max_iters": 1,
     "batch_size": 1,
     "accumulate": 1,
-    "num_classes": 1,
     "val_batch_size": 1,
     "eval_every": 1,
     "checkpoint_every": 0,
@@ -305,6 +307,8 @@ def _default_lr(recipe: str, model: str, optimizer: str) -> float:
 # Reading files and overrides
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# The ModelSpec options a config names at the top level (``name`` is the model's own).
+MODEL_OPTIONS = frozenset(SPEC_FIELDS) - {"name", "backbone"} | {"in_channels", "num_classes"}
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
@@ -321,14 +325,24 @@ def load_config(
         values = _read_file(path)
     config = from_dict(values, source)
     for key, value in parse_overrides(overrides).items():
-        setattr(config, key, _coerce(key, value, "command line"))
+        if key in MODEL_OPTIONS:
+            config.model_options[key] = value
+        else:
+            setattr(config, key, _coerce(key, value, "command line"))
     config.validate(source if not overrides else f"{source} with overrides")
     return config
 
 
 def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """A TrainConfig from a flat mapping, every key checked and every value coerced."""
-    checked = {key: _coerce(key, value, source) for key, value in values.items()}
+    """A TrainConfig from a flat mapping, every key checked and every value coerced; keys
+    that name a model option go into ``model_options``."""
+    checked: dict[str, Any] = {"model_options": dict(values.get("model_options") or {})}
+    for key, value in values.items():
+        if key in MODEL_OPTIONS:
+            if value is not None:  # None: the default (configs of fcnseg 0.1 wrote them so)
+                checked["model_options"][key] = value
+        elif key != "model_options":
+            checked[key] = _coerce(key, value, source)
     config = TrainConfig(**checked)
     config.validate(source)
     return config
@@ -395,9 +409,10 @@ _SYNONYMS = {
 
 
 def _check_key(key: str, source: str) -> None:
-    if key in _FIELDS:
+    if key in _FIELDS or key in MODEL_OPTIONS:
         return
-    close = difflib.get_close_matches(key, [*_FIELDS, *_SYNONYMS], n=1, cutoff=0.6)
+    known = [*_FIELDS, *MODEL_OPTIONS, *_SYNONYMS]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     close = [_SYNONYMS.get(name, name) for name in close]
     hint = f"did you mean {close[0]!r}?" if close else "see docs/training.md for the keys"
     raise ConfigError(f"{source}: unknown key {key!r}: {hint}")

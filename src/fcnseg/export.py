@@ -1,7 +1,9 @@
 """ONNX export with dynamic batch, height and width, and a small onnxruntime runner.
 
-The exported graph takes what ``FCN.forward`` takes (N x C x H x W, already normalised)
-and returns N x classes x H x W logits. The crops and fusions of the FCN head are
+The exported graph has one input per model input (named as ``spec.inputs``: ``image``, or
+NYUDv2's ``color`` and ``depth``), each N x C x H x W and already normalised, and one output
+per task (named as ``spec.tasks``: ``semantic``, or SIFT Flow's ``semantic`` and
+``geometric``), N x classes x H x W logits. The crops and fusions of the FCN head are
 computed from the tensor shapes inside the graph, so one file serves every image size.
 
 Exporter: torch's torch.export-based one (``torch.onnx.export(dynamo=True)``, the
@@ -18,36 +20,41 @@ unlike the traced example, which would show any size baked in.
 Opset 18 by default: the lowest the exporter writes natively (asking for 17 converts
 the graph down afterwards, which works here but is one more step).
 
-The file's metadata (``metadata_props``) records the model name, the class count and
-the input normalisation as JSON, for ``load_onnx`` and ``fcnseg predict``.
+The file's metadata (``metadata_props``) records the model's spec, class names, palette and
+ignore label as JSON (``fcnseg.record``), for ``load_onnx`` and ``fcnseg predict``: a
+Segmenter from the ONNX file names and colours classes as the checkpoint it came from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from .models import FCN, Normalization
-from .weights.files import atomic_write, normalization_from_dict
+from .builder import resolve_spec
+from .fileio import atomic_write
+from .models import FCN, ModelSpec
+from .models.normalization import from_record
 
 __all__ = [
     "OnnxCheck",
     "OnnxSegmenter",
     "check_onnx",
     "export_onnx",
-    "input_channels",
     "load_onnx",
 ]
 
-INPUT, OUTPUT = "image", "logits"
+RECORD_KEY = "fcnseg.record"
 _NOISY_LOGGERS = (
     "torch.onnx",
     "torch.fx.experimental.symbolic_shapes",
@@ -98,20 +105,33 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def input_channels(model: FCN) -> int:
-    """The channels the model reads: those of its first convolution (the stem)."""
-    for module in model.backbone.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            return module.in_channels
-    raise ValueError(f"{model.name} has no convolution to read the input channels from")
-
-
-def _metadata(model: FCN) -> dict[str, str]:
-    return {
-        "fcnseg.model": model.name,
-        "fcnseg.num_classes": str(model.num_classes),
-        "fcnseg.normalization": json.dumps(asdict(model.normalization)),
+def onnx_record(
+    model: FCN,
+    classes: Mapping[str, Any] | None = None,
+    palette: Mapping[str, Any] | None = None,
+    ignore_index: int = 255,
+) -> dict[str, str]:
+    """The metadata an exported file carries: spec, class names and palette by task."""
+    record = {
+        "spec": model.spec.to_dict(),
+        "classes": {task: list(names) for task, names in (classes or {}).items()},
+        "palette": {task: [list(map(int, c)) for c in p] for task, p in (palette or {}).items()},
+        "ignore_index": int(ignore_index),
     }
+    return {RECORD_KEY: json.dumps(record)}
+
+
+class _Positional(nn.Module):
+    """The model with its inputs as positional tensors and its outputs as a tuple, in the
+    spec's order: what the exporter traces."""
+
+    def __init__(self, model: FCN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scores = self.model(dict(zip(self.model.spec.input_names, inputs, strict=True)), by_task=True)
+        return tuple(scores[task] for task in self.model.spec.task_names)
 
 
 def export_onnx(
@@ -119,30 +139,37 @@ def export_onnx(
     path: str | Path,
     *,
     opset: int = 18,
-    example_size: tuple[int, int, int, int] = (1, 3, 224, 224),
+    example_size: tuple[int, int] = (224, 224),
+    classes: Mapping[str, Any] | None = None,
+    palette: Mapping[str, Any] | None = None,
+    ignore_index: int = 255,
 ) -> Path:
     """Write ``model`` as one ONNX file with dynamic batch, height and width.
 
     The graph computes inference behaviour (dropout off, batch norm on its running
     statistics) whatever mode the model is in: the model is traced in eval mode and
-    put back in its mode afterwards. ``example_size`` is the traced input's shape; any
-    other size runs as well. The file is written atomically.
+    put back in its mode afterwards. ``example_size`` is the traced input's height and
+    width; any other size runs as well. ``classes`` and ``palette`` (by task) go into the
+    file's metadata. The file is written atomically, with ordinary permissions.
     """
     _require("onnxscript")  # the exporter's own dependency: fail with the install line
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    example = torch.zeros(example_size, device=device)
+    height, width = example_size[-2:]
+    examples = tuple(
+        torch.zeros(1, item.channels, height, width, device=device) for item in model.spec.inputs
+    )
     dynamic = torch.export.Dim.DYNAMIC
     with _quiet_exporter(), _eval_mode(model):
         try:
             program = torch.onnx.export(
-                model,
-                (example,),
+                _Positional(model),
+                examples,
                 dynamo=True,
                 opset_version=opset,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_shapes=({0: dynamic, 2: dynamic, 3: dynamic},),
+                input_names=list(model.spec.input_names),
+                output_names=list(model.spec.task_names),
+                dynamic_shapes=tuple({0: dynamic, 2: dynamic, 3: dynamic} for _ in examples),
                 verbose=False,
             )
         except Exception as error:  # the exporter raises many types; keep it as the cause
@@ -157,16 +184,16 @@ def export_onnx(
             f"the ONNX exporter cannot write opset {opset} for {model.name} (it wrote "
             f"{written}); pass --opset 17 or later"
         )
-    program.model.metadata_props.update(_metadata(model))
+    program.model.metadata_props.update(onnx_record(model, classes, palette, ignore_index))
     return atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
 
 
 class OnnxSegmenter:
-    """An exported FCN in onnxruntime: ``runner(images)`` maps N x C x H x W to logits.
+    """An exported model in onnxruntime: ``runner(inputs)`` maps normalised N x C x H x W
+    arrays (a dict by input name, or one array for a single-input model) to logits by task.
 
-    ``images`` are normalised as ``normalization`` says (the model's input convention,
-    read from the file; None for a file exported elsewhere). ``name`` and
-    ``num_classes`` come from the file too.
+    ``spec``, ``classes``, ``palette`` and ``ignore_index`` come from the file (files of
+    fcnseg 0.1 recorded the model name, class count and normalisation only).
     """
 
     def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None) -> None:
@@ -181,22 +208,60 @@ class OnnxSegmenter:
         except Exception as error:  # onnxruntime raises its own types for bad files
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ValueError(f"{path}: not a loadable ONNX model ({first})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
         self.path = path
-        self.name: str | None = meta.get("fcnseg.model")
-        classes = meta.get("fcnseg.num_classes")
-        self.num_classes: int | None = int(classes) if classes else None
-        norm = meta.get("fcnseg.normalization")
-        self.normalization: Normalization | None = (
-            normalization_from_dict(json.loads(norm)) if norm else None
-        )
-        self.input_name = self.session.get_inputs()[0].name
+        record = _read_record(self.session.get_modelmeta().custom_metadata_map, path)
+        self.spec: ModelSpec = record["spec"]
+        self.classes = record.get("classes") or None
+        self.palette = record.get("palette") or None
+        self.ignore_index = int(record.get("ignore_index", 255))
+        self.input_names = [item.name for item in self.session.get_inputs()]
+        self.output_names = [item.name for item in self.session.get_outputs()]
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        if images.ndim != 4:
-            raise ValueError(f"expected an N x C x H x W batch, got shape {images.shape}")
-        batch = np.ascontiguousarray(images, dtype=np.float32)
-        return self.session.run(None, {self.input_name: batch})[0]
+    @property
+    def name(self) -> str:
+        return self.spec.label
+
+    @property
+    def num_classes(self) -> int | dict[str, int]:
+        classes = self.spec.task_classes
+        return next(iter(classes.values())) if len(classes) == 1 else classes
+
+    def __call__(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not isinstance(inputs, Mapping):
+            if len(self.input_names) != 1:
+                raise ValueError(f"this model reads {self.input_names}: pass a dict by name")
+            inputs = {self.input_names[0]: inputs}
+        feed = {}
+        for name in self.input_names:
+            if name not in inputs:
+                raise ValueError(f"this model reads {self.input_names}, got {sorted(inputs)}")
+            array = inputs[name]
+            if array.ndim != 4:
+                raise ValueError(f"input {name!r} must be N x C x H x W, got shape {array.shape}")
+            feed[name] = np.ascontiguousarray(array, dtype=np.float32)
+        outputs = self.session.run(None, feed)
+        return dict(zip(self.spec.task_names, outputs, strict=True))
+
+
+def _read_record(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
+    """The record in an exported file's metadata; 0.1's name, class count and
+    normalisation; a file without either cannot tell its classes."""
+    try:
+        if RECORD_KEY in meta:
+            record = json.loads(meta[RECORD_KEY])
+            record["spec"] = ModelSpec.from_dict(record["spec"])
+            return record
+        if "fcnseg.model" in meta:
+            spec = resolve_spec(meta["fcnseg.model"], num_classes=int(meta["fcnseg.num_classes"]))
+            norm = from_record(json.loads(meta["fcnseg.normalization"]))
+            inputs = (dataclasses.replace(spec.inputs[0], normalization=norm),)
+            return {"spec": dataclasses.replace(spec, inputs=inputs)}
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"{path}: malformed fcnseg metadata ({error})") from None
+    raise ValueError(
+        f"{path}: no fcnseg metadata (spec, classes, normalisation): export it with "
+        "fcnseg export onnx"
+    )
 
 
 def load_onnx(path: str | Path, *, providers: Sequence[str] | None = None) -> OnnxSegmenter:
@@ -220,11 +285,16 @@ class OnnxCheck:
         )
 
 
-def _images(model: FCN, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Random 0..255 RGB images normalised as the model expects (random normal otherwise)."""
-    if shape[1] != len(model.normalization.mean):
-        return torch.randn(shape, generator=generator)
-    return model.normalization(torch.rand(shape, generator=generator) * 255)
+def _images(model: FCN, shape: tuple[int, ...], generator: torch.Generator) -> dict:
+    """Random inputs of every declared input, normalised as the model expects (images as
+    0..255, depth as 500..10000)."""
+    batch, height, width = shape
+    images = {}
+    for item in model.spec.inputs:
+        raw = torch.rand((batch, item.channels, height, width), generator=generator)
+        scale = 10000.0 if item.name == "depth" else 255.0
+        images[item.name] = item.normalization(raw * scale)
+    return images
 
 
 def check_onnx(
@@ -235,29 +305,33 @@ def check_onnx(
     batch: int = 2,
     seed: int = 0,
 ) -> list[OnnxCheck]:
-    """Compare the ONNX file with PyTorch (eval mode) on random images of each size.
+    """Compare the ONNX file with PyTorch (eval mode) on random inputs of each size,
+    every task's scores.
 
     Sizes unlike the traced example show whether the crops really follow the input. A
-    different output shape raises; the differences are returned. The model's mode is
-    left as it was.
+    different output shape raises; the largest difference over the tasks is returned.
+    The model's mode is left as it was.
     """
     runner = load_onnx(path)
     generator = torch.Generator().manual_seed(seed)
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    channels = runner.session.get_inputs()[0].shape[1]
     checks = []
     with _eval_mode(model):
         for height, width in sizes:
-            images = _images(model, (batch, channels, height, width), generator)
+            images = _images(model, (batch, height, width), generator)
             with torch.no_grad():
-                expected = model(images.to(device)).cpu().numpy()
-            got = runner(images.numpy())
-            if got.shape != expected.shape:
-                raise ValueError(
-                    f"{path}: the ONNX model gives {got.shape} at {height}x{width}, PyTorch "
-                    f"{expected.shape}: the export baked a size into the graph"
-                )
-            diff, scale = float(np.abs(got - expected).max()), float(np.abs(expected).max())
+                expected = model({k: v.to(device) for k, v in images.items()}, by_task=True)
+            got = runner({name: image.numpy() for name, image in images.items()})
+            diff, scale = 0.0, 0.0
+            for task, scores in expected.items():
+                scores = scores.cpu().numpy()
+                if got[task].shape != scores.shape:
+                    raise ValueError(
+                        f"{path}: the ONNX model gives {got[task].shape} at {height}x{width}, "
+                        f"PyTorch {scores.shape}: the export baked a size into the graph"
+                    )
+                diff = max(diff, float(np.abs(got[task] - scores).max()))
+                scale = max(scale, float(np.abs(scores).max()))
             checks.append(OnnxCheck((height, width), diff, scale))
     return checks

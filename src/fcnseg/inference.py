@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.base import image_to_tensor, read_depth, read_image
+from .data.base import image_to_tensor, open_image, read_depth, read_image
 from .data.palettes import flat_palette, voc_palette
-from .engine.checkpoint import load_checkpoint, model_from_checkpoint
-from .models import FCN, Normalization
+from .export import OnnxSegmenter, load_onnx
+from .modelfile import read_record
+from .models import FCN, InputSpec, ModelSpec
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, sliding_window
 
@@ -34,49 +35,43 @@ Palette = Sequence[Sequence[int]]
 
 
 class Segmenter:
-    """A model with its classes, palette and input normalisation, ready to predict.
+    """A model with its classes, palette and input normalisations, ready to predict.
 
-    The model is switched to eval mode once, here (dropout off, batch-norm statistics
-    fixed): a Segmenter exists to predict. Build one from a checkpoint with
-    ``from_checkpoint``. ``speed`` says how it runs (``fcnseg.speed``): by default
+    Any model of the library: its inputs and tasks come from ``model.spec``. The model is
+    switched to eval mode once, here (dropout off, batch-norm statistics fixed): a
+    Segmenter exists to predict. ``speed`` says how it runs (``fcnseg.speed``): by default
     channels-last in fp32 under inference mode with batch norms folded into their
-    convolutions (the fastest measured, docs/BENCHMARKS.md); this prepares the model in
-    place, for inference only (pass a copy to keep training the original).
+    convolutions (the fastest measured, docs/BENCHMARKS.md); **this prepares the model in
+    place**, for inference only (pass a copy to keep training the original).
     ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster,
     ``InferenceOptions(compile=True)`` compiles it (worth it for many images of one size).
     ``tiling`` (``fcnseg.tiling.Tiling``) scores images larger than a tile in overlapping
     tiles, bounding memory by the tile size instead of the image size.
+
+    ``classes`` and ``palette`` are lists for a single-task model, or dicts by task; left
+    out, classes are named "class 0", "class 1", ... and drawn in the VOC palette.
     """
 
     def __init__(
         self,
         model: FCN | torch.nn.Module,
         *,
-        classes: Sequence[str] | Mapping[str, Sequence[str]],
+        classes: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
         palette: Palette | Mapping[str, Palette] | None = None,
-        normalization: Normalization | Mapping[str, Any] | None = None,
         device: torch.device | str = "cpu",
         ignore_index: int = 255,
         speed: InferenceOptions | None = None,
         tiling: Tiling | None = None,
     ) -> None:
+        self.spec: ModelSpec = model.spec
         self.device = torch.device(device)
         self.speed = speed or InferenceOptions()
         self.tiling = tiling
         self.model = prepare_model(model.to(self.device).eval(), self.speed)
         self._runner = compiled(self.model, self.speed)
-        if isinstance(classes, Mapping):  # a multi-task model: names and colours by task
-            palette = palette or {}
-            self.classes = {task: tuple(names) for task, names in classes.items()}
-            self.palette = {task: _colors(palette.get(task)) for task in self.classes}
-            counts = {task: len(names) for task, names in self.classes.items()}
-        else:
-            self.classes, self.palette = tuple(classes), _colors(palette)
-            counts = len(self.classes)
-        self.normalization = normalization or model.normalization
         self.ignore_index = ignore_index
-        if counts != model.num_classes:
-            raise ValueError(f"{counts} class names for a model of {model.num_classes} classes")
+        self.task_classes = _names_by_task(classes, self.spec)
+        self.task_palettes = _palettes_by_task(palette, self.spec)
 
     @classmethod
     def from_checkpoint(
@@ -87,109 +82,158 @@ class Segmenter:
         speed: InferenceOptions | None = None,
         tiling: Tiling | None = None,
     ) -> Segmenter:
-        """Load a checkpoint written by ``fcnseg train`` (weights only; no code is run).
+        """Load a checkpoint or weights file of fcnseg (weights only; no code is run).
 
         A ``.onnx`` file from ``fcnseg export onnx`` runs in onnxruntime instead.
         """
         if Path(path).suffix.lower() == ".onnx":
             return cls.from_onnx(path, tiling=tiling)
-        checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path)
+        record = read_record(path, what="checkpoint")
         return cls(
-            model,
-            classes=checkpoint["classes"],
-            palette=checkpoint.get("palette"),
+            record.build(),
+            classes=record.classes,
+            palette=record.palette or None,
             device=device,
-            ignore_index=checkpoint.get("ignore_index", 255),
+            ignore_index=record.ignore_index,
             speed=speed,
             tiling=tiling,
         )
 
     @classmethod
     def from_onnx(cls, path: Path | str, *, tiling: Tiling | None = None) -> Segmenter:
-        """An FCN exported by ``fcnseg export onnx``, run by onnxruntime on the CPU.
-
-        The file records the class count and the input normalisation, not the class names:
-        classes are named "class 0", "class 1", ... and drawn in the VOC palette.
-        """
-        from .export import load_onnx  # onnxruntime is an optional dependency
-
+        """A model exported by ``fcnseg export onnx``, run by onnxruntime on the CPU, with
+        the class names and palette the file records."""
         runner = load_onnx(path)
-        if runner.num_classes is None or runner.normalization is None:
-            raise ValueError(
-                f"{path}: no fcnseg metadata (class count, normalisation): export it with "
-                "fcnseg export onnx"
-            )
         return cls(
             _OnnxModule(runner),
-            classes=[f"class {index}" for index in range(runner.num_classes)],
-            palette=voc_palette(runner.num_classes),
-            normalization=runner.normalization,
-            speed=InferenceOptions(channels_last=False, bf16=False),  # onnxruntime decides
+            classes=runner.classes,
+            palette=runner.palette,
+            ignore_index=runner.ignore_index,
+            speed=InferenceOptions(channels_last=False, bf16=False, fold_batch_norm=False),
             tiling=tiling,
         )
 
-    @property
-    def num_classes(self) -> int | dict[str, int]:
-        return self.model.num_classes
+    # -- what it predicts
 
     @property
-    def inputs(self) -> tuple[str, ...] | None:
-        """The inputs a multi-input model reads (``("color", "depth")``), or None."""
-        return tuple(self.normalization) if isinstance(self.normalization, Mapping) else None
+    def tasks(self) -> tuple[str, ...]:
+        return self.spec.task_names
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.spec.input_names
+
+    @property
+    def classes(self) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+        """The class names, or a dict of them by task for a multi-task model."""
+        return _single_or_dict(self.task_classes)
+
+    @property
+    def palette(self) -> list[tuple[int, ...]] | dict[str, list[tuple[int, ...]]]:
+        return _single_or_dict(self.task_palettes)
+
+    @property
+    def num_classes(self) -> int | dict[str, int]:
+        return _single_or_dict(self.spec.task_classes)
+
+    @property
+    def normalization(self):
+        """The input normalisation, or a dict by input for a multi-input model."""
+        norms = {item.name: item.normalization for item in self.spec.inputs}
+        return _single_or_dict(norms)
+
+    # -- predicting
 
     @torch.inference_mode()
     def predict(self, image: ImageLike | Mapping[str, ImageLike], probabilities: bool = False):
         """The H x W label map (uint8 when the classes fit, else int64) of one image.
 
-        ``image``: a PIL image, an H x W x 3 (or H x W) uint8 array in RGB, a 3 x H x W tensor
-        in 0..255, or a file path (an unreadable file raises ``DatasetError``); for a
-        multi-input model a dict of such inputs by name (depth: H x W as stored, or its
+        ``image``: a PIL image, an H x W x 3 (or H x W) uint8 array in RGB, a 3 x H x W
+        tensor in 0..255, or a file path (an unreadable file raises ``DatasetError``); for
+        a multi-input model a dict of such inputs by name (depth: H x W as stored, or its
         16-bit PNG). With ``probabilities`` the result is ``(labels, probs)``, ``probs`` a
         C x H x W float32 array of class probabilities. A multi-task model gives dicts by
         task: ``{"semantic": labels, "geometric": labels}`` (and the same for ``probs``).
         """
-        scores = self.scores(self._batch(image))
-        if isinstance(scores, Mapping):
-            results = {task: _label_map(s[0].float(), probabilities) for task, s in scores.items()}
-            if not probabilities:
-                return results
-            return {t: r[0] for t, r in results.items()}, {t: r[1] for t, r in results.items()}
-        return _label_map(scores[0].float(), probabilities)
+        scores = self.scores(self.batch(image))
+        results = {task: _label_map(s[0].float(), probabilities) for task, s in scores.items()}
+        if not probabilities:
+            return _single_or_dict(results)
+        labels = {task: r[0] for task, r in results.items()}
+        probs = {task: r[1] for task, r in results.items()}
+        return _single_or_dict(labels), _single_or_dict(probs)
 
-    def scores(self, batch: Any) -> torch.Tensor | dict[str, torch.Tensor]:
-        """The model's float32 scores for a normalised batch, whole or tile by tile."""
-        forward = partial(fast_forward, self._runner, options=self.speed)
+    def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's float32 scores by task for a normalised batch (inputs by name),
+        whole or tile by tile."""
+        forward = partial(fast_forward, self._by_task, options=self.speed)
         if self.tiling is None:
             return forward(batch)
         return sliding_window(forward, batch, self.tiling)
 
-    def _batch(self, image: ImageLike | Mapping[str, ImageLike]) -> Any:
-        """A batch of one, normalised: a tensor, or a dict by input for multi-input models."""
-        inputs = self.inputs
-        if inputs is None:
-            return self.normalization(load_rgb(image))[None].to(self.device)
-        if not isinstance(image, Mapping) or set(image) != set(inputs):
-            given = sorted(image) if isinstance(image, Mapping) else type(image).__name__
+    def _by_task(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self._runner(batch, by_task=True)
+
+    def batch(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
+        """A batch of one, normalised, by input name. A single-input model takes the image
+        itself (or a dict naming its input)."""
+        if not isinstance(image, Mapping):
+            if len(self.spec.inputs) != 1:
+                raise ValueError(
+                    f"this model reads {list(self.inputs)}, got {type(image).__name__}: pass a "
+                    "dict with one image per input"
+                )
+            image = {self.inputs[0]: image}
+        if set(image) != set(self.inputs):
             raise ValueError(
-                f"this model reads {list(inputs)}, got {given}: pass a dict with one image "
+                f"this model reads {list(self.inputs)}, got {sorted(image)}: pass one image "
                 "per input"
             )
         return {
-            name: self.normalization[name](load_input(name, image[name]))[None].to(self.device)
-            for name in inputs
+            item.name: item.normalization(load_input(image[item.name], item))[None].to(self.device)
+            for item in self.spec.inputs
         }
 
 
+def _single_or_dict(by_task: Mapping[str, Any]) -> Any:
+    return next(iter(by_task.values())) if len(by_task) == 1 else dict(by_task)
+
+
+def _names_by_task(classes: Any, spec: ModelSpec) -> dict[str, tuple[str, ...]]:
+    given = classes if isinstance(classes, Mapping) else {spec.task_names[0]: classes}
+    if classes is not None and not isinstance(classes, Mapping) and len(spec.tasks) != 1:
+        raise ValueError(f"the model predicts {list(spec.task_names)}: give classes by task")
+    names = {}
+    for task in spec.tasks:
+        listed = given.get(task.name) if given else None
+        names[task.name] = tuple(listed) if listed else tuple(f"class {i}" for i in range(task.classes))
+        if len(names[task.name]) != task.classes:
+            raise ValueError(
+                f"{len(names[task.name])} class names for the {task.classes} classes of "
+                f"task {task.name!r}"
+            )
+    return names
+
+
+def _palettes_by_task(palette: Any, spec: ModelSpec) -> dict[str, list[tuple[int, ...]]]:
+    given = palette if isinstance(palette, Mapping) else {spec.task_names[0]: palette}
+    palettes = {}
+    for task in spec.tasks:
+        colors = _colors(given.get(task.name) if palette is not None else None)
+        palettes[task.name] = colors if len(colors) >= task.classes else voc_palette(task.classes)
+    return palettes
+
+
 class _OnnxModule(torch.nn.Module):
-    """An onnxruntime session behind the interface Segmenter uses (tensor in, tensor out)."""
+    """An onnxruntime session behind the model interface Segmenter uses."""
 
-    def __init__(self, runner) -> None:
+    def __init__(self, runner: OnnxSegmenter) -> None:
         super().__init__()
-        self.runner, self.num_classes = runner, runner.num_classes
+        self.runner, self.spec = runner, runner.spec
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.runner(x.cpu().numpy()))
+    def forward(self, x: Mapping[str, torch.Tensor], *, by_task: bool = True):
+        outputs = self.runner({name: tensor.cpu().numpy() for name, tensor in x.items()})
+        return {task: torch.from_numpy(scores) for task, scores in outputs.items()}
 
 
 def _colors(palette: Palette | None) -> list[tuple[int, ...]]:
@@ -205,17 +249,39 @@ def _label_map(scores: torch.Tensor, probabilities: bool):
     return labels, scores.softmax(0).cpu().numpy()
 
 
-def load_input(name: str, image: ImageLike) -> torch.Tensor:
-    """One input of a multi-input model as a C x H x W float tensor: colour as
-    ``load_rgb``; depth as stored (a 16-bit PNG or an H x W array); HHA as an RGB image."""
-    if name == "color":
+def load_input(image: ImageLike, item: InputSpec | None = None) -> torch.Tensor:
+    """One input as a C x H x W float tensor with values as stored (0..255 for images).
+
+    An RGB input reads any image form (``load_rgb``). Depth reads a 16-bit PNG or an
+    H x W array as stored; other inputs read an image file in as many channels as they
+    have (1: grey, 3: RGB, 4: RGBA), or an array or tensor of their channel count."""
+    item = item or InputSpec()
+    if item.channels == 3 and item.name != "depth":
         return load_rgb(image)
     if isinstance(image, str | Path):
-        array = read_depth(Path(image)) if name == "depth" else read_image(Path(image))
-        return image_to_tensor(array)
-    if isinstance(image, torch.Tensor):
-        return image.float() if image.dim() == 3 else image.float()[None]
-    return image_to_tensor(np.asarray(image, dtype=np.float32))
+        if item.name == "depth":
+            return image_to_tensor(read_depth(Path(image)))
+        image = open_image(Path(image))
+    if isinstance(image, Image.Image):
+        modes = {1: "L", 3: "RGB", 4: "RGBA"}
+        if item.channels not in modes:
+            raise ValueError(
+                f"input {item.name!r} has {item.channels} channels: an image file gives 1, 3 or "
+                "4; pass an H x W x C array"
+            )
+        image = np.asarray(image.convert(modes[item.channels]))
+    tensor = image.float() if isinstance(image, torch.Tensor) else None
+    if tensor is None:
+        array = np.asarray(image, dtype=np.float32)
+        tensor = image_to_tensor(array)
+    elif tensor.dim() == 2:
+        tensor = tensor[None]
+    if tensor.dim() != 3 or tensor.shape[0] != item.channels:
+        raise ValueError(
+            f"input {item.name!r} must have {item.channels} channels, got shape "
+            f"{tuple(tensor.shape)}"
+        )
+    return tensor
 
 
 def load_rgb(image: ImageLike) -> torch.Tensor:

@@ -16,7 +16,7 @@ Eigen & Fergus's median-frequency weights from a dataset, or the weights can be 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import nn
 
 __all__ = [
     "SegmentationLoss",
+    "MultiTaskLoss",
     "sample_mask",
     "class_pixel_counts",
     "median_frequency_weights",
@@ -82,6 +83,70 @@ class SegmentationLoss(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
         )
+
+
+class MultiTaskLoss(nn.Module):
+    """``sum_task weight_task * loss_task``, each a ``SegmentationLoss`` on its labels.
+
+    For the two-headed SIFT Flow net the reference adds the two SoftmaxWithLoss layers with weight 1 each (``loss`` and
+    ``loss_geo``). ``class_weights`` optionally gives one list per task. With loss sampling,
+    each task draws its own mask.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        *,
+        tasks: Sequence[str] = ("semantic", "geometric"),
+        reduction: str = "sum",
+        ignore_index: int = 255,
+        class_weights: Mapping[str, Sequence[float]] | None = None,
+        sampling: float = 0.0,
+        sampling_cell: int = 32,
+    ) -> None:
+        super().__init__()
+        weights = dict(weights) if weights is not None else {task: 1.0 for task in tasks}
+        class_weights = dict(class_weights or {})
+        if not weights:
+            raise ValueError("loss weights must name at least one task")
+        unknown = set(class_weights) - set(weights)
+        if unknown:
+            raise ValueError(
+                f"class_weights name {sorted(unknown)}, which are not among the tasks "
+                f"{sorted(weights)}"
+            )
+        self.weights = {task: float(w) for task, w in weights.items()}
+        self.losses = nn.ModuleDict(
+            {
+                task: SegmentationLoss(
+                    reduction=reduction,
+                    ignore_index=ignore_index,
+                    weight=class_weights.get(task),
+                    sampling=sampling,
+                    sampling_cell=sampling_cell,
+                )
+                for task in self.weights
+            }
+        )
+
+    def components(
+        self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Each task's loss, unweighted (for logging)."""
+        for what, given in (("logits", logits), ("labels", targets)):
+            if not isinstance(given, Mapping) or set(given) != set(self.weights):
+                names = sorted(given) if isinstance(given, Mapping) else type(given).__name__
+                raise ValueError(
+                    f"{what} {names} do not match the tasks {sorted(self.weights)}: "
+                    "read every label set (SIFT Flow: labels = ['semantic', 'geometric'])"
+                )
+        return {task: loss(logits[task], targets[task]) for task, loss in self.losses.items()}
+
+    def forward(
+        self, logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        parts = self.components(logits, targets)
+        return sum(self.weights[task] * value for task, value in parts.items())
 
 
 def sample_mask(

@@ -21,11 +21,19 @@ first (an integer all-reduce, so 2 ranks give exactly the numbers of 1).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["ConfusionMatrix", "METRIC_NAMES", "json_safe"]
+__all__ = [
+    "ConfusionMatrix",
+    "METRIC_NAMES",
+    "json_safe",
+    "MultiTaskConfusion",
+    "siftflow_metrics",
+]
 
 # The four summary numbers, in the order of the paper's tables.
 METRIC_NAMES = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
@@ -121,3 +129,66 @@ def json_safe(value):
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Several tasks (SIFT Flow's semantic and geometric labels)
+
+
+class MultiTaskConfusion:
+    """One ``ConfusionMatrix`` per task, updated from dicts of scores (or labels)."""
+
+    def __init__(self, num_classes: Mapping[str, int], ignore_index: int = 255) -> None:
+        self.matrices = {
+            task: ConfusionMatrix(classes, ignore_index) for task, classes in num_classes.items()
+        }
+
+    def __getitem__(self, task: str) -> ConfusionMatrix:
+        return self.matrices[task]
+
+    def update(
+        self, predictions: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> None:
+        missing = set(self.matrices) - (set(predictions) & set(targets))
+        if missing:
+            raise ValueError(f"no predictions or labels for task(s) {sorted(missing)}")
+        for task, matrix in self.matrices.items():
+            matrix.update(predictions[task], targets[task])
+
+
+def siftflow_metrics(
+    confusion: MultiTaskConfusion | Mapping[str, ConfusionMatrix], *, present_only: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Per-task metrics: ``{"semantic": {...}, "geometric": {...}}``.
+
+    Each task has the four metrics (pixel_acc, mean_acc, mean_iu, fw_iu) and per-class
+    ``iu`` / ``acc``; the paper's Table 5 reports all four for semantic and pixel_acc for
+    geometric. With ``present_only`` the semantic means run over the classes present in
+    the evaluated labels (listed in ``present``), the SIFT Flow caveat; per-class values of
+    absent classes are NaN then.
+    """
+    matrices = confusion.matrices if isinstance(confusion, MultiTaskConfusion) else confusion
+    results = {}
+    for task, matrix in matrices.items():
+        metrics = matrix.compute()
+        if present_only and task == "semantic":
+            metrics = _restrict_to_present(metrics, matrix.reduced())
+        results[task] = metrics
+    return results
+
+
+def _restrict_to_present(metrics: dict[str, Any], matrix: torch.Tensor) -> dict[str, Any]:
+    present = (matrix.sum(1) > 0).tolist()
+    nan = float("nan")
+    iu = [value if keep else nan for value, keep in zip(metrics["iu"], present, strict=True)]
+    acc = [value if keep else nan for value, keep in zip(metrics["acc"], present, strict=True)]
+    kept_iu = [value for value in iu if value == value]
+    kept_acc = [value for value in acc if value == value]
+    return {
+        **metrics,
+        "mean_iu": sum(kept_iu) / len(kept_iu) if kept_iu else nan,
+        "mean_acc": sum(kept_acc) / len(kept_acc) if kept_acc else nan,
+        "iu": iu,
+        "acc": acc,
+        "present": [index for index, keep in enumerate(present) if keep],
+    }

@@ -82,11 +82,13 @@ def sliding_window(forward: Callable[[Batch], Scores], batch: Batch, tiling: Til
         return forward(batch)
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros(height, width, device=tensors[0].device)
+    by_task = False
     for top in rows:
         for left in cols:
             window = (slice(top, top + tiling.size[0]), slice(left, left + tiling.size[1]))
             scores = forward(_crop(batch, window))
-            for key, tile_scores in _by_key(scores).items():
+            by_task = isinstance(scores, Mapping)
+            for key, tile_scores in (scores if by_task else {"": scores}).items():
                 if key not in sums:
                     sums[key] = tile_scores.new_zeros(
                         (*tile_scores.shape[:2], height, width), dtype=torch.float32
@@ -94,14 +96,10 @@ def sliding_window(forward: Callable[[Batch], Scores], batch: Batch, tiling: Til
                 sums[key][..., window[0], window[1]] += tile_scores.float()
             count[window] += 1
     averaged = {key: total.div_(count) for key, total in sums.items()}
-    return averaged[""] if set(averaged) == {""} else averaged
+    return averaged if by_task else averaged[""]
 
 
 def _crop(batch: Batch, window: tuple[slice, slice]) -> Batch:
     if isinstance(batch, Mapping):
         return {name: tensor[..., window[0], window[1]] for name, tensor in batch.items()}
     return batch[..., window[0], window[1]]
-
-
-def _by_key(scores: Scores) -> dict[str, torch.Tensor]:
-    return dict(scores) if isinstance(scores, Mapping) else {"": scores}

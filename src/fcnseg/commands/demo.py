@@ -27,13 +27,13 @@ import torch
 from PIL import Image
 
 from .. import viz
+from ..builder import build_model
 from ..config import TrainConfig
 from ..data import SyntheticShapes
 from ..engine.threads import AdaptiveThreads
 from ..engine.train import StepInfo, TrainResult, train
 from ..inference import Segmenter
 from ..metrics import METRIC_NAMES, json_safe
-from ..models import build_model
 
 _VARIANTS = ("32s", "8s")
 _REPORT_SECONDS = 20.0  # evaluation, plots and overlays after the training of each net

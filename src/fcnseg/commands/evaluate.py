@@ -15,11 +15,10 @@ from torch.utils.data import Subset
 
 from ..config import parse_literal
 from ..data import DatasetError, build_dataset, eval_transforms
-from ..engine.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.distributed import Context, resolve_device
-from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics
+from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics, task_metrics
 from ..metrics import json_safe
-from ..models.multitask import siftflow_metrics
 from .table import print_table
 
 
@@ -59,8 +58,8 @@ def _options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, args.checkpoint)
+    record = load_checkpoint(args.checkpoint)
+    model = record.build()
     try:
         dataset = build_dataset(
             args.data,
@@ -71,16 +70,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except TypeError as error:  # an option the reader does not take
         raise DatasetError(f"dataset {args.data!r}: {error}") from None
-    tasks = getattr(model, "tasks", None)  # a multi-task model: classes by task
-    if tasks:
-        classes = checkpoint["classes"]
-    else:
-        classes = list(getattr(dataset, "classes", checkpoint["classes"]))
-        if len(classes) != model.num_classes:
-            raise CheckpointError(
-                f"checkpoint {args.checkpoint} predicts {model.num_classes} classes but "
-                f"{args.data} has {len(classes)}: evaluate on the dataset it was trained for"
-            )
+    classes = _classes(record, dataset, args)
     if args.max_images is not None:
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     device = resolve_device(args.device)
@@ -88,40 +78,54 @@ def run(args: argparse.Namespace) -> int:
     confusion = evaluate(
         model,
         loader,
-        num_classes=model.num_classes,
-        ignore_index=checkpoint.get("ignore_index", 255),
+        ignore_index=record.ignore_index,
         device=device,
         progress=sys.stdout.isatty(),  # quiet when piped or logged
     )
-    print(f"{checkpoint['model']['name']} on {args.data} {args.split} ({len(dataset)} images)")
-    if tasks:  # per task; semantic means over the classes present (the SIFT Flow caveat)
-        metrics = siftflow_metrics(confusion)
-        for task in tasks:
-            print(f"\n{task}: {format_metrics(metrics[task])}\n")
-            print_table(class_table(metrics[task], classes[task]))
-        matrices = {task: confusion[task].matrix.tolist() for task in tasks}
-    else:
-        metrics = confusion.compute()
-        print(format_metrics(metrics))
-        print()
-        print_table(class_table(metrics, classes))
-        matrices = confusion.matrix.tolist()
+    metrics = task_metrics(confusion)
+    print(f"{record.spec.label} on {args.data} {args.split} ({len(dataset)} images)")
+    for task, values in metrics.items():
+        print(f"\n{task}: {format_metrics(values)}\n" if len(metrics) > 1 else format_metrics(values))
+        print_table(class_table(values, classes[task]))
+    _write_report(args, record, dataset, classes, metrics, confusion)
+    return 0
+
+
+def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """Class names by task: the dataset's for a single task (checked against the model),
+    else the checkpoint's."""
+    classes = dict(record.classes)
+    if len(classes) == 1 and getattr(dataset, "classes", None):
+        (task, count), = record.spec.task_classes.items()
+        if len(dataset.classes) != count:
+            raise CheckpointError(
+                f"checkpoint {args.checkpoint} predicts {count} classes but {args.data} has "
+                f"{len(dataset.classes)}: evaluate on the dataset it was trained for"
+            )
+        classes[task] = tuple(dataset.classes)
+    return classes
+
+
+def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
     out = args.out or args.checkpoint.with_name(
         f"eval-{args.checkpoint.stem}-{args.data}-{args.split}.json"
     )
+    single = len(metrics) == 1  # a single task's metrics stay at the top level
+    task = next(iter(metrics))
     report = {
         "checkpoint": str(args.checkpoint),
-        "model": checkpoint["model"]["name"],
+        "model": record.spec.label,
         "dataset": args.data,
         "split": args.split,
         "images": len(dataset),
-        "classes": classes,
-        **metrics,
-        "confusion": matrices,
+        "classes": list(classes[task]) if single else {t: list(c) for t, c in classes.items()},
+        **(metrics[task] if single else metrics),
+        "confusion": confusion[task].matrix.tolist()
+        if single
+        else {t: m.matrix.tolist() for t, m in confusion.matrices.items()},
     }
     try:
         out.write_text(json.dumps(json_safe(report), indent=2) + "\n")
     except OSError as error:
         raise PermissionError(f"cannot write {out} ({error.strerror}): pass --out FILE") from None
     print(f"\nwrote {out}")
-    return 0

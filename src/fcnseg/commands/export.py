@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export import check_onnx, export_onnx, input_channels
-from ..weights.files import load_weights
+from ..export import check_onnx, export_onnx
+from ..modelfile import read_record
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,13 +36,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    model = load_weights(args.checkpoint, model=args.model, num_classes=args.num_classes)
-    channels = input_channels(model)
-    height, width = args.example_size
-    export_onnx(model, args.out, opset=args.opset, example_size=(1, channels, height, width))
+    record = read_record(args.checkpoint, what="checkpoint")
+    for what, given, recorded in (
+        ("--model", args.model, record.spec.name),
+        ("--num-classes", args.num_classes, record.spec.tasks[0].classes),
+    ):
+        if given is not None and given != recorded:
+            raise ValueError(f"{args.checkpoint} holds {recorded}, not {what} {given}")
+    model = record.build()
+    export_onnx(
+        model,
+        args.out,
+        opset=args.opset,
+        example_size=tuple(args.example_size),
+        classes=record.classes,
+        palette=record.palette,
+        ignore_index=record.ignore_index,
+    )
+    inputs = " + ".join(f"{i.name} {i.channels}" for i in model.spec.inputs)
+    tasks = ", ".join(f"{t.name} {t.classes}" for t in model.spec.tasks)
     print(
-        f"wrote {args.out}: {model.name}, {model.num_classes} classes, opset {args.opset}, "
-        "dynamic batch, height and width"
+        f"wrote {args.out}: {model.name} (inputs {inputs}; classes {tasks}), opset "
+        f"{args.opset}, dynamic batch, height and width"
     )
     if not args.no_check:
         for check in check_onnx(model, args.out):

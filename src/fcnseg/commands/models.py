@@ -1,12 +1,11 @@
-"""``fcnseg models``: every registered model with its size, output stride and skip taps."""
+"""``fcnseg models``: every registered model, whatever its kind, from the registry alone."""
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..models import build_model, list_models
+from ..builder import model_info
+from ..models import list_models
 from .table import print_table
 
 
@@ -17,18 +16,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _row(name: str, num_classes: int) -> tuple[str, ...]:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = build_model(name, num_classes=num_classes)
-    params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    skips = ", ".join(f"{tap.name} ({tap.stride})" for tap in model.head.skip_taps)
+    info = model_info(name, num_classes)
+    tasks = ", ".join(f"{t} {n or num_classes}" for t, n in info.tasks.items())
+    inputs = " + ".join(f"{i} {c}" for i, c in info.inputs.items())
+    fusion = f" ({info.spec.fusion})" if len(info.inputs) > 1 else ""
     return (
         name,
-        f"{params / 1e6:.2f}M",
-        f"{trainable / 1e6:.2f}M",
-        model.backbone.geometry,
-        str(model.head.score_stride),
-        skips or "-",
+        f"{info.parameters / 1e6:.2f}M",
+        inputs + fusion,
+        tasks,
+        info.geometry,
+        str(info.score_stride),
+        ", ".join(info.skip_taps) or "-",
+        info.pretrained or "-",
     )
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
     names = list_models()
-    print(f"{len(names)} models; parameters counted for {args.num_classes} classes")
-    header = ("model", "params", "trainable", "geometry", "score stride", "skip taps (stride)")
+    print(f"{len(names)} models; parameters counted for {args.num_classes} classes where open")
+    header = ("model", "params", "inputs", "tasks", "geometry", "stride", "skips", "ImageNet")
     print_table([header] + [_row(name, args.num_classes) for name in names])
     return 0

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_checkpoint(
         args.checkpoint, device=resolve_device(args.device), tiling=tiling
     )
-    if segmenter.inputs is not None:
+    if len(segmenter.inputs) != 1:
         raise ValueError(
             f"{args.checkpoint} reads {' + '.join(segmenter.inputs)}, and fcnseg predict reads "
             "one RGB image: predict with fcnseg.inference.Segmenter and a dict of inputs"
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             names = []
             for task, task_labels in labels.items():
                 task_probs = None if probs is None else probs[task]
-                palette = segmenter.palette[task]
+                palette = segmenter.task_palettes[task]
                 _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, palette)
                 names.append(f"{stem}_{task}.png")
         else:

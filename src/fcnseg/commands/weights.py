@@ -13,29 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ..models import FCN, Normalization, build_model
+from ..builder import build_model, load_backbone
+from ..modelfile import BareStateDict, read_record, save_weights
+from ..models import FCN, LogDepth, Normalization
 from ..surgery import TransplantReport
 from ..weights import caffe
-from ..weights.files import read_weights, save_weights
-from ..weights.foreign import detect_layout, load_backbone_weights
-from ..weights.safetensors_io import describe, parse_record
+from ..weights.foreign import detect_layout
 from .table import print_table
 
 CAFFE_SUFFIXES = (".caffemodel", ".prototxt")
 CONVERT_SOURCES = ("caffe", "torchvision", "timm")
 _LISTED = 12  # keys listed per report line before "... and N more"
-_SAFETENSORS_DTYPES = {  # the header's dtype names as torch prints them
-    "F64": "torch.float64",
-    "F32": "torch.float32",
-    "F16": "torch.float16",
-    "BF16": "torch.bfloat16",
-    "I64": "torch.int64",
-    "I32": "torch.int32",
-    "I16": "torch.int16",
-    "I8": "torch.int8",
-    "U8": "torch.uint8",
-    "BOOL": "torch.bool",
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,18 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.set_defaults(run=run_convert)
 
 
-def _state_rows(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str]], dict[str, object]]:
-    """(key, shape, dtype) per tensor, and the fcnseg record of the file if it has one."""
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such weight file")
-        rows, metadata = describe(path)
-        rows = [(key, shape, _SAFETENSORS_DTYPES.get(dtype, dtype)) for key, shape, dtype in rows]
-        return rows, parse_record(metadata, path)
-    found = read_weights(path)
-    rows = [(k, tuple(v.shape), str(v.dtype)) for k, v in found.state_dict.items()]
-    record = {"model": found.model, "num_classes": found.num_classes} if found.model else {}
-    return rows, record
+def _state_rows(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str]], str | None]:
+    """(key, shape, dtype) per tensor, and what the file's fcnseg record says it holds."""
+    try:
+        record = read_record(path)
+    except BareStateDict as bare:
+        state = bare.state_dict
+        return [(k, tuple(v.shape), str(v.dtype)) for k, v in state.items()], None
+    rows = [(k, tuple(v.shape), str(v.dtype)) for k, v in record.state_dict.items()]
+    tasks = ", ".join(f"{t.name} {t.classes}" for t in record.spec.tasks)
+    return rows, f"fcnseg model file of {record.spec.label} (classes: {tasks})"
 
 
 def _layout_name(keys: list[str]) -> str:
@@ -86,12 +72,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     if path.suffix in CAFFE_SUFFIXES:
         print(caffe.inspect(path))
         return 0
-    rows, record = _state_rows(path)
+    rows, what = _state_rows(path)
     count = sum(int(torch.Size(shape).numel()) for _, shape, _ in rows)
-    if record:
-        what = f"fcnseg weights of {record['model']} ({record['num_classes']} classes)"
-    else:
-        what = _layout_name([key for key, _, _ in rows])
+    what = what or _layout_name([key for key, _, _ in rows])
     print(f"{path}: {len(rows)} tensors, {count:,} values; {what}")
     shown = rows[: args.limit] if args.limit > 0 else rows
     table = [("key", "shape", "dtype")]
@@ -119,8 +102,10 @@ def print_report(report: TransplantReport) -> None:
             print(f"{label} {len(keys)}: {_listing(keys)}")
 
 
-def describe_normalization(norm: Normalization) -> str:
+def describe_normalization(norm: Normalization | LogDepth) -> str:
     """One line: channel order, value range, mean and std."""
+    if isinstance(norm, LogDepth):
+        return f"log depth minus {norm.mean:g}"
     order = "BGR" if norm.bgr else "RGB"
     return f"{order} 0..{norm.input_range:g}, mean {norm.mean}, std {norm.std}"
 
@@ -134,7 +119,7 @@ def _convert(source: str, path: Path, model: FCN) -> TransplantReport:
                 "Caffe model of that architecture?"
             )
         return report
-    report = load_backbone_weights(model.backbone, path, source=source)
+    report = load_backbone(model, path, source=source)
     # the report names backbone keys (and, as dropped, the file's keys): name the
     # model's, and add the head, which no backbone file holds
     for keys in (report.copied, report.coerced, report.missing):
@@ -153,5 +138,8 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"{args.file} -> {model.name} ({args.num_classes} classes)")
     print_report(report)
     save_weights(args.out, model)
-    print(f"wrote {args.out}; input: {describe_normalization(model.normalization)}")
+    inputs = "; ".join(
+        f"{item.name}: {describe_normalization(item.normalization)}" for item in model.spec.inputs
+    )
+    print(f"wrote {args.out}; input {inputs}")
     return 0

@@ -36,6 +36,7 @@ __all__ = [
     "read_label",
     "read_mat",
     "read_depth",
+    "open_image",
     "read_split_file",
     "require_dir",
     "find_dir",
@@ -226,6 +227,11 @@ def read_label(
             values = list(range(len(colors)))
         return colors_to_indices(np.asarray(image), colors, values, path)
     raise DatasetError(f"label {path} has unsupported mode {mode}: save it as an index PNG")
+
+
+def open_image(path: Path) -> Image.Image:
+    """The image at ``path`` in its own mode, turned upright by its EXIF orientation."""
+    return ImageOps.exif_transpose(_open(path, "image"))
 
 
 def read_depth(path: Path) -> np.ndarray:

@@ -16,13 +16,12 @@ preprocessing (BGR mean for colour, HHA mean, log depth minus its mean).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..models.normalization import Normalization
+from ..models.normalization import NYUD_NORMALIZATION, LogDepth
 from .base import (
     LabelMap,
     Sample,
@@ -67,23 +66,6 @@ NYUD_RESOURCE = Resource(
 MODALITIES = ("color", "depth", "hha")
 _FILES = {"color": "data/images", "depth": "data/depth", "hha": "data/hha"}
 _FIX = "extract nyud.tar.gz there or call NYUDv2.download(root)"
-
-
-@dataclass(frozen=True)
-class LogDepth:
-    """The reference's depth input: log(depth) minus the mean log depth (7.844)."""
-
-    mean: float = 7.844
-
-    def __call__(self, depth: torch.Tensor) -> torch.Tensor:
-        return depth.float().clamp(min=1.0).log() - self.mean
-
-
-NYUD_NORMALIZATION = {
-    "color": Normalization(mean=(116.190, 97.203, 92.318), std=(1.0, 1.0, 1.0), bgr=True),
-    "hha": Normalization(mean=(132.431, 94.076, 118.477), std=(1.0, 1.0, 1.0)),
-    "depth": LogDepth(),
-}
 
 
 @register_dataset("nyud")

@@ -1,6 +1,6 @@
 """Training and evaluation: the loop, checkpoints, evaluation and DDP helpers."""
 
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
 from .train import NonFiniteLossError, StepInfo, TrainResult, train
 
@@ -13,5 +13,4 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint",
     "save_checkpoint",
-    "model_from_checkpoint",
 ]

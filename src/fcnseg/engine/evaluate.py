@@ -12,16 +12,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import pad_collate
-from ..metrics import METRIC_NAMES, ConfusionMatrix
-from ..models.multitask import MultiTaskConfusion
+from ..metrics import METRIC_NAMES, MultiTaskConfusion, siftflow_metrics
+from ..modelfile import unwrap
+from ..models import ModelSpec
 from .distributed import Context, ShardSampler
 
 __all__ = [
     "evaluate",
+    "task_metrics",
     "eval_loader",
     "autocast",
-    "model_input",
-    "model_target",
+    "model_inputs",
+    "model_targets",
     "to_device",
     "batch_size",
     "format_metrics",
@@ -29,37 +31,57 @@ __all__ = [
 ]
 
 
-def model_input(image: Any, model: nn.Module | None = None) -> Any:
-    """What ``model`` reads: a dict image as it is for a multi-input model (one that
-    declares ``channels``), else the one tensor (a dict must then hold only ``color``)."""
-    if isinstance(image, Mapping):
-        if getattr(getattr(model, "module", model), "channels", None) is not None:
-            return dict(image)
-        if set(image) != {"color"}:
+def model_inputs(image: Any, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """A batch's images as the model's inputs by name. A plain tensor is a single-input
+    model's input; a dict must name the model's inputs (a dict with one entry serves a
+    single-input model whatever its name: NYUDv2's ``color`` for an RGB net)."""
+    names = spec.input_names
+    if not isinstance(image, Mapping):
+        if len(names) != 1:
             raise ValueError(
-                f"inputs {sorted(image)}: this model reads one image; use one modality "
-                "(for NYUDv2: modalities = 'color') or a multi-input model (fcn32s_vgg16_rgbd)"
+                f"{spec.label} reads {list(names)}: read those inputs from the dataset "
+                "(NYUDv2: modalities = [...] in the reader options)"
             )
-        return image["color"]
-    return image
+        return {names[0]: image}
+    if len(names) == 1 and len(image) == 1:
+        return {names[0]: next(iter(image.values()))}
+    if set(image) != set(names):
+        raise ValueError(
+            f"the dataset gives inputs {sorted(image)}, {spec.label} reads {list(names)}: read "
+            "exactly those (NYUDv2: modalities = [...]), or use a model made for them"
+        )
+    return {name: image[name] for name in names}
 
 
-def model_target(label: Any) -> Any:
-    """The label tensor, or a dict of them by task for a multi-task model (SIFT Flow)."""
-    return dict(label) if isinstance(label, Mapping) else label
+def model_targets(label: Any, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """A batch's labels by task: a plain tensor is a single-task model's."""
+    tasks = spec.task_names
+    if not isinstance(label, Mapping):
+        if len(tasks) != 1:
+            raise ValueError(
+                f"{spec.label} predicts {list(tasks)}: read every label set "
+                "(SIFT Flow: labels = ['semantic', 'geometric'])"
+            )
+        return {tasks[0]: label}
+    if len(tasks) == 1 and len(label) == 1:
+        return {tasks[0]: next(iter(label.values()))}
+    missing = set(tasks) - set(label)
+    if missing:
+        raise ValueError(
+            f"{spec.label} predicts {list(tasks)}, the dataset gives labels {sorted(label)}: "
+            "read every label set (SIFT Flow: labels = ['semantic', 'geometric'])"
+        )
+    return {task: label[task] for task in tasks}
 
 
-def to_device(value: Any, device: torch.device) -> Any:
-    """A tensor, or each tensor of a dict, on ``device``."""
-    if isinstance(value, Mapping):
-        return {key: item.to(device, non_blocking=True) for key, item in value.items()}
-    return value.to(device, non_blocking=True)
+def to_device(value: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Each tensor of a dict on ``device``."""
+    return {key: item.to(device, non_blocking=True) for key, item in value.items()}
 
 
-def batch_size(image: Any) -> int:
-    """The image count of a batch: that of any entry when the inputs come as a dict."""
-    first = next(iter(image.values())) if isinstance(image, Mapping) else image
-    return first.shape[0]
+def batch_size(inputs: Mapping[str, torch.Tensor]) -> int:
+    """The image count of a batch of inputs by name."""
+    return next(iter(inputs.values())).shape[0]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -88,23 +110,20 @@ def evaluate(
     model: nn.Module,
     loader: DataLoader,
     *,
-    num_classes: int | Mapping[str, int],
     ignore_index: int = 255,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> ConfusionMatrix | MultiTaskConfusion:
-    """Accumulate predictions of ``model`` over ``loader`` (this rank's share).
+) -> MultiTaskConfusion:
+    """Accumulate predictions of ``model`` (an FCN, possibly DDP-wrapped) over ``loader``
+    (this rank's share): one confusion matrix per task.
 
     The model runs in eval mode (dropout off, batch-norm statistics frozen) and is put back
-    in the mode it was in. ``compute()`` on the result sums every rank's matrix. With
-    ``num_classes`` a dict by task (a multi-task model) the result holds one matrix per task.
+    in the mode it was in. ``compute()`` on each matrix sums every rank's.
     """
     device = torch.device(device)
-    if isinstance(num_classes, Mapping):
-        confusion = MultiTaskConfusion(num_classes, ignore_index)
-    else:
-        confusion = ConfusionMatrix(num_classes, ignore_index)
+    spec = unwrap(model).spec
+    confusion = MultiTaskConfusion(spec.task_classes, ignore_index)
     was_training = model.training
     model.eval()
     batches = loader
@@ -114,17 +133,22 @@ def evaluate(
         batches = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, file=sys.stderr)
     try:
         for image, label in batches:
-            image = to_device(model_input(image, model), device)
-            label = to_device(model_target(label), device)
+            inputs = to_device(model_inputs(image, spec), device)
+            targets = to_device(model_targets(label, spec), device)
             with autocast(device, amp_dtype):
-                scores = model(image)
-            if isinstance(scores, Mapping):
-                confusion.update({task: s.argmax(1) for task, s in scores.items()}, label)
-            else:
-                confusion.update(scores.argmax(1), label)
+                scores = model(inputs, by_task=True)
+            confusion.update({task: s.argmax(1) for task, s in scores.items()}, targets)
     finally:
         model.train(was_training)
     return confusion
+
+
+def task_metrics(confusion: MultiTaskConfusion) -> dict[str, dict[str, Any]]:
+    """The four metrics and per-class values of each task. With several tasks the means of
+    each run over the classes present in its labels (the SIFT Flow caveat, Table 5)."""
+    if len(confusion.matrices) > 1:
+        return siftflow_metrics(confusion)
+    return {task: matrix.compute() for task, matrix in confusion.matrices.items()}
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

@@ -21,9 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .. import viz
+from ..data.palettes import voc_palette
 from ..metrics import json_safe
 from .checkpoint import load_checkpoint
 
@@ -79,20 +82,29 @@ def write_report(
 ) -> None:
     """metrics.json (``summary`` plus the best checkpoint's metrics), curves.png, and from
     best.pt: confusion.png and ``overlays`` validation images with their predictions."""
-    from .. import viz
-    from ..inference import Segmenter
-
     best_path = run_dir / "best.pt"
     best = load_checkpoint(best_path) if best_path.is_file() else None
-    summary = {"classes": list(classes), **summary, "best": best.get("metrics") if best else None}
+    summary = {"classes": list(classes), **summary, "best": best.metrics if best else None}
     (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     viz.plot_curves(log.records(), run_dir / "curves.png")
-    if best is None or "confusion" not in best:
+    if best is None or not best.confusion:
         return
-    confusion = best["confusion"]
-    if isinstance(confusion, dict):  # a multi-task run: the first task's (``classes``)
-        confusion = next(iter(confusion.values()))
+    task, confusion = next(iter(best.confusion.items()))  # the first task's (``classes``)
     viz.plot_confusion(confusion, classes, run_dir / "confusion.png")
     if overlays:
-        segmenter = Segmenter.from_checkpoint(best_path, device=device)
-        viz.save_overlays(segmenter, val_set, run_dir / "overlays", count=overlays)
+        palette = best.palette.get(task) or voc_palette(len(classes))
+        predictor = _Predictor(best.build().to(device).eval(), palette)
+        viz.save_overlays(predictor, val_set, run_dir / "overlays", count=overlays)
+
+
+class _Predictor:
+    """Label maps of a single-input, single-task model for the report's overlays."""
+
+    def __init__(self, model: torch.nn.Module, palette: list) -> None:
+        self.model, self.palette = model, palette
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(image).permute(2, 0, 1).float()
+        x = self.model.normalization(x)[None].to(next(self.model.parameters()).device)
+        return self.model(x).argmax(1)[0].cpu().numpy().astype(np.uint8)

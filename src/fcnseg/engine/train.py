@@ -41,20 +41,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..builder import build_model, resolve_spec
 from ..config import ConfigError, TrainConfig, model_variant, stage_models
 from ..data import build_dataset, eval_transforms, pad_collate, train_transforms
-from ..losses import SegmentationLoss, median_frequency_weights
+from ..losses import MultiTaskLoss, median_frequency_weights
 from ..metrics import METRIC_NAMES
-from ..models import FCN, build_model
-from ..models.backbones import Backbone
-from ..models.fusion import LateFusionFCN, late_fusion
-from ..models.multitask import (
-    MULTITASK_MODELS,
-    MultiTaskFCN,
-    MultiTaskLoss,
-    build_multitask_model,
-    siftflow_metrics,
-)
+from ..modelfile import load_state, record_of
+from ..models import FCN, ModelSpec
+from ..models.backbones import set_activation_checkpointing
+from ..models.fusion import late_fusion
+from ..models.spec import SpecError, tasks_from
 from ..surgery import transplant
 from . import checkpoint as ckpt
 from .distributed import Context, all_mean, all_reduce_max, setup, teardown
@@ -64,8 +60,9 @@ from .evaluate import (
     eval_loader,
     evaluate,
     format_metrics,
-    model_input,
-    model_target,
+    model_inputs,
+    model_targets,
+    task_metrics,
     to_device,
 )
 from .optim import amp_dtype, build_optimizer, build_scheduler
@@ -77,7 +74,7 @@ __all__ = [
     "StepInfo",
     "NonFiniteLossError",
     "default_run_dir",
-    "model_options",
+    "model_spec",
     "train_one_epoch",
 ]
 
@@ -125,20 +122,9 @@ class _Position:
 class _Data:
     train: Dataset
     val: Dataset
-    classes: tuple[str, ...]
-    palette: list
+    classes: dict[str, tuple[str, ...]]  # by label set (task): one, or SIFT Flow's two
+    palettes: dict[str, list]
     ignore_index: int
-    # a multi-task model's label sets: classes and palette by task (SiftFlow.label_classes)
-    task_classes: dict[str, tuple[str, ...]] | None = None
-    task_palettes: dict[str, list] | None = None
-
-    @property
-    def checkpoint_classes(self) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
-        return self.task_classes if self.task_classes is not None else self.classes
-
-    @property
-    def checkpoint_palette(self) -> list | dict[str, list]:
-        return self.task_palettes if self.task_palettes is not None else self.palette
 
 
 @dataclass
@@ -150,7 +136,7 @@ class _Run:
     run_dir: Path
     data: _Data
     model: nn.Module  # DDP-wrapped when distributed
-    criterion: SegmentationLoss | MultiTaskLoss
+    criterion: MultiTaskLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -162,18 +148,17 @@ class _Run:
     callbacks: Sequence[Callable[[StepInfo], bool | None]]
     position: _Position = field(default_factory=_Position)
     last_metrics: dict[str, Any] = field(default_factory=dict)  # the latest validation
-    last_confusion: torch.Tensor | None = None
+    last_confusion: dict[str, torch.Tensor] | None = None
     new_best: bool = False  # the latest validation beat every earlier one: write best.pt
     started: float = field(default_factory=time.monotonic)
 
     @property
-    def net(self) -> FCN | MultiTaskFCN:
+    def net(self) -> FCN:
         return ckpt.unwrap(self.model)
 
     @property
-    def tasks(self) -> tuple[str, ...] | None:
-        """The multi-task model's tasks (the first ranks checkpoints), or None."""
-        return getattr(self.net, "tasks", None)
+    def spec(self) -> ModelSpec:
+        return self.net.spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +241,7 @@ def _train_one(
     _seed_everything(config, context)
     resumed = _load_resume(run_dir) if resume else None
     if resumed is not None:
-        saved = resumed["training"]["config"]
+        saved = resumed.training["config"]
         config = dataclasses.replace(config, class_weights=saved["class_weights"])
     run = _build_run(config, run_dir, context, callbacks, resumed)
     if run.position.finished:
@@ -267,11 +252,12 @@ def _train_one(
         _announce(run, resumed is not None)
     stopped = _loop(run)
     if context.is_main:
-        simple = run.tasks is None and not isinstance(run.net.normalization, dict)
+        spec = run.spec  # overlays draw one RGB image and one label map
+        simple = len(spec.inputs) == 1 and len(spec.tasks) == 1
         write_report(
             run_dir,
             run.log,
-            classes=run.data.classes if run.tasks is None else run.data.task_classes[run.tasks[0]],
+            classes=run.data.classes[spec.task_names[0]],
             val_set=run.data.val,
             summary={
                 "iterations": run.position.iteration,
@@ -313,14 +299,14 @@ def _seed_everything(config: TrainConfig, context: Context) -> None:
     torch.manual_seed(seed)
 
 
-def _load_resume(run_dir: Path) -> dict[str, Any]:
+def _load_resume(run_dir: Path) -> ckpt.ModelRecord:
     path = run_dir / "last.pt"
     if not path.is_file():
         raise ckpt.CheckpointError(
             f"cannot resume {run_dir}: it holds no last.pt (was the run started there?)"
         )
     checkpoint = ckpt.load_checkpoint(path)
-    if "training" not in checkpoint:
+    if checkpoint.training is None:
         raise ckpt.CheckpointError(f"{path} holds weights only: it cannot resume a run")
     return checkpoint
 
@@ -330,23 +316,16 @@ def _build_run(
     run_dir: Path,
     context: Context,
     callbacks: Sequence[Callable[[StepInfo], bool | None]],
-    resumed: dict[str, Any] | None,
+    resumed: ckpt.ModelRecord | None,
 ) -> _Run:
     """Data, model, criterion, optimizer and schedule; restored from ``resumed`` if given."""
     data = _build_data(config)
-    num_classes = config.num_classes or len(data.classes)
-    if num_classes != len(data.classes) and config.model not in MULTITASK_MODELS:
-        raise ConfigError(
-            f"num_classes = {num_classes} but {config.dataset} has {len(data.classes)} "
-            "classes: drop num_classes or use the dataset it was meant for"
-        )
-    model = _build_model(config, num_classes, init=resumed is None).to(context.device)
-    if isinstance(model, MultiTaskFCN):
-        _task_labels(config, data, model)
+    spec = model_spec(config, data)
+    model = _build_model(config, spec, init=resumed is None).to(context.device)
     _set_transforms(data.train, _train_transforms(config, model.normalization))
     _set_transforms(data.val, eval_transforms(model.normalization))
     if config.class_weights == "median":
-        config = dataclasses.replace(config, class_weights=_median_weights(config, data))
+        config = dataclasses.replace(config, class_weights=_median_weights(config, data, spec))
     sampler = DistributedSampler(
         data.train, num_replicas=context.world_size, rank=context.rank, seed=config.seed
     )
@@ -363,7 +342,7 @@ def _build_run(
         run_dir=run_dir,
         data=data,
         model=model,
-        criterion=_criterion(config, data, context.device, ckpt.unwrap(model)),
+        criterion=_criterion(config, data, spec).to(context.device),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, config, total_iters),
         scaler=torch.amp.GradScaler(context.device.type, enabled=amp is torch.float16),
@@ -382,58 +361,59 @@ def _build_run(
     return run
 
 
-def _task_labels(config: TrainConfig, data: _Data, model: MultiTaskFCN) -> None:
-    """Fill ``data``'s per-task classes and palettes from the dataset's label sets, checked
-    against the model's heads; a multi-task run takes no class weights."""
-    base = data.train.dataset if isinstance(data.train, Subset) else data.train
-    label_classes = getattr(base, "label_classes", {})
-    palettes = getattr(base, "label_palettes", {})
-    missing = [task for task in model.tasks if task not in label_classes]
-    if missing:
+def model_spec(config: TrainConfig, data: _Data) -> ModelSpec:
+    """The spec of ``config.model`` with its options; class counts the model leaves open
+    come from the training set's label sets, which must fit every task it predicts."""
+    options = dict(config.model_options)
+    num_classes = options.pop("num_classes", None)
+    try:
+        spec = resolve_spec(config.model, require_tasks=False, **options)
+        if not spec.tasks:
+            counts = {task: len(names) for task, names in data.classes.items()}
+            spec = dataclasses.replace(spec, tasks=tasks_from(counts))
+    except SpecError as error:
+        raise ConfigError(f"model {config.model}: {error}") from None
+    if num_classes is not None and spec.task_classes != {spec.task_names[0]: num_classes}:
         raise ConfigError(
-            f"model {config.model} predicts {list(model.tasks)}, but {config.dataset} has no "
-            f"label set {missing[0]!r}: train it on a dataset with these label sets (siftflow)"
+            f"num_classes = {num_classes} but {config.model} on {config.dataset} predicts "
+            f"{spec.task_classes}: drop num_classes or use the dataset it was meant for"
         )
-    data.task_classes = {task: tuple(label_classes[task]) for task in model.tasks}
-    data.task_palettes = {task: list(palettes.get(task, [])) for task in model.tasks}
-    for task, classes in model.num_classes.items():
-        if classes != len(data.task_classes[task]):
+    for task in spec.tasks:
+        if task.name not in data.classes:
             raise ConfigError(
-                f"model {config.model} has {classes} {task} classes, {config.dataset} "
-                f"{len(data.task_classes[task])}: use the model made for this dataset"
+                f"model {config.model} predicts {list(spec.task_names)}, but {config.dataset} "
+                f"has no label set {task.name!r}: train it on a dataset with these label sets"
             )
-    if config.class_weights != "none":
+        if task.classes != len(data.classes[task.name]):
+            raise ConfigError(
+                f"model {config.model} has {task.classes} {task.name} classes, {config.dataset} "
+                f"{len(data.classes[task.name])}: use the model made for this dataset"
+            )
+    return spec
+
+
+def _criterion(config: TrainConfig, data: _Data, spec: ModelSpec) -> MultiTaskLoss:
+    """Each task's loss, weighted by ``task_weights`` (1 each: the reference sums SIFT
+    Flow's two SoftmaxWithLoss layers); class weights apply to a single-task model."""
+    tasks = spec.task_names
+    unknown = set(config.task_weights) - set(tasks)
+    if unknown:
+        raise ConfigError(f"task_weights names {sorted(unknown)}; {config.model} has {list(tasks)}")
+    weights = config.class_weights if isinstance(config.class_weights, list) else None
+    if weights is not None and len(tasks) > 1:
         raise ConfigError(
             "class_weights apply to single-task models: drop it for "
             f"{config.model} (weigh the tasks with task_weights)"
         )
-    unknown = set(config.task_weights) - set(model.tasks)
-    if unknown:
-        raise ConfigError(
-            f"task_weights names {sorted(unknown)}; {config.model} has the tasks "
-            f"{list(model.tasks)}"
-        )
-
-
-def _criterion(
-    config: TrainConfig, data: _Data, device: torch.device, net: nn.Module
-) -> SegmentationLoss | MultiTaskLoss:
-    if isinstance(net, MultiTaskFCN):  # the reference: the two losses summed, weight 1 each
-        return MultiTaskLoss(
-            {task: config.task_weights.get(task, 1.0) for task in net.tasks},
-            reduction=config.loss_reduction,
-            ignore_index=data.ignore_index,
-            sampling=config.loss_sampling,
-            sampling_cell=config.sampling_cell,
-        ).to(device)
-    weights = config.class_weights if isinstance(config.class_weights, list) else None
-    return SegmentationLoss(
+    return MultiTaskLoss(
+        {task: config.task_weights.get(task, 1.0) for task in tasks},
+        tasks=tasks,
         reduction=config.loss_reduction,
         ignore_index=data.ignore_index,
-        weight=weights,
+        class_weights={tasks[0]: weights} if weights is not None else None,
         sampling=config.loss_sampling,
         sampling_cell=config.sampling_cell,
-    ).to(device)
+    )
 
 
 def _dataset(config: TrainConfig, part: str) -> Dataset:
@@ -460,18 +440,32 @@ def _dataset(config: TrainConfig, part: str) -> Dataset:
 def _build_data(config: TrainConfig) -> _Data:
     train_set = _dataset(config, "train")
     val_set = _dataset(config, "val")
-    classes = tuple(getattr(train_set, "classes", ()))
+    classes, palettes = _label_sets(train_set)
     if not classes:
         raise ConfigError(f"dataset {config.dataset} names no classes: it cannot be trained on")
-    if tuple(getattr(val_set, "classes", classes)) != classes:
+    if _label_sets(val_set)[0] != classes:
         raise ConfigError(
             f"validation set {config.val_dataset} has other classes than {config.dataset}: "
             "validate on a dataset with the same label set"
         )
     if config.max_val_images is not None and len(val_set) > config.max_val_images:
         val_set = Subset(val_set, range(config.max_val_images))
-    palette = list(getattr(train_set, "palette", []))
-    return _Data(train_set, val_set, classes, palette, getattr(train_set, "ignore_index", 255))
+    return _Data(train_set, val_set, classes, palettes, getattr(train_set, "ignore_index", 255))
+
+
+def _label_sets(dataset: Dataset) -> tuple[dict[str, tuple[str, ...]], dict[str, list]]:
+    """Class names and palettes by label set: ``label_classes`` where the dataset has
+    several (SIFT Flow), else its ``classes`` as the one "semantic" set."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    label_classes = getattr(base, "label_classes", None)
+    if label_classes:
+        palettes = getattr(base, "label_palettes", {})
+        return (
+            {task: tuple(names) for task, names in label_classes.items()},
+            {task: list(palettes.get(task, [])) for task in label_classes},
+        )
+    classes = tuple(getattr(base, "classes", ()))
+    return ({"semantic": classes} if classes else {}), {"semantic": list(getattr(base, "palette", []))}
 
 
 def _set_transforms(dataset: Dataset, transforms: Callable) -> None:
@@ -490,36 +484,16 @@ def _train_transforms(config: TrainConfig, normalization: Callable) -> Callable:
     )
 
 
-def model_options(config: TrainConfig) -> dict[str, Any]:
-    """The keyword options ``build_model`` gets from ``config``."""
-    options: dict[str, Any] = {
-        "upsample": config.upsample,
-        "learnable_upsample": config.learnable_upsample,
-    }
-    if config.geometry is not None:
-        options["geometry"] = config.geometry
-    return options
-
-
-def _build_model(config: TrainConfig, num_classes: int, *, init: bool) -> FCN | MultiTaskFCN:
-    """The configured FCN; ``init`` loads the pretrained backbone, ``init_from`` and
-    ``init_streams``. A multi-task model takes its class counts from its heads."""
-    options = model_options(config)
-    if init:
-        options["pretrained_backbone"] = config.pretrained_backbone
-        options["backbone_weights"] = config.backbone_weights
-    if config.model in MULTITASK_MODELS:
-        model = build_multitask_model(config.model, **options)
-    else:
-        model = build_model(config.model, num_classes=num_classes, **options)
-    for module in model.modules():
-        if isinstance(module, Backbone):
-            module.checkpointing = config.activation_checkpointing
+def _build_model(config: TrainConfig, spec: ModelSpec, *, init: bool) -> FCN:
+    """The model of ``spec``; ``init`` starts its weights as configured (pretrained
+    backbone, ``init_from``, ``init_streams``), else (resuming) the checkpoint will."""
+    model = build_model(spec if init else spec.architecture())
+    set_activation_checkpointing(model, config.activation_checkpointing)
     if init and config.init_streams:
         _fuse_streams(model, config)
     if init and config.init_from:
         source = ckpt.load_checkpoint(config.init_from)
-        report = transplant(model, source["state_dict"])
+        report = transplant(model, source.state_dict)
         if not report.copied and not report.coerced:
             raise ConfigError(
                 f"init_from = {config.init_from}: none of its weights fit {config.model}"
@@ -528,26 +502,24 @@ def _build_model(config: TrainConfig, num_classes: int, *, init: bool) -> FCN | 
     return model
 
 
-def _fuse_streams(model: nn.Module, config: TrainConfig) -> None:
+def _fuse_streams(model: FCN, config: TrainConfig) -> None:
     """Load the late fusion of the ``init_streams`` checkpoints into ``model``: with trained
     RGB and HHA nets it starts as 0.5 x RGB + 0.5 x HHA scores, as the reference initialised
     ``nyud-fcn32s-color-hha`` from its single-stream nets."""
-    if not isinstance(model, LateFusionFCN):
+    if not model.late_fusion:
         raise ConfigError(f"init_streams: {config.model} is not a late-fusion model: use init_from")
-    if set(config.init_streams) != set(model.modalities):
+    inputs = model.spec.input_names
+    if set(config.init_streams) != set(inputs):
         raise ConfigError(
             f"init_streams names {sorted(config.init_streams)}, but {config.model} has the "
-            f"streams {list(model.modalities)}: give one checkpoint per stream"
+            f"streams {list(inputs)}: give one checkpoint per stream"
         )
-    streams = {}
-    for stream in model.modalities:
-        path = config.init_streams[stream]
-        streams[stream] = ckpt.model_from_checkpoint(ckpt.load_checkpoint(path), path)
-    fused = late_fusion(streams, weights=model.head.weights, name=model.name)
-    if fused.normalization != model.normalization:
+    streams = {name: ckpt.load_checkpoint(config.init_streams[name]).build() for name in inputs}
+    fused = late_fusion(streams, weights=dict(zip(inputs, model.spec.fusion_weights or (), strict=False)) or None)
+    if fused.normalizations != model.normalizations:
         raise ConfigError(
-            f"init_streams: the checkpoints read inputs normalised as {fused.normalization}, "
-            f"{config.model} as {model.normalization}: train each stream with its model "
+            f"init_streams: the checkpoints read inputs normalised as {fused.normalizations}, "
+            f"{config.model} as {model.normalizations}: train each stream with its model "
             "(color: fcn32s_vgg16, hha: fcn32s_vgg16_hha)"
         )
     try:
@@ -561,14 +533,14 @@ def _fuse_streams(model: nn.Module, config: TrainConfig) -> None:
     print(f"init_streams: fused {', '.join(f'{m} {p}' for m, p in config.init_streams.items())}")
 
 
-def _median_weights(config: TrainConfig, data: _Data) -> list[float]:
+def _median_weights(config: TrainConfig, data: _Data, spec: ModelSpec) -> list[float]:
     """Median-frequency weights from up to ``class_weight_images`` training labels."""
-    dataset = data.train
+    dataset, task = data.train, spec.task_names[0]
     count = min(len(dataset), config.class_weight_images)
     picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
     load = getattr(dataset, "load", None)
-    labels = (model_target(load(i)[1] if load else dataset[i][1]) for i in picks)
-    return median_frequency_weights(labels, len(data.classes))
+    labels = (model_targets(load(i)[1] if load else dataset[i][1], spec)[task] for i in picks)
+    return median_frequency_weights(labels, spec.tasks[0].classes)
 
 
 def _steps_per_epoch(config: TrainConfig, shard_size: int) -> int:
@@ -694,18 +666,18 @@ def _train_step(run: _Run, micro: list[tuple[Any, Any]]) -> tuple[float, int]:
     run.optimizer.zero_grad(set_to_none=True)
     total, images = 0.0, 0
     for index, (image, label) in enumerate(micro):
-        image = to_device(model_input(image, run.model), device)
-        label = to_device(model_target(label), device)
+        inputs = to_device(model_inputs(image, run.spec), device)
+        targets = to_device(model_targets(label, run.spec), device)
         last = index == len(micro) - 1
         with _no_sync(run.model, skip=not last):  # DDP all-reduces on the last only
             with autocast(device, run.amp):
-                loss = run.criterion(run.model(image), label)
+                loss = run.criterion(run.model(inputs, by_task=True), targets)
             value = loss.item()
             if all_reduce_max(0.0 if math.isfinite(value) else 1.0, context) > 0:
                 _diverged(run, f"loss is {value}")  # before backward: weights still good
             run.scaler.scale(loss / len(micro)).backward()
         total += value
-        images += batch_size(image)
+        images += batch_size(inputs)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
@@ -813,25 +785,22 @@ def _validate(run: _Run) -> None:
     loader = eval_loader(
         run.data.val, context, batch_size=config.val_batch_size, num_workers=config.num_workers
     )
-    tasks = run.tasks
     confusion = evaluate(
         run.net,
         loader,
-        num_classes=len(run.data.classes) if tasks is None else run.net.num_classes,
         ignore_index=run.data.ignore_index,
         device=context.device,
         amp_dtype=run.amp,
         progress=context.is_main and sys.stdout.isatty(),
     )
-    if tasks is None:
-        metrics = confusion.compute()
-        run.last_metrics, run.last_confusion = metrics, confusion.reduced()
-        summary, text = metrics, format_metrics(metrics)
-    else:  # per task; the semantic means over the classes present (the SIFT Flow caveat)
-        metrics = siftflow_metrics(confusion)
+    metrics = task_metrics(confusion)
+    run.last_confusion = {task: matrix.reduced() for task, matrix in confusion.matrices.items()}
+    tasks = run.spec.task_names
+    if len(tasks) == 1:
+        run.last_metrics = summary = metrics[tasks[0]]
+        text = format_metrics(summary)
+    else:  # the first task's four numbers on top, for the curves and the best checkpoint
         run.last_metrics = metrics
-        run.last_confusion = {task: confusion[task].reduced() for task in tasks}
-        # the first task's four numbers on top, for the curves and the best checkpoint
         summary = {**{key: metrics[tasks[0]][key] for key in METRIC_NAMES}, **metrics}
         text = "; ".join(f"{task}: {format_metrics(metrics[task])}" for task in tasks)
     position = run.position
@@ -878,30 +847,36 @@ def _write_checkpoint(run: _Run, path: Path, *, with_state: bool, rng: Any = Non
         training["scheduler"] = run.scheduler.state_dict()
         training["scaler"] = run.scaler.state_dict()
         training["rng"] = rng
-    checkpoint = ckpt.make_checkpoint(
+    record = record_of(
         run.model,
-        build_options=model_options(run.config),
-        classes=run.data.checkpoint_classes,
-        palette=run.data.checkpoint_palette,
+        classes={task: run.data.classes[task] for task in run.spec.task_names},
+        palette={task: run.data.palettes[task] for task in run.spec.task_names},
         ignore_index=run.data.ignore_index,
         metrics=run.last_metrics or None,
         confusion=run.last_confusion,
         training=training,
     )
-    ckpt.save_checkpoint(checkpoint, path)
+    ckpt.save_checkpoint(record, path)
 
 
-def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
+def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> None:
     """Weights, optimizer, schedule, scaler, position, log and generators of ``last.pt``."""
-    ckpt.load_weights(run.model, checkpoint, run.run_dir / "last.pt")
-    training = checkpoint["training"]
+    path = run.run_dir / "last.pt"
+    if not checkpoint.spec.same_architecture(run.spec):
+        raise ckpt.CheckpointError(
+            f"{path} holds {checkpoint.spec.label} {checkpoint.spec.task_classes}, but this run "
+            f"builds {run.spec.label} {run.spec.task_classes}: resume with the run's own "
+            "config, or start a new run (init_from=... transplants by name)"
+        )
+    load_state(run.model, checkpoint.state_dict, where=path)
+    training = checkpoint.training
     run.optimizer.load_state_dict(training["optimizer"])
     run.scheduler.load_state_dict(training["scheduler"])
     run.scaler.load_state_dict(training["scaler"])
     fields = {f.name for f in dataclasses.fields(_Position)}
     run.position = _Position(**{k: v for k, v in training.items() if k in fields})
-    run.last_metrics = checkpoint.get("metrics", {})
-    run.last_confusion = checkpoint.get("confusion")
+    run.last_metrics = checkpoint.metrics or {}
+    run.last_confusion = checkpoint.confusion
     run.log.truncate_after(run.position.iteration)
     states = training["rng"]  # a list under DDP: one per rank
     rank = run.context.rank

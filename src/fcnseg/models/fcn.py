@@ -10,6 +10,8 @@ for the reference VGG16 nets they come out as 19 (32s), 5 and 27 (16s), 5, 9 and
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -18,14 +20,14 @@ from torch import nn
 
 from . import geometry as geo
 from .backbones.base import Backbone
-from .normalization import Normalization
+from .inputs import Inputs, split_inputs, stack_inputs
+from .spec import VARIANTS, ModelSpec, TaskSpec
 from .upsample import Upsample, aligned_upsample
 
 __all__ = ["FCNHead", "FCN", "VARIANTS"]
 
-# How many taps below the last each net fuses, coarse to fine (the paper's "skips"): the
+# VARIANTS (spec.py): how many taps below the last each net fuses, coarse to fine: the
 # backbone's stride-16 tap ("pool4"), then its stride-8 tap ("pool3").
-VARIANTS = {"32s": 0, "16s": 1, "8s": 2}
 # The reference's layer names, skip by skip, and of the final upsampling.
 _SCORE = ("score_pool4", "score_pool3")
 _SCALE = ("scale_pool4", "scale_pool3")
@@ -137,37 +139,95 @@ class FCNHead(nn.Module):
 
 
 class FCN(nn.Module):
-    """A backbone and an FCN head: N x C x H x W in, N x classes x H x W logits out.
+    """Every model of fcnseg: backbone(s) and one head per task, built from ``spec``.
 
-    The input is normalised as ``normalization`` says (the convention of the backbone's
-    weights); ``fcnseg.models.normalization`` turns 0..255 RGB images into it.
+    The model reads the inputs ``spec.inputs`` declares, given as a dict by name, a tuple,
+    or one N x C x H x W tensor with the inputs stacked in their declared order (a single
+    input's plain tensor). It returns N x classes x H x W logits, as a dict by task when it
+    has several tasks or when called with ``by_task=True`` (what generic code does), else
+    the one tensor. Each input is normalised as ``spec.inputs`` says, on images in 0..255
+    (``normalizations``).
+
+    Modules keep the reference's names: ``backbone`` (early fusion: one, its first
+    convolution reading every input stacked; late fusion: ``backbone.<input>`` streams),
+    ``head`` for a single task, ``heads.<task>`` for several (SIFT Flow).
     """
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        head: FCNHead,
-        *,
-        name: str = "fcn",
-        build_options: dict[str, object] | None = None,
-    ) -> None:
+    def __init__(self, spec: ModelSpec, backbone: nn.Module, heads: Mapping[str, nn.Module]):
         super().__init__()
-        self.backbone, self.head, self.name = backbone, head, name
-        # what build_model(name, num_classes=..., **build_options) needs to rebuild it
-        self.build_options = dict(build_options or {})
+        if tuple(heads) != spec.task_names:
+            raise ValueError(f"heads {list(heads)} do not match the tasks {spec.task_names}")
+        if any(item.normalization is None for item in spec.inputs):
+            raise ValueError("every input of a built model has its normalization resolved")
+        self.spec, self.backbone = spec, backbone
+        if len(heads) == 1:
+            self.head = next(iter(heads.values()))
+        else:
+            self.heads = nn.ModuleDict(heads)
+
+    # -- what the model declares
 
     @property
-    def normalization(self) -> Normalization:
-        return self.backbone.normalization
+    def name(self) -> str:
+        return self.spec.label
 
     @property
-    def num_classes(self) -> int:
-        return self.head.num_classes
+    def num_classes(self) -> int | dict[str, int]:
+        """The class count, or a dict by task for a multi-task model."""
+        classes = self.spec.task_classes
+        return next(iter(classes.values())) if len(classes) == 1 else classes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"expected an N x C x H x W batch, got shape {tuple(x.shape)}")
-        return self.head(self.backbone(x), (x.shape[-2], x.shape[-1]))
+    @property
+    def normalizations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Each input's normalisation, by input name."""
+        return {item.name: item.normalization for item in self.spec.inputs}
+
+    @property
+    def normalization(self):
+        """The input normalisation, or a dict by input for a multi-input model."""
+        norms = self.normalizations
+        return next(iter(norms.values())) if len(norms) == 1 else norms
+
+    @property
+    def late_fusion(self) -> bool:
+        return self.spec.fusion == "late" and len(self.spec.inputs) > 1
+
+    def task_heads(self) -> dict[str, nn.Module]:
+        """The head of each task, by task name."""
+        if hasattr(self, "head"):
+            return {self.spec.task_names[0]: self.head}
+        return dict(self.heads.items())
+
+    # -- running it
+
+    def forward(self, x: Inputs, *, by_task: bool = False):
+        channels = self.spec.input_channels
+        if self.late_fusion:
+            parts = split_inputs(x, channels)
+            features = self.backbone(parts)
+            size = next(iter(parts.values())).shape[-2:]
+        else:
+            stacked = stack_inputs(x, channels)
+            features = self.backbone(stacked)
+            size = stacked.shape[-2:]
+        size = (size[0], size[1])
+        scores = {task: head(features, size) for task, head in self.task_heads().items()}
+        if by_task or len(scores) > 1:
+            return scores
+        return next(iter(scores.values()))
+
+    def resize_classes(self, num_classes: int, task: str | None = None) -> None:
+        """Give ``task`` (the only one by default) ``num_classes`` classes, keeping the
+        shared classes' weights (``surgery.expand_score``)."""
+        heads = self.task_heads()
+        task = task or (next(iter(heads)) if len(heads) == 1 else None)
+        if task not in heads:
+            raise ValueError(f"name the task to resize: one of {list(heads)}")
+        heads[task].resize_classes(num_classes)
+        tasks = tuple(
+            TaskSpec(t.name, num_classes if t.name == task else t.classes) for t in self.spec.tasks
+        )
+        self.spec = dataclasses.replace(self.spec, tasks=tasks)
 
 
 class _FixedScale(nn.Module):

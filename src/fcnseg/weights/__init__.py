@@ -1,5 +1,5 @@
-"""Weights in and out: Caffe files read without Caffe, torchvision/timm/package state
-dicts mapped onto our backbones, and fcnseg's own weights files (torch or safetensors)."""
+"""Foreign weights in: Caffe files read without Caffe, torchvision/timm/package state dicts
+mapped onto our backbones. fcnseg's own files are ``fcnseg.modelfile``."""
 
 from .caffe import (
     CaffeLayer,
@@ -11,8 +11,7 @@ from .caffe import (
     parse_caffemodel,
     read_caffemodel,
 )
-from .files import WeightsFile, load_weights, read_weights, save_weights
-from .foreign import LAYOUTS, Layout, detect_layout, load_backbone_weights
+from .foreign import LAYOUTS, Layout, detect_layout, load_backbone_weights, load_package_weights
 from .prototxt import PrototxtError, parse_prototxt, read_prototxt, repeated
 from .protowire import CaffeFormatError
 
@@ -24,18 +23,15 @@ __all__ = [
     "Layout",
     "PrototxtError",
     "StateDictReport",
-    "WeightsFile",
     "caffe_to_state_dict",
     "convert_caffe",
     "detect_layout",
     "inspect",
     "load_backbone_weights",
-    "load_weights",
+    "load_package_weights",
     "parse_caffemodel",
     "parse_prototxt",
     "read_caffemodel",
     "read_prototxt",
-    "read_weights",
     "repeated",
-    "save_weights",
 ]

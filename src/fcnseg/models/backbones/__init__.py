@@ -1,7 +1,7 @@
 """Classifier backbones, convolutionalized, each declaring its feature taps."""
 
 from .alexnet import AlexNet
-from .base import GEOMETRIES, Backbone, FeatureTap
+from .base import GEOMETRIES, Backbone, FeatureTap, set_activation_checkpointing
 from .efficientnet import (
     EfficientNetLite,
     efficientnet_lite0,
@@ -22,6 +22,7 @@ __all__ = [
     "GoogLeNet",
     "ResNet",
     "VGG16",
+    "set_activation_checkpointing",
 ]
 
 # name -> builder(*, geometry, in_channels, classifier): the registry's backbones.

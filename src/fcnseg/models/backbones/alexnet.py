@@ -99,11 +99,3 @@ class AlexNet(SequentialBackbone):
             FeatureTap("pool2", 16, 256),
             FeatureTap("fc7", 32, 4096),
         )
-
-    def load_torchvision(self, source: object) -> None:
-        """Refuse: torchvision's alexnet is another network, not this one renamed."""
-        raise ValueError(
-            "torchvision's alexnet is the 'one weird trick' variant (64/192/384/256/256 "
-            "channels, no groups, no LRN) and does not fit the BVLC layout: load the BVLC "
-            "Caffe model (bvlc_reference_caffenet or bvlc_alexnet .caffemodel) instead"
-        )

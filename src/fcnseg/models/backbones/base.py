@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ...surgery import TransplantReport
 from ..geometry import CoordMap, trace
 from ..normalization import Normalization
 
@@ -22,6 +20,7 @@ __all__ = [
     "SequentialBackbone",
     "GEOMETRIES",
     "check_geometry",
+    "set_activation_checkpointing",
 ]
 
 # caffe: pad 100 on the first convolution, as the reference nets (output covers any input);
@@ -114,18 +113,6 @@ class Backbone(nn.Module):
             )
         return self.classifier(self(x)[self.taps[-1].name])
 
-    def load_torchvision(self, source: str | Path | Mapping[str, torch.Tensor]) -> TransplantReport:
-        """Load a torchvision state dict (a file or a mapping) into this backbone.
-
-        ``fcnseg.weights.load_backbone_weights`` with ``source="torchvision"``: keys are
-        mapped by layout, fully connected weights reshaped into the convolutionalized
-        layers, the ImageNet classifier dropped when the backbone has none, every tensor
-        checked before anything is written, and the normalisation set to the weights'.
-        """
-        from ...weights.foreign import load_backbone_weights  # weights builds on models
-
-        return load_backbone_weights(self, source, source="torchvision")
-
 
 class SequentialBackbone(Backbone):
     """A backbone whose children run one after another (VGG16, AlexNet, GoogLeNet).
@@ -140,31 +127,30 @@ class SequentialBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         inner = {tap.name for tap in self.taps[:-1]}
         features: dict[str, torch.Tensor] = {}
-        for names, modules in self._runs():
+        for last, modules in self._runs():
             x = self.run_block(partial(_in_turn, modules), x)
-            if names[-1] in inner:
-                features[names[-1]] = x
+            if last in inner:
+                features[last] = x
         features[self.taps[-1].name] = x
         return features
 
-    def _runs(self) -> Iterator[tuple[list[str], list[nn.Module]]]:
-        """The trunk in runs that end at an inner tap or a pooling layer: the blocks that
-        ``run_block`` checkpoints (VGG16: its five stages and fc6-fc7). A run never starts
-        with an in-place layer: that would overwrite the input the checkpoint keeps."""
+    def _runs(self) -> Iterator[tuple[str, list[nn.Module]]]:
+        """The trunk in runs that end at an inner tap or a pooling layer, each with the name
+        of its last layer: the blocks that ``run_block`` checkpoints (VGG16: its five
+        stages and fc6-fc7). A run never starts with an in-place layer: that would
+        overwrite the input the checkpoint keeps."""
         trunk = self._trunk()
         inner = {tap.name for tap in self.taps[:-1]}
-        names: list[str] = []
         modules: list[nn.Module] = []
         for index, (name, module) in enumerate(trunk):
-            names.append(name)
             modules.append(module)
             following = trunk[index + 1][1] if index + 1 < len(trunk) else None
             pooled = isinstance(module, (nn.MaxPool2d, nn.AvgPool2d))
             if name in inner or (pooled and not getattr(following, "inplace", False)):
-                yield names, modules
-                names, modules = [], []
+                yield name, modules
+                modules = []
         if modules:
-            yield names, modules
+            yield trunk[-1][0], modules
 
     def coord_map(self, tap: str) -> CoordMap:
         names = [name for name, _ in self._trunk()]
@@ -176,6 +162,14 @@ class SequentialBackbone(Backbone):
             offered = ", ".join(t.name for t in self.taps)
             raise ValueError(f"{type(self).__name__} has no tap {tap!r}; it offers {offered}")
         return trace(module for _, module in self._trunk()[:end])
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Turn ``checkpointing`` on or off for every backbone in ``model`` (several in the
+    fusion nets)."""
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            module.checkpointing = enabled
 
 
 def _in_turn(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:

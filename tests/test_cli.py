@@ -13,8 +13,12 @@ def test_models_lists_every_model(capsys):
     for name in fcnseg.list_models():
         assert name in out
     line = next(row for row in out.splitlines() if row.startswith("fcn8s_vgg16 "))
-    assert "134.49M" in line and "pool4 (16), pool3 (8)" in line and " 8 " in line
-    assert "134.36M" in line  # trainable: the fixed deconvolutions excluded
+    assert "134.49M" in line and "pool4, pool3" in line and " 8 " in line
+    assert "image 3" in line and "semantic 21" in line
+    rgbd = next(row for row in out.splitlines() if row.startswith("fcn32s_vgg16_rgbd "))
+    assert "color 3 + depth 1 (early)" in rgbd
+    two = next(row for row in out.splitlines() if row.startswith("fcn16s_vgg16_siftflow "))
+    assert "semantic 33, geometric 3" in two
 
 
 def test_models_rejects_bad_class_count(capsys):

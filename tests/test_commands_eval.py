@@ -9,6 +9,7 @@ import fcnseg
 from fcnseg.cli import main
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.modelfile import record_of
 
 
 @pytest.fixture(autouse=True)
@@ -22,10 +23,8 @@ def _one_thread():
 def _save(path, num_classes=7):
     model = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=num_classes)
     classes = list(SYNTHETIC_CLASSES)[:num_classes]
-    checkpoint = ckpt.make_checkpoint(
-        model, build_options={}, classes=classes, palette=voc_palette(num_classes)
-    )
-    return ckpt.save_checkpoint(checkpoint, path)
+    record = record_of(model, classes=classes, palette=voc_palette(num_classes))
+    return ckpt.save_checkpoint(record, path)
 
 
 def test_eval_prints_metrics_and_writes_json(tmp_path, capsys):
@@ -54,7 +53,7 @@ def test_eval_errors(tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
     assert main(["eval", "--checkpoint", str(tmp_path / "bad.pt"), "--data", "synthetic"]) == 2
     err = capsys.readouterr().err
-    assert "corrupt or truncated" in err and err.count("\n") == 1
+    assert "damaged, truncated" in err and err.count("\n") == 1
     good = _save(tmp_path / "good.pt")
     assert main(["eval", "--checkpoint", str(good), "--data", "nonsense"]) == 2
     assert "unknown dataset 'nonsense'" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import fcnseg
 from fcnseg.cli import main
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.modelfile import record_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,10 +21,8 @@ def checkpoint(tmp_path_factory):
     with torch.no_grad():
         model.head.score_pool3.weight.normal_(0, 0.1)  # varied predictions
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    data = ckpt.make_checkpoint(
-        model, build_options={}, classes=SYNTHETIC_CLASSES, palette=voc_palette(7)
-    )
-    return ckpt.save_checkpoint(data, path)
+    record = record_of(model, classes=SYNTHETIC_CLASSES, palette=voc_palette(7))
+    return ckpt.save_checkpoint(record, path)
 
 
 def _image(path, height, width, seed=0):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from fcnseg.builder import resolve_spec
 from fcnseg.config import (
     PAPER_LR,
     ConfigError,
@@ -45,7 +46,9 @@ def test_voc_paper_config_is_the_reference_recipe():
     assert (config.bias_lr_mult, config.bias_decay, config.loss_reduction) == (2.0, False, "sum")
     assert config.schedule == "fixed" and config.max_iters == 100_000 and config.seed == 1337
     assert not (config.flip or config.jitter or config.crop_size or config.scale_range)
-    assert not config.learnable_upsample  # fixed bilinear deconvolutions
+    spec = resolve_spec(config.model, require_tasks=False, **config.model_options)
+    assert spec.geometry == "caffe" and spec.upsample == "deconv"
+    assert not spec.learnable_upsample  # fixed bilinear deconvolutions
 
 
 @pytest.mark.parametrize(
@@ -136,3 +139,120 @@ def test_stage_names():
     assert model_variant("fcn8s_atonce_vgg16") == "8s-atonce"
     with pytest.raises(ConfigError):
         stage_models("fcn16s_vgg16")
+
+
+# A config.json written by fcnseg 0.1 (TrainConfig(model="fcn32s_efficientnet_lite0").resolved()):
+# the build options at the top level, nulls included.
+CONFIG_0_1 = {
+    "model": "fcn32s_efficientnet_lite0", "num_classes": None, "geometry": None,
+    "upsample": "deconv", "learnable_upsample": False, "pretrained_backbone": False,
+    "backbone_weights": None, "init_from": None, "init_streams": {}, "staged": False,
+    "stage_lr_factor": 0.01, "dataset": "synthetic", "root": None, "train_split": "train",
+    "val_split": "val", "val_dataset": "synthetic", "val_root": None, "train_options": {},
+    "val_options": {}, "recipe": "modern", "epochs": 10, "max_iters": None, "batch_size": 8,
+    "accumulate": 1, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001,
+    "bias_lr_mult": 1.0, "bias_decay": False, "schedule": "poly", "poly_power": 0.9,
+    "warmup_iters": 100, "loss_reduction": "mean", "loss_sampling": 0.0, "sampling_cell": 32,
+    "class_weights": "none", "class_weight_images": 500, "task_weights": {}, "crop_size": None,
+    "scale_range": [0.5, 2.0], "flip": True, "jitter": True, "amp": "auto",
+    "activation_checkpointing": False, "output": "runs", "name": None, "seed": 1337,
+    "device": "auto", "threads": 0, "num_workers": 2, "val_batch_size": 1,
+    "max_val_images": None, "eval_every": 1, "checkpoint_every": 0, "log_every": 10,
+    "overlays": 4, "time_limit_minutes": 0.0, "deterministic": False,
+}  # fmt: skip
+
+
+def test_a_config_json_of_fcnseg_0_1_still_loads(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIG_0_1))
+    config = load_config(path).resolved()
+    assert config.model_options == {
+        "upsample": "deconv",
+        "learnable_upsample": False,
+        "pretrained_backbone": False,
+    }  # the nulls were the defaults
+    assert (config.lr, config.batch_size, config.seed) == (0.01, 8, 1337)
+    config.save(tmp_path / "again.json")  # and today's file holds them under model_options
+    saved = json.loads((tmp_path / "again.json").read_text())
+    assert "geometry" not in saved and saved["model_options"] == config.model_options
+    assert load_config(tmp_path / "again.json") == config
+    path.write_text(json.dumps({**CONFIG_0_1, "num_classes": 7, "geometry": "aligned"}))
+    assert load_config(path).model_options["num_classes"] == 7
+
+
+def test_every_spec_option_can_be_set_at_the_top_level_or_in_model_options(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'model = "fcn8s_efficientnet_lite0"\n'
+        "output_stride = 16\nin_channels = 4\npretrained_backbone = true\n"
+        'model_options = { upsample = "bilinear", skip_scales = [0.01, 0.0001] }\n'
+    )
+    config = load_config(path, ["learnable_upsample=false", "geometry=aligned"])
+    assert config.model_options == {
+        "output_stride": 16, "in_channels": 4, "pretrained_backbone": True,
+        "upsample": "bilinear", "skip_scales": [0.01, 0.0001],
+        "learnable_upsample": False, "geometry": "aligned",
+    }  # fmt: skip
+    spec = resolve_spec(config.model, require_tasks=False, **config.model_options)
+    assert (spec.output_stride, spec.in_channels, spec.upsample) == (16, 4, "bilinear")
+    assert spec.pretrained_backbone and spec.skip_scales == (0.01, 0.0001)
+    assert "geometry" not in load_config(path, ["geometry=none"]).model_options  # the default
+    fused = load_config(
+        None,
+        ["model=fcn32s_vgg16_rgbd", "fusion=late", "fusion_weights=[0.25, 0.75]",
+         "inputs={color = 3, depth = {channels = 1, normalization = {kind = 'log_depth', mean = 7.0}}}"],
+    )  # fmt: skip
+    spec = resolve_spec(fused.model, num_classes=40, **fused.model_options)
+    assert spec.fusion == "late" and spec.fusion_weights == (0.25, 0.75)
+    assert spec.input_channels == {"color": 3, "depth": 1} and spec.inputs[1].normalization.mean == 7.0
+    tasks = load_config(None, ["model=fcn16s_resnet18", "tasks={semantic = 33, geometric = 3}"])
+    assert tasks.model_options == {"tasks": {"semantic": 33, "geometric": 3}}
+    saved = tmp_path / "config.json"
+    fused.resolved().save(saved)
+    assert load_config(saved).model_options == fused.model_options  # JSON keeps them
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["output_stride=7"], "output_stride = 7 is not allowed: choose one of 8, 16, 32"),
+        (["in_channels=four"], "in_channels = 'four' should be an integer"),
+        (["in_channels=0"], "in_channels must be at least 1, got 0"),
+        (["num_classes=0"], "num_classes must be at least 1, got 0"),
+        (["fusion=middle"], "fusion = 'middle' is not allowed: choose one of early, late"),
+        (["upsample=nearest"], "upsample = 'nearest' is not allowed"),
+        (["learnable_upsample=1"], "learnable_upsample = 1 should be true or false"),
+        (["fusion_weights=[0.5, 'x']"], "fusion_weights = [0.5, 'x'] should be a list of numbers"),
+        (["geometry=round"], "geometry = 'round' is not allowed: choose one of caffe, aligned"),
+        (["tasks=[33, 3]"], "tasks = [33, 3] should be a table of name = count"),
+        (["inputs=['color', 'depth']"], "inputs = ['color', 'depth'] should be a table"),
+        (["model=fcn32s_vgg16_rgbd", "in_channels=3"], "not in_channels=3"),
+        (["model=fcn32s_vgg16", "fusion=late"], "late fusion needs two inputs"),
+        (["model_options={colour = 1}"], "unknown model option 'colour'"),
+        (["model_options={outputstride = 8}"], "did you mean 'output_stride'"),
+        (["backbone=resnet18"], "backbone is set by the model's name"),
+        (["model_options={variant = '16s'}"], "variant is set by the model's name"),
+        (["model_options=3"], "model_options = 3 should be a table of options"),
+        (["model=fcn8s_resnet"], "unknown model 'fcn8s_resnet'; did you mean"),
+    ],
+)
+def test_a_wrong_model_option_is_a_one_line_error_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_same_option_twice_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "twice.toml"
+    path.write_text("output_stride = 16\nmodel_options = { output_stride = 8 }\n")
+    with pytest.raises(ConfigError, match="output_stride is given twice"):
+        load_config(path)
+
+
+def test_num_classes_of_a_multitask_model_is_refused_not_ignored():
+    """Issue 12: a num_classes set for a two-headed model was silently ignored."""
+    with pytest.raises(ConfigError, match="set their classes with tasks=.*not num_classes"):
+        load_config(None, ["model=fcn16s_vgg16_siftflow", "num_classes=33"])
+    config = TrainConfig(model="fcn16s_vgg16_siftflow", model_options={"num_classes": 33})
+    with pytest.raises(ConfigError, match="not num_classes"):
+        config.resolved()

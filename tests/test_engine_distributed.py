@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fcnseg.data import SyntheticShapes, eval_transforms
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.engine.distributed import Context, ShardSampler
 from fcnseg.engine.evaluate import eval_loader, evaluate
 from fcnseg.metrics import metrics_from_matrix
@@ -58,12 +58,12 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, one_thread):
     assert train_records[0]["images_per_s"] > 0
 
     checkpoint = load_checkpoint(run / "last.pt")
-    assert len(checkpoint["training"]["rng"]) == 2  # each rank's generators, for resuming
-    model = model_from_checkpoint(checkpoint)
+    assert len(checkpoint.training["rng"]) == 2  # each rank's generators, for resuming
+    model = checkpoint.build()
     val = SyntheticShapes("val", eval_transforms(model.normalization), size=32, num_images=5)
-    single = evaluate(model, eval_loader(val, Context()), num_classes=7)
+    single = evaluate(model, eval_loader(val, Context()))["semantic"]
     assert single.matrix.sum() == 5 * 32 * 32
-    assert torch.equal(checkpoint["confusion"], single.matrix)
+    assert torch.equal(checkpoint.confusion["semantic"], single.matrix)
     summary = json.loads((run / "metrics.json").read_text())
     expected = metrics_from_matrix(single.matrix)
     for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):

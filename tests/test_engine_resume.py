@@ -81,7 +81,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(broken / "last.pt")["training"]
+    killed_at = load_checkpoint(broken / "last.pt").training
     if killed_at["finished"]:
         pytest.fail("the run finished before the kill landed: nothing was tested")
     assert killed_at["epoch"] == 1 and 1 <= killed_at["step_in_epoch"] < 4  # mid-epoch
@@ -93,13 +93,13 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert reference.wait(timeout=180) == 0, reference.stdout.read().decode()
 
     a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(broken / "last.pt")
-    assert a["training"]["iteration"] == b["training"]["iteration"] == STEPS
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resuming"
-    momentum_a = a["training"]["optimizer"]["state"]
-    momentum_b = b["training"]["optimizer"]["state"]
+    assert a.training["iteration"] == b.training["iteration"] == STEPS
+    for key, value in a.state_dict.items():
+        assert torch.equal(value, b.state_dict[key]), f"{key} differs after resuming"
+    momentum_a = a.training["optimizer"]["state"]
+    momentum_b = b.training["optimizer"]["state"]
     assert all(torch.equal(momentum_a[k]["momentum_buffer"], momentum_b[k]["momentum_buffer"]) for k in momentum_a)  # fmt: skip
-    assert a["metrics"]["mean_iu"] == b["metrics"]["mean_iu"]
+    assert a.metrics["mean_iu"] == b.metrics["mean_iu"]
 
     def losses(run):
         records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 from fcnseg import build_model
+from fcnseg.builder import resolve_spec
 from fcnseg.config import TrainConfig
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
-from fcnseg.engine.train import NonFiniteLossError, train
+from fcnseg.engine.train import NonFiniteLossError, _build_model, train
 from fcnseg.losses import SegmentationLoss
+from fcnseg.modelfile import record_of
 
 
 @pytest.fixture(autouse=True)
@@ -64,11 +66,11 @@ def test_a_run_folder_holds_everything(tmp_path):
     val = [r for r in records if r["event"] == "val"]
     assert [r["iteration"] for r in val] == [4, 8]  # once per epoch
     best = ckpt.load_checkpoint(run / "best.pt")
-    assert best["metrics"]["mean_iu"] == pytest.approx(max(r["mean_iu"] for r in val))
-    assert best["metrics"]["mean_iu"] == pytest.approx(result.best_mean_iu)
-    assert best["confusion"].shape == (7, 7) and "optimizer" not in best["training"]
+    assert best.metrics["mean_iu"] == pytest.approx(max(r["mean_iu"] for r in val))
+    assert best.metrics["mean_iu"] == pytest.approx(result.best_mean_iu)
+    assert best.confusion["semantic"].shape == (7, 7) and "optimizer" not in best.training
     last = ckpt.load_checkpoint(run / "last.pt")
-    assert last["training"]["iteration"] == 8 and last["training"]["finished"]
+    assert last.training["iteration"] == 8 and last.training["finished"]
     summary = json.loads((run / "metrics.json").read_text())
     assert set(summary["last"]) >= {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "iu", "acc"}
 
@@ -126,10 +128,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         train(tiny(tmp_path, checkpoint_every=1))
     assert "the last good checkpoint is" in str(error.value) and "\n" not in str(error.value)
     last = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
-    assert last["training"]["iteration"] == 2
-    assert all(
-        torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point()
-    )
+    assert last.training["iteration"] == 2
+    assert all(torch.isfinite(t).all() for t in last.state_dict.values() if t.is_floating_point())
     records = (tmp_path / "run" / "log.jsonl").read_text()
     assert '"event": "stopped"' in records
 
@@ -140,8 +140,8 @@ def test_a_callback_or_time_limit_stops_the_run_evaluated_and_saved(tmp_path):
     assert result.stopped == "callback" and result.iterations == 3
     assert math.isfinite(result.metrics["mean_iu"])
     saved = ckpt.load_checkpoint(result.last_checkpoint)
-    assert saved["training"]["iteration"] == 3 and not saved["training"]["finished"]
-    assert saved["metrics"] == result.metrics  # evaluated where it stopped
+    assert saved.training["iteration"] == 3 and not saved.training["finished"]
+    assert saved.metrics == result.metrics  # evaluated where it stopped
     resumed = train(config, resume=True)  # an early stop resumes to the end
     assert resumed.stopped == "finished" and resumed.iterations == 8
     result = train(tiny(tmp_path, name="limited", overlays=0, time_limit_minutes=1e-9))
@@ -153,18 +153,15 @@ def test_init_from_transplants_and_new_skips_start_at_zero(tmp_path):
     coarse = build_model("fcn32s_efficientnet_lite0", num_classes=7)
     with torch.no_grad():
         coarse.head.score_fr.weight.normal_()
-    source = ckpt.make_checkpoint(
-        coarse, build_options={}, classes=[str(i) for i in range(7)], palette=[]
-    )
+    source = record_of(coarse, classes=[str(i) for i in range(7)])
     ckpt.save_checkpoint(source, tmp_path / "32s.pt")
     config = tiny(tmp_path, model="fcn16s_efficientnet_lite0", init_from=str(tmp_path / "32s.pt"))
-    from fcnseg.engine.train import _build_model
-
-    fine = _build_model(config.resolved(), 7, init=True)
+    spec = resolve_spec(config.model, num_classes=7)
+    fine = _build_model(config.resolved(), spec, init=True)
     assert torch.equal(fine.head.score_fr.weight, coarse.head.score_fr.weight)
     assert torch.equal(fine.backbone._conv_stem.weight, coarse.backbone._conv_stem.weight)
     assert not fine.head.score_pool4.weight.any() and not fine.head.score_pool4.bias.any()
-    assert model_options(config) == {"upsample": "deconv", "learnable_upsample": False}
+    assert (fine.spec.upsample, fine.spec.learnable_upsample) == ("deconv", False)
 
 
 def test_staged_paper_training_chains_the_stages(tmp_path):
@@ -191,7 +188,7 @@ def test_bad_settings_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="cannot fill one step"):
         train(tiny(tmp_path, batch_size=4, accumulate=4))
     with pytest.raises(ValueError, match="num_classes = 5 but synthetic has 7 classes"):
-        train(tiny(tmp_path, num_classes=5))
+        train(tiny(tmp_path, model_options={"num_classes": 5}))
     with pytest.raises(ckpt.CheckpointError, match="holds no last.pt"):
         train(tiny(tmp_path, name="never-started"), resume=True)
 
@@ -216,6 +213,6 @@ def test_activation_checkpointing_trains_to_the_same_weights(tmp_path, monkeypat
     assert not calls
     saved = train(tiny(tmp_path / "ckpt", epochs=1, activation_checkpointing=True))
     assert calls  # the blocks did run checkpointed
-    ours = ckpt.load_checkpoint(saved.last_checkpoint)["state_dict"]
-    for key, value in ckpt.load_checkpoint(plain.last_checkpoint)["state_dict"].items():
+    ours = ckpt.load_checkpoint(saved.last_checkpoint).state_dict
+    for key, value in ckpt.load_checkpoint(plain.last_checkpoint).state_dict.items():
         torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-6, msg=key)

@@ -33,7 +33,6 @@ from .models.spec import (
     InputSpec,
     ModelSpec,
     SpecError,
-    inputs_from,
     tasks_from,
 )
 from .surgery import TransplantReport
@@ -71,13 +70,6 @@ def resolve_spec(
         )
     options = dict(options)
     in_channels = options.pop("in_channels", None)
-    if "tasks" in options:
-        options["tasks"] = tasks_from(options["tasks"])
-    if "inputs" in options:
-        options["inputs"] = inputs_from(options["inputs"])
-    for key in ("fusion_weights", "skip_scales"):
-        if options.get(key) is not None:
-            options[key] = tuple(float(v) for v in options[key])
     try:
         spec = dataclasses.replace(spec, **options)
     except TypeError as error:  # a value of the wrong kind (a list for a name, ...)

@@ -24,12 +24,13 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .builder import resolve_spec
-from .models.spec import SPEC_FIELDS, SpecError
+from .models.spec import SPEC_FIELDS, ModelSpec, SpecError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,6 +47,8 @@ __all__ = [
     "parse_literal",
     "model_variant",
     "stage_models",
+    "check_model_options",
+    "MODEL_OPTIONS",
 ]
 
 
@@ -58,9 +61,10 @@ class TrainConfig:
     """Everything a training run reads. ``None`` means "the recipe's default"."""
 
     # -- the model: a registered name, and any ModelSpec option (geometry, upsample,
-    # output_stride, in_channels, inputs, tasks, pretrained_backbone, ...; num_classes
-    # defaults to the training set's). A config file or override may name an option at
-    # the top level (pretrained_backbone = true): it lands here.
+    # output_stride, in_channels, inputs, fusion, tasks, pretrained_backbone, ...;
+    # num_classes defaults to the training set's). A config file or override may name an
+    # option at the top level (pretrained_backbone = true): it lands here. The name sets
+    # the backbone and the variant.
     model: str = "fcn8s_efficientnet_lite0"
     model_options: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # a checkpoint whose weights start this run (transplant)
@@ -191,10 +195,7 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: init_streams and init_from both start the weights: keep one"
             )
-        try:
-            resolve_spec(self.model, require_tasks=False, **self.model_options)
-        except SpecError as error:
-            raise ConfigError(f"{source}: {error}") from None
+        check_model_options(self.model, self.model_options, source)
         if self.staged and model_variant(self.model) != "8s":
             raise ConfigError(
                 f"{source}: staged training ends at an FCN-8s: set model to an fcn8s_* "
@@ -307,9 +308,14 @@ def _default_lr(recipe: str, model: str, optimizer: str) -> float:
 # Reading files and overrides
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# The ModelSpec options a config names at the top level (``name`` is the model's own).
-MODEL_OPTIONS = frozenset(SPEC_FIELDS) - {"name", "backbone"} | {"in_channels", "num_classes"}
 _TYPES = typing.get_type_hints(TrainConfig)
+# ModelSpec fields the registered model's name sets (fcn<variant>_<backbone>), and the
+# model's own name: not options of a run.
+_NAMED_BY_MODEL = frozenset({"backbone", "variant", "name"})
+# The ModelSpec options a run may set, at the top level of a config or in model_options,
+# with their types (ModelSpec's own, plus build_model's in_channels and num_classes).
+MODEL_OPTIONS = frozenset(SPEC_FIELDS) - _NAMED_BY_MODEL | {"in_channels", "num_classes"}
+_OPTION_TYPES = {**typing.get_type_hints(ModelSpec), "in_channels": int, "num_classes": int}
 
 
 def load_config(
@@ -325,10 +331,12 @@ def load_config(
         values = _read_file(path)
     config = from_dict(values, source)
     for key, value in parse_overrides(overrides).items():
-        if key in MODEL_OPTIONS:
-            config.model_options[key] = value
-        else:
+        if key not in MODEL_OPTIONS:
             setattr(config, key, _coerce(key, value, "command line"))
+        elif value is None:  # the default
+            config.model_options.pop(key, None)
+        else:
+            config.model_options[key] = value
     config.validate(source if not overrides else f"{source} with overrides")
     return config
 
@@ -336,9 +344,17 @@ def load_config(
 def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     """A TrainConfig from a flat mapping, every key checked and every value coerced; keys
     that name a model option go into ``model_options``."""
-    checked: dict[str, Any] = {"model_options": dict(values.get("model_options") or {})}
+    options = values.get("model_options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{source}: model_options = {options!r} should be a table of options")
+    checked: dict[str, Any] = {"model_options": dict(options)}
     for key, value in values.items():
         if key in MODEL_OPTIONS:
+            if key in options and options[key] != value:
+                raise ConfigError(
+                    f"{source}: {key} is given twice, at the top level and in model_options: "
+                    "keep one"
+                )
             if value is not None:  # None: the default (configs of fcnseg 0.1 wrote them so)
                 checked["model_options"][key] = value
         elif key != "model_options":
@@ -411,6 +427,8 @@ _SYNONYMS = {
 def _check_key(key: str, source: str) -> None:
     if key in _FIELDS or key in MODEL_OPTIONS:
         return
+    if key in _NAMED_BY_MODEL:
+        raise ConfigError(f"{source}: {_named_by_model(key)}")
     known = [*_FIELDS, *MODEL_OPTIONS, *_SYNONYMS]
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     close = [_SYNONYMS.get(name, name) for name in close]
@@ -442,8 +460,8 @@ def _as_type(value: Any, expected: Any) -> Any:
             except (TypeError, ValueError):
                 continue
         raise TypeError(value)
-    if origin is list:
-        (item,) = typing.get_args(expected)
+    if origin is list or (origin is tuple and typing.get_args(expected)[1:] == (...,)):
+        item = typing.get_args(expected)[0]
         if not isinstance(value, list | tuple):
             raise TypeError(value)
         return [_as_type(v, item) for v in value]
@@ -472,16 +490,100 @@ def _as_type(value: Any, expected: Any) -> Any:
     raise TypeError(value)
 
 
+_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
 def _type_name(expected: Any) -> str:
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
         names = [_type_name(t) for t in typing.get_args(expected) if t is not type(None)]
         optional = type(None) in typing.get_args(expected)
         return " or ".join(names) + (" (or none)" if optional else "")
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(expected)[0])}s"
+    if origin is list or origin is tuple:
+        item = typing.get_args(expected)[0]
+        return "a list of " + _PLURAL.get(item, f"{_type_name(item)} values")
     if origin is dict:
         return "a table of options"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         expected, str(expected)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model options: ModelSpec fields, checked against ModelSpec's own types
+
+
+def check_model_options(model: str, options: Mapping[str, Any], source: str = "config") -> None:
+    """Check every option's name and type, then that ``model`` takes them (``resolve_spec``);
+    a ``ConfigError`` naming the key otherwise."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{source}: model_options = {options!r} should be a table of options")
+    for key, value in options.items():
+        _check_model_option(key, value, source)
+    try:
+        resolve_spec(model, require_tasks=False, **options)
+    except (SpecError, TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _check_model_option(key: str, value: Any, source: str) -> None:
+    if key in _NAMED_BY_MODEL:
+        raise ConfigError(f"{source}: {_named_by_model(key)}")
+    if key not in MODEL_OPTIONS:
+        close = difflib.get_close_matches(key, sorted(MODEL_OPTIONS), n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else "the options are " + ", ".join(sorted(MODEL_OPTIONS))
+        )
+        raise ConfigError(f"{source}: unknown model option {key!r}: {hint}")
+    if value is None:
+        return  # the default
+    if key == "tasks":
+        _check_table(key, value, source, _TASKS_EXAMPLE, allow_count=True)
+    elif key == "inputs":
+        _check_table(key, value, source, _INPUTS_EXAMPLE, allow_count=False)
+    else:
+        expected = _OPTION_TYPES[key]
+        try:
+            _as_type(value, expected)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{source}: {key} = {value!r} should be {_type_name(expected)}"
+            ) from None
+        if key in ("in_channels", "num_classes") and value < 1:
+            raise ConfigError(f"{source}: {key} must be at least 1, got {value}")
+
+
+_TASKS_EXAMPLE = "{ semantic = 33, geometric = 3 }"
+_INPUTS_EXAMPLE = "{ color = 3, depth = 1 }, or { depth = { channels = 1, normalization = {...} } }"
+
+
+def _check_table(key: str, value: Any, source: str, example: str, *, allow_count: bool) -> None:
+    """``tasks`` / ``inputs``: a table of name = count (an input's count may be a table with
+    its ``channels`` and ``normalization``); ``tasks`` may also be one count."""
+    if allow_count and _is_count(value):
+        return
+    nested = not allow_count
+    if isinstance(value, Mapping) and value and all(_is_entry(v, nested) for v in value.values()):
+        return
+    raise ConfigError(f"{source}: {key} = {value!r} should be a table of name = count ({example})")
+
+
+def _is_entry(item: Any, nested: bool) -> bool:
+    if nested and isinstance(item, Mapping):
+        return set(item) <= {"channels", "normalization"} and _is_count(item.get("channels", 3))
+    return _is_count(item)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _named_by_model(key: str) -> str:
+    if key == "name":
+        return 'model_options cannot name the model: choose it with model = "<registered name>"'
+    return (
+        f"{key} is set by the model's name (fcn<variant>_<backbone>): choose another model "
+        "(fcnseg models lists them)"
     )

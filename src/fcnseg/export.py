@@ -163,13 +163,14 @@ def export_onnx(
     with _quiet_exporter(), _eval_mode(model):
         try:
             program = torch.onnx.export(
-                _Positional(model),
+                _Positional(model).eval(),
                 examples,
                 dynamo=True,
                 opset_version=opset,
                 input_names=list(model.spec.input_names),
                 output_names=list(model.spec.task_names),
-                dynamic_shapes=tuple({0: dynamic, 2: dynamic, 3: dynamic} for _ in examples),
+                # ``forward(*inputs)``: torch.export matches the varargs as one argument
+                dynamic_shapes=(tuple({0: dynamic, 2: dynamic, 3: dynamic} for _ in examples),),
                 verbose=False,
             )
         except Exception as error:  # the exporter raises many types; keep it as the cause

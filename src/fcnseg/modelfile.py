@@ -14,8 +14,10 @@ training checkpoint adds ``training`` (what resuming needs). The suffix picks th
 
   read back with ``torch.load(weights_only=True)``: loading never runs code from the file.
 
-``checksum`` is the SHA-256 of the tensors (names, dtypes, shapes and bytes, in name order):
-a file damaged after it was written is refused instead of predicting silently wrong labels.
+``checksum`` is the SHA-256 of everything else in the file: the tensors (names, dtypes, shapes
+and bytes, in name order) and the record around them (spec, normalisations, classes, ...,
+training state). A file damaged after it was written is refused instead of predicting
+silently wrong labels.
 Writes are atomic (``fileio.atomic_write``). Files of fcnseg 0.1 (a ``fcnseg.checkpoint``
 version 1, a weights file with ``model`` / ``num_classes`` / ``options``) still load.
 """
@@ -168,22 +170,18 @@ def write_record(path: str | Path, record: ModelRecord) -> Path:
     """Write ``record`` atomically, in the format the suffix of ``path`` says."""
     path = Path(path)
     plain = _plain(record)
-    digest = checksum(record.state_dict)
     if path.suffix == SAFETENSORS_SUFFIX:
         if record.training is not None:
             raise ValueError(f"{path}: a training checkpoint is a torch file: name it .pt")
-        metadata = {
-            "format": FORMAT,
-            "version": str(VERSION),
-            "record": json.dumps(plain),
-            "checksum": digest,
-        }
+        metadata = {"format": FORMAT, "version": str(VERSION), "record": json.dumps(plain)}
+        metadata["checksum"] = checksum(record.state_dict, metadata)
         return atomic_write(path, lambda tmp: write_safetensors(tmp, record.state_dict, metadata))
-    payload = {"format": FORMAT, "version": VERSION, **plain, "checksum": digest}
+    payload = {"format": FORMAT, "version": VERSION, **plain}
     if record.confusion is not None:
         payload["confusion"] = record.confusion
     if record.training is not None:
         payload["training"] = record.training
+    payload["checksum"] = checksum(record.state_dict, payload)
     payload["state_dict"] = record.state_dict
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -201,14 +199,44 @@ def _plain(record: ModelRecord) -> dict[str, Any]:
     return plain
 
 
-def checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+def checksum(state_dict: Mapping[str, torch.Tensor], record: Any = None) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order, then over
+    ``record`` (the rest of the file: plain data and tensors, nested; any ``checksum`` and
+    ``state_dict`` keys in it are left out)."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(f"{name}|".encode())
+        _digest_tensor(digest, state_dict[name])
+    if record is not None:
+        rest = {k: v for k, v in record.items() if k not in ("checksum", "state_dict")}
+        _digest_value(digest, rest)
     return digest.hexdigest()
+
+
+def _digest_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _digest_value(digest: Any, value: Any) -> None:
+    """Plain data and tensors, nested, in an order that does not depend on dict order."""
+    if isinstance(value, torch.Tensor):
+        digest.update(b"T")
+        _digest_tensor(digest, value)
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(f"{key!r}:".encode())
+            _digest_value(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, list | tuple):
+        digest.update(b"[")
+        for item in value:
+            _digest_value(digest, item)
+        digest.update(b"]")
+    else:  # str, int, float, bool, None: repr is exact
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +323,8 @@ def _from_torch(loaded: Any, path: Path) -> ModelRecord:
     if not isinstance(loaded, dict):
         raise FileFormatError(f"{path} is not an fcnseg model file: it holds no dict of tensors")
     if loaded.get("format") == FORMAT and "spec" in loaded:
-        return _checked(_record_v2(loaded, loaded.get("state_dict"), path), loaded, path)
+        _check_sum(loaded.get("state_dict"), loaded, path)
+        return _record_v2(loaded, loaded.get("state_dict"), path)
     if loaded.get("format") == _LEGACY_CHECKPOINT:
         return _record_v1(loaded["model"], loaded, loaded.get("state_dict"), path)
     if isinstance(loaded.get("model"), str) and tensors_only(loaded.get("state_dict")):
@@ -312,10 +341,14 @@ def _from_torch(loaded: Any, path: Path) -> ModelRecord:
 def _from_safetensors(state: dict, metadata: Mapping[str, str], path: Path) -> ModelRecord:
     if metadata.get("format") != FORMAT:
         raise BareStateDict(path, state)
-    try:
-        if "record" in metadata:
+    if "record" in metadata:
+        _check_sum(state, metadata, path)
+        try:
             plain = json.loads(metadata["record"])
-            return _checked(_record_v2(plain, state, path), metadata, path)
+        except ValueError as error:
+            raise FileFormatError(f"{path}: malformed fcnseg metadata ({error})") from None
+        return _record_v2(plain, state, path)
+    try:
         legacy = {"model": metadata["model"], "num_classes": int(metadata["num_classes"])}
         for key in ("normalization", "options"):
             if key in metadata:
@@ -350,14 +383,21 @@ def _record_v2(plain: Mapping[str, Any], state: Any, path: Path) -> ModelRecord:
         raise FileFormatError(f"{path}: malformed fcnseg record ({error})") from None
 
 
-def _checked(record: ModelRecord, stored: Mapping[str, Any], path: Path) -> ModelRecord:
+def _check_sum(state: Any, stored: Mapping[str, Any], path: Path) -> None:
+    """Refuse a file whose contents differ from what the checksum written with them says
+    (before reading anything of it: a damaged record could fail in any way)."""
+    if not tensors_only(state):
+        raise FileFormatError(f"{path} lacks its state dict: it is incomplete")
     expected = stored.get("checksum")
-    if expected is not None and checksum(record.state_dict) != expected:
+    if expected is None:
         raise FileFormatError(
-            f"{path}: its tensors do not match the checksum written with them: the file was "
+            f"{path} lacks its checksum: it is incomplete or was not written by fcnseg"
+        )
+    if checksum(state, stored) != expected:
+        raise FileFormatError(
+            f"{path}: its contents do not match the checksum written with them: the file was "
             "damaged after it was saved; use another copy (a run folder keeps last.pt and best.pt)"
         )
-    return record
 
 
 def _record_v1(model: Mapping[str, Any], top: Mapping[str, Any], state: Any, path: Path):

@@ -30,6 +30,7 @@ from .. import viz
 from ..builder import build_model
 from ..config import TrainConfig
 from ..data import SyntheticShapes
+from ..engine.checkpoint import load_checkpoint
 from ..engine.threads import AdaptiveThreads
 from ..engine.train import StepInfo, TrainResult, train
 from ..inference import Segmenter
@@ -159,7 +160,7 @@ def _config(
     per_epoch = math.ceil(plan.steps / epochs)
     return TrainConfig(
         model=f"fcn{variant}_efficientnet_lite0",
-        pretrained_backbone=plan.pretrained,
+        model_options={"pretrained_backbone": plan.pretrained},
         dataset="synthetic",
         train_options={"size": args.size, "num_images": per_epoch * args.batch_size},
         val_options={"size": args.size, "num_images": args.val_images},
@@ -194,9 +195,9 @@ def _write_report(
     elapsed: float,
 ) -> str:
     segmenters = {v: Segmenter.from_checkpoint(r.best_checkpoint) for v, r in results.items()}
-    metrics = {v: torch.load(r.best_checkpoint, weights_only=True) for v, r in results.items()}
-    confusion = metrics["8s"]["confusion"]
-    metrics = {v: m["metrics"] for v, m in metrics.items()}
+    records = {v: load_checkpoint(r.best_checkpoint) for v, r in results.items()}
+    confusion = records["8s"].confusion["semantic"]
+    metrics = {v: record.metrics for v, record in records.items()}
     classes = segmenters["8s"].classes
     logs = {f"FCN-{v}": _records(r.run_dir / "log.jsonl") for v, r in results.items()}
     viz.plot_curves([], out / "curves.png", runs=logs)

@@ -11,8 +11,20 @@ are still processed.
 
 A two-headed checkpoint (SIFT Flow) writes one map per task: ``<name>_semantic.png``,
 ``<name>_geometric.png`` (and ``<name>_semantic_overlay.png``, ``<name>_semantic_probs.npy``
-...). Multi-input checkpoints (NYUDv2 RGB-D, RGB-HHA) read more than one image per
-prediction: use ``fcnseg.inference.Segmenter`` with a dict of inputs.
+...).
+
+A multi-input checkpoint (NYUDv2 RGB-D, RGB-HHA) reads one file per input, each given as
+``--input NAME=PATH`` with the input names the model declares (``fcnseg models`` lists
+them)::
+
+    fcnseg predict --checkpoint rgbd.pt --input color=img.png --input depth=depth.png --out o/
+    fcnseg predict --checkpoint rgbd.pt --input color=data/images --input depth=data/depth --out o/
+
+PATH is a file, a folder or a glob, as above. With one file per input those files make one
+prediction, whatever their names; otherwise the files are paired by stem (NYUDv2's
+``images/img_5001.png`` with ``depth/img_5001.png``), and a stem that some input lacks is
+reported as a failure. Outputs are named after the first input's file; the overlay is drawn
+on the first 3-channel input (the colour image). Depth reads a 16-bit PNG as stored.
 """
 
 from __future__ import annotations
@@ -24,11 +36,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..data import DatasetError
 from ..engine.distributed import resolve_device
-from ..inference import Segmenter, load_rgb, save_mask
+from ..inference import Segmenter, load_input, save_mask
+from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import overlay
 
@@ -47,7 +61,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="a .pt from fcnseg train, or a .onnx from fcnseg export onnx",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="image files, folders, globs (one-input models)"
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        dest="named_inputs",
+        metavar="NAME=PATH",
+        help="one input of a multi-input model, by the model's input name; PATH is a file, a "
+        "folder or a glob (repeat for each input: --input color=img.png --input "
+        "depth=depth.png, or folders --input color=images/ --input depth=depth/, paired by "
+        "file stem)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument(
         "--probabilities", action="store_true", help="also save class probabilities (.npy)"
@@ -154,22 +181,18 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_checkpoint(
         args.checkpoint, device=resolve_device(args.device), tiling=tiling
     )
-    if len(segmenter.inputs) != 1:
-        raise ValueError(
-            f"{args.checkpoint} reads {' + '.join(segmenter.inputs)}, and fcnseg predict reads "
-            "one RGB image: predict with fcnseg.inference.Segmenter and a dict of inputs"
-        )
-    paths, failed = expand_inputs(args.inputs)
+    jobs, failed = collect_inputs(args, segmenter.spec)
     used: set[str] = set()
     written = 0
-    for path in paths:
+    for path, files in jobs:
         try:
-            rgb = load_rgb(path)
+            images = _load(files, segmenter.spec)
         except (DatasetError, OSError, ValueError) as error:
             failed.append((str(path), str(error)))
             continue
         stem = _output_stem(path, used)
-        result = segmenter.predict(rgb, probabilities=args.probabilities)
+        rgb = _backdrop(images, segmenter.spec)
+        result = segmenter.predict(images, probabilities=args.probabilities)
         labels, probs = result if args.probabilities else (result, None)
         if isinstance(labels, dict):  # a multi-task model: one map per task
             names = []
@@ -182,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
             _write(args, rgb, stem, labels, probs, segmenter.palette)
             names = [f"{stem}.png"]
         written += 1
-        print(f"{path} -> {', '.join(str(args.out / name) for name in names)}")
+        source = " + ".join(str(file) for file in files.values())
+        print(f"{source} -> {', '.join(str(args.out / name) for name in names)}")
     print(f"{written} image(s) predicted into {args.out}{os.sep}")
     if failed:
         print(f"{len(failed)} input(s) failed:")
@@ -190,3 +214,97 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {item}: {reason}")
         return 1
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The files of each prediction, one per model input
+
+
+Job = tuple[Path, dict[str, Path]]  # (the file outputs are named after, {input: file})
+
+
+def collect_inputs(args: argparse.Namespace, spec: ModelSpec) -> tuple[list[Job], list]:
+    """The files of each prediction, by the model's input names, and the inputs that failed
+    (with the reason). A one-input model reads the positional INPUTs (and ``--input`` with
+    its name); a multi-input model reads one ``--input NAME=PATH`` per input."""
+    named = _named_inputs(args.named_inputs, spec, args.checkpoint)
+    if len(spec.inputs) == 1:
+        name = spec.input_names[0]
+        paths, failed = expand_inputs([*args.inputs, *named.get(name, [])])
+        if not paths and not failed:
+            raise ValueError("give the images to predict: files, folders or glob patterns")
+        return [(path, {name: path}) for path in paths], failed
+    wanted = " ".join(f"--input {name}=PATH" for name in spec.input_names)
+    if args.inputs or set(named) != set(spec.input_names):
+        raise ValueError(
+            f"{args.checkpoint} reads {' + '.join(spec.input_names)}: give each input as "
+            f"{wanted} (files, or folders paired by file stem)"
+        )
+    found: dict[str, list[Path]] = {}
+    failed: list[tuple[str, str]] = []
+    for name in spec.input_names:
+        found[name], bad = expand_inputs(named[name])
+        failed += [(f"{name}={item}", reason) for item, reason in bad]
+    return pair_by_stem(found, failed)
+
+
+def _named_inputs(items: list[str], spec: ModelSpec, checkpoint: Path) -> dict[str, list[str]]:
+    named: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--input {item!r} is not NAME=PATH (for example color=photo.png)")
+        if name not in spec.input_names:
+            raise ValueError(
+                f"--input {item!r}: {checkpoint} has no input {name!r}; it reads "
+                f"{', '.join(spec.input_names)}"
+            )
+        named.setdefault(name, []).append(path)
+    return named
+
+
+def pair_by_stem(found: dict[str, list[Path]], failed: list) -> tuple[list[Job], list]:
+    """One job per stem that every input has (one file per input: one job, whatever the
+    names); a stem some input lacks, or has twice, is a failure."""
+    names = list(found)
+    if all(len(paths) == 1 for paths in found.values()):
+        files = {name: paths[0] for name, paths in found.items()}
+        return [(files[names[0]], files)], failed
+    stems: dict[str, dict[str, list[Path]]] = {}
+    for name, paths in found.items():
+        for path in paths:
+            stems.setdefault(path.stem, {}).setdefault(name, []).append(path)
+    jobs = []
+    for stem, by_input in stems.items():
+        some = next(iter(by_input.values()))[0]
+        missing = [name for name in names if name not in by_input]
+        twice = [name for name in names if len(by_input.get(name, ())) > 1]
+        if missing:
+            failed.append((str(some), f"no {' or '.join(missing)} file with the stem {stem!r}"))
+        elif twice:
+            failed.append((str(some), f"several {' and '.join(twice)} files with the stem {stem!r}"))
+        else:
+            files = {name: by_input[name][0] for name in names}
+            jobs.append((files[names[0]], files))
+    return jobs, failed
+
+
+def _load(files: dict[str, Path], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Each input read as the model declares it, all of one size."""
+    images = {item.name: load_input(files[item.name], item) for item in spec.inputs}
+    sizes = {name: tuple(image.shape[-2:]) for name, image in images.items()}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name} {h}x{w}" for name, (h, w) in sizes.items())
+        raise ValueError(f"the inputs differ in size ({listed}): give images of one size")
+    return images
+
+
+def _backdrop(images: dict[str, torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+    """The 3 x H x W image overlays are drawn on: the first 3-channel input (the colour
+    image), else the first input stretched to grey."""
+    for item in spec.inputs:
+        if item.channels == 3:
+            return images[item.name]
+    first = images[spec.inputs[0].name][:1]
+    low, high = first.min(), first.max()
+    return ((first - low) * (255 / max(float(high - low), 1e-6))).expand(3, -1, -1)

@@ -2,7 +2,8 @@
 
 ``train(config)`` runs one recipe (``config.recipe``) end to end and leaves a run folder:
 
-    config.json     the resolved config (every recipe default written in)
+    config.json     the resolved config (every recipe default written in; the model's
+                    spec options under ``model_options``)
     log.jsonl       one JSON object per line: "train" records (loss, lr, images/s), "val"
                     records (the four metrics), "start"/"resume"/"stopped" events
     last.pt         the latest checkpoint, with everything resuming needs
@@ -11,6 +12,11 @@
     curves.png      loss, learning rate and validation metrics against iterations
     confusion.png   the row-normalised confusion matrix of the best weights
     overlays/       a few validation images with their labels and predictions
+
+A run is two things: ``_Run``, what it works with (config, data, model, criterion,
+optimizer, schedule, ...), built once by ``_setup`` and never replaced; and ``_Progress``,
+where it stands (``_Position``, saved in every checkpoint) and what the latest validation
+found. The loop (``_loop`` -> ``train_one_epoch`` -> ``_train_step``) moves the progress on.
 
 Resuming (``resume=True``) restores the model, optimizer, scheduler, AMP scaler, every
 random generator and the position inside the epoch, so a run killed at any moment and
@@ -29,7 +35,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +84,8 @@ __all__ = [
     "train_one_epoch",
 ]
 
+Callback = Callable[["StepInfo"], "bool | None"]
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -106,19 +114,11 @@ class TrainResult:
     stopped: str  # "finished", "time limit" or "callback"
 
 
-@dataclass
-class _Position:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0  # optimizer steps done in ``epoch``
-    iteration: int = 0  # optimizer steps done in all
-    best_mean_iu: float = -1.0
-    best_iteration: int = -1
-    finished: bool = False
+# ---------------------------------------------------------------------------------------------
+# What a run works with, and where it stands
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Data:
     train: Dataset
     val: Dataset
@@ -127,9 +127,10 @@ class _Data:
     ignore_index: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Run:
-    """Everything one run works with; built once, then read by the loop."""
+    """What one run works with: built once by ``_setup``, then only read (the model,
+    optimizer, schedule and scaler change their own state as they train)."""
 
     config: TrainConfig
     context: Context
@@ -145,11 +146,7 @@ class _Run:
     steps_per_epoch: int
     total_iters: int
     log: RunLog
-    callbacks: Sequence[Callable[[StepInfo], bool | None]]
-    position: _Position = field(default_factory=_Position)
-    last_metrics: dict[str, Any] = field(default_factory=dict)  # the latest validation
-    last_confusion: dict[str, torch.Tensor] | None = None
-    new_best: bool = False  # the latest validation beat every earlier one: write best.pt
+    callbacks: Sequence[Callback]
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -161,6 +158,43 @@ class _Run:
         return self.net.spec
 
 
+@dataclass
+class _Position:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps done in ``epoch``
+    iteration: int = 0  # optimizer steps done in all
+    best_mean_iu: float = -1.0
+    best_iteration: int = -1
+    finished: bool = False
+
+
+@dataclass
+class _Progress:
+    """What changes as the run goes: the position and the latest validation."""
+
+    position: _Position = field(default_factory=_Position)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the latest validation's
+    confusion: dict[str, torch.Tensor] | None = None  # by task
+    new_best: bool = False  # the latest validation beat every earlier one: best.pt is due
+
+    def step_done(self) -> None:
+        self.position.step_in_epoch += 1
+        self.position.iteration += 1
+
+    def epoch_done(self) -> None:
+        self.position.epoch += 1
+        self.position.step_in_epoch = 0
+
+    def validated(self, metrics: dict, confusion: dict, mean_iu: float) -> None:
+        self.metrics, self.confusion = metrics, confusion
+        position = self.position
+        if mean_iu == mean_iu and mean_iu > position.best_mean_iu:  # NaN never is the best
+            position.best_mean_iu, position.best_iteration = mean_iu, position.iteration
+            self.new_best = True
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
@@ -170,7 +204,7 @@ def train(
     run_dir: Path | str | None = None,
     *,
     resume: bool = False,
-    callbacks: Sequence[Callable[[StepInfo], bool | None]] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train as ``config`` says; ``run_dir`` defaults to ``<output>/<name or model-date>``.
 
@@ -209,7 +243,7 @@ def _train_stages(
     run_dir: Path,
     context: Context,
     resume: bool,
-    callbacks: Sequence[Callable[[StepInfo], bool | None]],
+    callbacks: Sequence[Callback],
 ) -> TrainResult:
     """FCN-32s, then FCN-16s from its weights, then FCN-8s from those (Section 4.2): each
     stage transplants the previous stage's final weights; new skip score layers start at 0."""
@@ -236,46 +270,34 @@ def _train_one(
     run_dir: Path,
     context: Context,
     resume: bool,
-    callbacks: Sequence[Callable[[StepInfo], bool | None]],
+    callbacks: Sequence[Callback],
 ) -> TrainResult:
+    """One run: set up (or restore), loop, report."""
     _seed_everything(config, context)
     resumed = _load_resume(run_dir) if resume else None
-    if resumed is not None:
+    if resumed is not None:  # median class weights were computed once: keep the run's
         saved = resumed.training["config"]
         config = dataclasses.replace(config, class_weights=saved["class_weights"])
-    run = _build_run(config, run_dir, context, callbacks, resumed)
-    if run.position.finished:
+    run = _setup(config, run_dir, context, callbacks, init=resumed is None)
+    progress = _Progress() if resumed is None else _restore(run, resumed)
+    if progress.position.finished:
         if context.is_main:
             print(f"{run_dir} has finished already: nothing to resume")
-        return _result(run, "finished")
+        return _result(run, progress, "finished")
     if context.is_main:
-        _announce(run, resumed is not None)
-    stopped = _loop(run)
+        _announce(run, progress, resumed=resumed is not None)
+    stopped = _loop(run, progress)
     if context.is_main:
-        spec = run.spec  # overlays draw one RGB image and one label map
-        simple = len(spec.inputs) == 1 and len(spec.tasks) == 1
-        write_report(
-            run_dir,
-            run.log,
-            classes=run.data.classes[spec.task_names[0]],
-            val_set=run.data.val,
-            summary={
-                "iterations": run.position.iteration,
-                "best_iteration": run.position.best_iteration,
-                "last": run.last_metrics,
-            },
-            overlays=config.overlays if simple else 0,  # overlays draw one RGB image, one map
-            device=context.device,
-        )
-    return _result(run, stopped)
+        _report(run, progress)
+    return _result(run, progress, stopped)
 
 
-def _result(run: _Run, stopped: str) -> TrainResult:
+def _result(run: _Run, progress: _Progress, stopped: str) -> TrainResult:
     return TrainResult(
         run_dir=run.run_dir,
-        iterations=run.position.iteration,
-        best_mean_iu=run.position.best_mean_iu,
-        metrics=run.last_metrics,
+        iterations=progress.position.iteration,
+        best_mean_iu=progress.position.best_mean_iu,
+        metrics=progress.metrics,
         best_checkpoint=run.run_dir / "best.pt",
         last_checkpoint=run.run_dir / "last.pt",
         stopped=stopped,
@@ -283,7 +305,7 @@ def _result(run: _Run, stopped: str) -> TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Building a run
+# Setting a run up
 
 
 def _seed_everything(config: TrainConfig, context: Context) -> None:
@@ -311,20 +333,23 @@ def _load_resume(run_dir: Path) -> ckpt.ModelRecord:
     return checkpoint
 
 
-def _build_run(
+def _setup(
     config: TrainConfig,
     run_dir: Path,
     context: Context,
-    callbacks: Sequence[Callable[[StepInfo], bool | None]],
-    resumed: ckpt.ModelRecord | None,
+    callbacks: Sequence[Callback],
+    *,
+    init: bool,
 ) -> _Run:
-    """Data, model, criterion, optimizer and schedule; restored from ``resumed`` if given."""
+    """Data, model, criterion, optimizer and schedule. ``init`` starts the weights as
+    configured; else (resuming) the checkpoint will."""
     data = _build_data(config)
     spec = model_spec(config, data)
-    model = _build_model(config, spec, init=resumed is None).to(context.device)
+    _check_inputs(config, data, spec)
+    model = _build_model(config, spec, init=init).to(context.device)
     _set_transforms(data.train, _train_transforms(config, model.normalization))
     _set_transforms(data.val, eval_transforms(model.normalization))
-    if config.class_weights == "median":
+    if config.class_weights == "median":  # computed once, then kept in config.json
         config = dataclasses.replace(config, class_weights=_median_weights(config, data, spec))
     sampler = DistributedSampler(
         data.train, num_replicas=context.world_size, rank=context.rank, seed=config.seed
@@ -336,7 +361,10 @@ def _build_run(
     if context.distributed:
         ids = [context.device.index] if context.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
-    run = _Run(
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+    return _Run(
         config=config,
         context=context,
         run_dir=run_dir,
@@ -353,43 +381,61 @@ def _build_run(
         log=RunLog(run_dir / "log.jsonl", enabled=context.is_main),
         callbacks=callbacks,
     )
-    if resumed is not None:
-        _restore(run, resumed)  # last: it sets the generators where the checkpoint left them
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
-    return run
 
 
 def model_spec(config: TrainConfig, data: _Data) -> ModelSpec:
-    """The spec of ``config.model`` with its options; class counts the model leaves open
-    come from the training set's label sets, which must fit every task it predicts."""
+    """The spec of ``config.model`` with its ``model_options``. Class counts the model
+    leaves open come from the training set's label sets, which must fit every task it
+    predicts; ``num_classes`` sets a single-task model's (and must be the dataset's)."""
     options = dict(config.model_options)
     num_classes = options.pop("num_classes", None)
     try:
-        spec = resolve_spec(config.model, require_tasks=False, **options)
-        if not spec.tasks:
-            counts = {task: len(names) for task, names in data.classes.items()}
-            spec = dataclasses.replace(spec, tasks=tasks_from(counts))
+        spec = resolve_spec(config.model, num_classes=num_classes, require_tasks=False, **options)
     except SpecError as error:
         raise ConfigError(f"model {config.model}: {error}") from None
-    if num_classes is not None and spec.task_classes != {spec.task_names[0]: num_classes}:
-        raise ConfigError(
-            f"num_classes = {num_classes} but {config.model} on {config.dataset} predicts "
-            f"{spec.task_classes}: drop num_classes or use the dataset it was meant for"
-        )
+    if not spec.tasks:
+        counts = {task: len(names) for task, names in data.classes.items()}
+        spec = dataclasses.replace(spec, tasks=tasks_from(counts))
     for task in spec.tasks:
         if task.name not in data.classes:
             raise ConfigError(
                 f"model {config.model} predicts {list(spec.task_names)}, but {config.dataset} "
                 f"has no label set {task.name!r}: train it on a dataset with these label sets"
             )
-        if task.classes != len(data.classes[task.name]):
+        count = len(data.classes[task.name])
+        if task.classes == count:
+            continue
+        if num_classes is not None:
             raise ConfigError(
-                f"model {config.model} has {task.classes} {task.name} classes, {config.dataset} "
-                f"{len(data.classes[task.name])}: use the model made for this dataset"
+                f"num_classes = {num_classes} but {config.dataset} has {count} classes: drop "
+                "num_classes (the dataset's count is the default)"
             )
+        raise ConfigError(
+            f"model {config.model} has {task.classes} {task.name} classes, {config.dataset} "
+            f"{count}: use the model made for this dataset"
+        )
     return spec
+
+
+def _check_inputs(config: TrainConfig, data: _Data, spec: ModelSpec) -> None:
+    """Fail before training when the dataset's images do not fit the model's inputs (names
+    and channel counts), reading one training image."""
+    image = _raw_sample(data.train, 0)[0]
+    try:
+        inputs = model_inputs(image, spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    given = {name: int(tensor.shape[0]) for name, tensor in inputs.items()}
+    if given != spec.input_channels:
+        raise ConfigError(
+            f"model {config.model} reads {_channels(spec.input_channels)}, but the images of "
+            f"{config.dataset} have {_channels(given)}: set in_channels (or inputs) to the "
+            "data's, or train on data with those channels"
+        )
+
+
+def _channels(inputs: dict[str, int]) -> str:
+    return " + ".join(f"{name} {count} channel(s)" for name, count in inputs.items())
 
 
 def _criterion(config: TrainConfig, data: _Data, spec: ModelSpec) -> MultiTaskLoss:
@@ -456,7 +502,7 @@ def _build_data(config: TrainConfig) -> _Data:
 def _label_sets(dataset: Dataset) -> tuple[dict[str, tuple[str, ...]], dict[str, list]]:
     """Class names and palettes by label set: ``label_classes`` where the dataset has
     several (SIFT Flow), else its ``classes`` as the one "semantic" set."""
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    base = _base(dataset)
     label_classes = getattr(base, "label_classes", None)
     if label_classes:
         palettes = getattr(base, "label_palettes", {})
@@ -465,12 +511,22 @@ def _label_sets(dataset: Dataset) -> tuple[dict[str, tuple[str, ...]], dict[str,
             {task: list(palettes.get(task, [])) for task in label_classes},
         )
     classes = tuple(getattr(base, "classes", ()))
-    return ({"semantic": classes} if classes else {}), {"semantic": list(getattr(base, "palette", []))}
+    palette = list(getattr(base, "palette", []))
+    return ({"semantic": classes} if classes else {}), {"semantic": palette}
+
+
+def _base(dataset: Dataset) -> Dataset:
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
+def _raw_sample(dataset: Dataset, index: int) -> tuple[Any, Any]:
+    """Item ``index`` as read, before any transform."""
+    load = getattr(dataset, "load", None)
+    return load(index) if load else dataset[index]
 
 
 def _set_transforms(dataset: Dataset, transforms: Callable) -> None:
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    base.transforms = transforms
+    _base(dataset).transforms = transforms
 
 
 def _train_transforms(config: TrainConfig, normalization: Callable) -> Callable:
@@ -515,7 +571,9 @@ def _fuse_streams(model: FCN, config: TrainConfig) -> None:
             f"streams {list(inputs)}: give one checkpoint per stream"
         )
     streams = {name: ckpt.load_checkpoint(config.init_streams[name]).build() for name in inputs}
-    fused = late_fusion(streams, weights=dict(zip(inputs, model.spec.fusion_weights or (), strict=False)) or None)
+    weights = model.spec.fusion_weights
+    by_stream = None if weights is None else dict(zip(inputs, weights, strict=True))
+    fused = late_fusion(streams, weights=by_stream)
     if fused.normalizations != model.normalizations:
         raise ConfigError(
             f"init_streams: the checkpoints read inputs normalised as {fused.normalizations}, "
@@ -538,8 +596,7 @@ def _median_weights(config: TrainConfig, data: _Data, spec: ModelSpec) -> list[f
     dataset, task = data.train, spec.task_names[0]
     count = min(len(dataset), config.class_weight_images)
     picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
-    load = getattr(dataset, "load", None)
-    labels = (model_targets(load(i)[1] if load else dataset[i][1], spec)[task] for i in picks)
+    labels = (model_targets(_raw_sample(dataset, i)[1], spec)[task] for i in picks)
     return median_frequency_weights(labels, spec.tasks[0].classes)
 
 
@@ -558,91 +615,63 @@ def _steps_per_epoch(config: TrainConfig, shard_size: int) -> int:
 # The loop
 
 
-def _loop(run: _Run) -> str:
+def _loop(run: _Run, progress: _Progress) -> str:
     """Epochs until ``total_iters``, evaluating and saving as configured; the stop reason.
 
     A run stopped early (time limit, callback) is evaluated and saved at the step where it
     stopped, and is not marked finished: resuming it trains on to ``total_iters``."""
-    config, position = run.config, run.position
+    position = progress.position
     while position.iteration < run.total_iters:
-        stop = train_one_epoch(run)
+        stop = train_one_epoch(run, progress)
         epoch_done = position.step_in_epoch >= run.steps_per_epoch
         if epoch_done:
-            position.epoch += 1
-            position.step_in_epoch = 0
+            progress.epoch_done()
             if stop is None and _time_up(run):
                 stop = "time limit"  # no new epoch
         complete = position.iteration >= run.total_iters
-        due = epoch_done and position.epoch % config.eval_every == 0
+        due = epoch_done and position.epoch % run.config.eval_every == 0
         if complete or stop is not None or due:
-            _validate(run)
-        _save(run, finished=complete)
+            _validate(run, progress)
+        _save(run, progress, finished=complete)
         if stop is None and not complete and _time_up(run):  # the evaluation took the rest
             stop = "time limit"
             if not due:
-                _validate(run)
-                _save(run, finished=False)
+                _validate(run, progress)
+                _save(run, progress, finished=False)
         if stop is not None:
             return stop
     return "finished"
 
 
-def _epoch_batches(run: _Run) -> list[list[int]]:
-    """This rank's micro-batches for the current epoch, from the current position on."""
-    config = run.config
-    run.sampler.set_epoch(run.position.epoch)  # order: a function of (seed, epoch)
-    order = list(run.sampler)
-    size = config.batch_size
-    batches = [order[i : i + size] for i in range(0, len(order), size)]
-    batches = batches[: run.steps_per_epoch * config.accumulate]
-    return batches[run.position.step_in_epoch * config.accumulate :]
-
-
-def train_one_epoch(run: _Run) -> str | None:
+def train_one_epoch(run: _Run, progress: _Progress) -> str | None:
     """Optimizer steps to the end of the epoch (or the last iteration); a stop reason or
     None. A checkpoint is written every ``checkpoint_every`` steps."""
-    config, context, position = run.config, run.context, run.position
-    _set_epoch(run.data.train, position.epoch)
-    loader = DataLoader(
-        run.data.train,
-        batch_sampler=_epoch_batches(run),
-        num_workers=config.num_workers,
-        collate_fn=pad_collate,
-        pin_memory=context.device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed + position.epoch),
-        persistent_workers=False,
-    )
+    config, position = run.config, progress.position
+    batches = _epoch_batches(run, position)
     run.model.train()
-    bar = _progress(run)
-    window = _Window()
-    batches = iter(loader)
+    bar, window = _progress_bar(run, position), _Window()
     try:
-        while position.step_in_epoch < run.steps_per_epoch:
-            if position.iteration >= run.total_iters:
-                return None
+        while position.step_in_epoch < run.steps_per_epoch and position.iteration < run.total_iters:
             started = time.perf_counter()
             lr = run.optimizer.param_groups[0]["lr"]  # this step's (the schedule then moves)
             micro = [next(batches) for _ in range(config.accumulate)]
-            loss, images = _train_step(run, micro)
-            position.step_in_epoch += 1
-            position.iteration += 1
-            seconds = time.perf_counter() - started
-            window.add(loss, images * context.world_size, seconds)
+            loss, images = _train_step(run, position, micro)
+            progress.step_done()
+            info = StepInfo(
+                iteration=position.iteration,
+                epoch=position.epoch,
+                loss=loss,
+                lr=lr,
+                images=images * run.context.world_size,
+                seconds=time.perf_counter() - started,
+            )
+            window.add(info)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}", img_s=f"{window.rate():.1f}")
             if position.iteration % config.log_every == 0:
-                _log_train(run, window, lr)
-            if config.checkpoint_every and position.iteration % config.checkpoint_every == 0:
-                if position.step_in_epoch < run.steps_per_epoch:  # the epoch end saves anyway
-                    _save(run, finished=False)
-            info = StepInfo(
-                position.iteration,
-                position.epoch,
-                loss,
-                lr,
-                images * context.world_size,
-                seconds,
-            )
+                _log_train(run, position, window, lr)
+            if _checkpoint_due(run, position):
+                _save(run, progress, finished=False)
             stop = _should_stop(run, info)
             if stop is not None:
                 return stop
@@ -651,30 +680,54 @@ def train_one_epoch(run: _Run) -> str | None:
     return None
 
 
+def _epoch_batches(run: _Run, position: _Position) -> Iterator[tuple[Any, Any]]:
+    """This rank's micro-batches of the current epoch, from the current position on.
+
+    The order is a function of (seed, epoch); the loader draws from a generator of its own
+    and the dataset seeds augmentation by (seed, epoch, index)."""
+    config = run.config
+    _set_epoch(run.data.train, position.epoch)
+    run.sampler.set_epoch(position.epoch)
+    order = list(run.sampler)
+    size = config.batch_size
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    batches = batches[: run.steps_per_epoch * config.accumulate]
+    loader = DataLoader(
+        run.data.train,
+        batch_sampler=batches[position.step_in_epoch * config.accumulate :],
+        num_workers=config.num_workers,
+        collate_fn=pad_collate,
+        pin_memory=run.context.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed + position.epoch),
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
 def _set_epoch(dataset: Dataset, epoch: int) -> None:
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    base = _base(dataset)
     if hasattr(base, "set_epoch"):
         base.set_epoch(epoch)  # seeded augmentation varies by epoch
 
 
-def _train_step(run: _Run, micro: list[tuple[Any, Any]]) -> tuple[float, int]:
+def _train_step(run: _Run, position: _Position, micro: list[tuple[Any, Any]]) -> tuple[float, int]:
     """One optimizer step over ``accumulate`` micro-batches; (mean loss, images on this rank).
 
     Gradients average over micro-batches and (through DDP) ranks, as Caffe's iter_size does.
     """
-    context, device = run.context, run.context.device
+    device, spec = run.context.device, run.spec
     run.optimizer.zero_grad(set_to_none=True)
     total, images = 0.0, 0
     for index, (image, label) in enumerate(micro):
-        inputs = to_device(model_inputs(image, run.spec), device)
-        targets = to_device(model_targets(label, run.spec), device)
+        inputs = to_device(model_inputs(image, spec), device)
+        targets = to_device(model_targets(label, spec), device)
         last = index == len(micro) - 1
         with _no_sync(run.model, skip=not last):  # DDP all-reduces on the last only
             with autocast(device, run.amp):
                 loss = run.criterion(run.model(inputs, by_task=True), targets)
             value = loss.item()
-            if all_reduce_max(0.0 if math.isfinite(value) else 1.0, context) > 0:
-                _diverged(run, f"loss is {value}")  # before backward: weights still good
+            if all_reduce_max(0.0 if math.isfinite(value) else 1.0, run.context) > 0:
+                _diverged(run, position, f"loss is {value}")  # before backward: weights good
             run.scaler.scale(loss / len(micro)).backward()
         total += value
         images += batch_size(inputs)
@@ -690,25 +743,11 @@ def _no_sync(model: nn.Module, *, skip: bool):
     return contextlib.nullcontext()
 
 
-def _diverged(run: _Run, what: str) -> None:
-    """Stop with a message saying what went wrong and which checkpoint is kept."""
-    position, last = run.position, run.run_dir / "last.pt"
-    kept = (
-        f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-    )
-    message = (
-        f"{what} after iteration {position.iteration} (epoch {position.epoch + 1}): training "
-        f"stopped and {kept}. Lower lr (now {run.config.lr:g}), use loss_reduction = mean, "
-        "or turn amp off"
-    )
-    run.log.write({"event": "stopped", "reason": what, "iteration": position.iteration})
-    raise NonFiniteLossError(message)
-
-
-def _finite_weights(model: nn.Module) -> bool:
-    return all(
-        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
-    )
+def _checkpoint_due(run: _Run, position: _Position) -> bool:
+    """Every ``checkpoint_every`` steps, except at the epoch's end (which saves anyway)."""
+    every = run.config.checkpoint_every
+    mid_epoch = position.step_in_epoch < run.steps_per_epoch
+    return bool(every) and position.iteration % every == 0 and mid_epoch
 
 
 def _should_stop(run: _Run, info: StepInfo) -> str | None:
@@ -734,10 +773,10 @@ class _Window:
         self.images = 0
         self.seconds = 0.0
 
-    def add(self, loss: float, images: int, seconds: float) -> None:
-        self.losses.append(loss)
-        self.images += images
-        self.seconds += seconds
+    def add(self, info: StepInfo) -> None:
+        self.losses.append(info.loss)
+        self.images += info.images
+        self.seconds += info.seconds
 
     def rate(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
@@ -746,13 +785,13 @@ class _Window:
         self.__init__()
 
 
-def _log_train(run: _Run, window: _Window, lr: float) -> None:
+def _log_train(run: _Run, position: _Position, window: _Window, lr: float) -> None:
     loss = all_mean(sum(window.losses) / max(len(window.losses), 1), run.context)
     run.log.write(
         {
             "event": "train",
-            "epoch": run.position.epoch,
-            "iteration": run.position.iteration,
+            "epoch": position.epoch,
+            "iteration": position.iteration,
             "loss": loss,
             "lr": lr,
             "images_per_s": window.rate(),
@@ -763,15 +802,15 @@ def _log_train(run: _Run, window: _Window, lr: float) -> None:
     window.reset()
 
 
-def _progress(run: _Run):
+def _progress_bar(run: _Run, position: _Position):
     from tqdm import tqdm
 
     quiet = not (run.context.is_main and sys.stdout.isatty())
     epochs = math.ceil(run.total_iters / run.steps_per_epoch)
     return tqdm(
         total=run.steps_per_epoch,
-        initial=run.position.step_in_epoch,
-        desc=f"epoch {run.position.epoch + 1}/{epochs}",
+        initial=position.step_in_epoch,
+        desc=f"epoch {position.epoch + 1}/{epochs}",
         disable=quiet,
         dynamic_ncols=True,
         leave=False,
@@ -779,7 +818,26 @@ def _progress(run: _Run):
     )
 
 
-def _validate(run: _Run) -> None:
+def _diverged(run: _Run, position: _Position, what: str) -> None:
+    """Stop with a message saying what went wrong and which checkpoint is kept."""
+    last = run.run_dir / "last.pt"
+    kept = (
+        f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
+    )
+    message = (
+        f"{what} after iteration {position.iteration} (epoch {position.epoch + 1}): training "
+        f"stopped and {kept}. Lower lr (now {run.config.lr:g}), use loss_reduction = mean, "
+        "or turn amp off"
+    )
+    run.log.write({"event": "stopped", "reason": what, "iteration": position.iteration})
+    raise NonFiniteLossError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and checkpoints
+
+
+def _validate(run: _Run, progress: _Progress) -> None:
     """Evaluate on the validation set (every rank its shard) and log the summed metrics."""
     config, context = run.config, run.context
     loader = eval_loader(
@@ -794,20 +852,16 @@ def _validate(run: _Run) -> None:
         progress=context.is_main and sys.stdout.isatty(),
     )
     metrics = task_metrics(confusion)
-    run.last_confusion = {task: matrix.reduced() for task, matrix in confusion.matrices.items()}
     tasks = run.spec.task_names
     if len(tasks) == 1:
-        run.last_metrics = summary = metrics[tasks[0]]
+        metrics = summary = metrics[tasks[0]]
         text = format_metrics(summary)
     else:  # the first task's four numbers on top, for the curves and the best checkpoint
-        run.last_metrics = metrics
         summary = {**{key: metrics[tasks[0]][key] for key in METRIC_NAMES}, **metrics}
         text = "; ".join(f"{task}: {format_metrics(metrics[task])}" for task in tasks)
-    position = run.position
-    mean_iu = summary["mean_iu"]
-    if mean_iu == mean_iu and mean_iu > position.best_mean_iu:
-        position.best_mean_iu, position.best_iteration = mean_iu, position.iteration
-        run.new_best = True
+    matrices = {task: matrix.reduced() for task, matrix in confusion.matrices.items()}
+    progress.validated(metrics, matrices, summary["mean_iu"])
+    position = progress.position
     run.log.write(
         {"event": "val", "epoch": position.epoch, "iteration": position.iteration, **summary}
     )
@@ -815,12 +869,12 @@ def _validate(run: _Run) -> None:
         print(f"iteration {position.iteration}: {text}", flush=True)
 
 
-def _save(run: _Run, *, finished: bool) -> None:
+def _save(run: _Run, progress: _Progress, *, finished: bool) -> None:
     """last.pt always (every rank's generator states gathered into it); best.pt when the
     latest validation beat the best so far."""
     if all_reduce_max(0.0 if _finite_weights(run.net) else 1.0, run.context) > 0:
-        _diverged(run, "weights became NaN or infinite")  # never overwrite a good last.pt
-    run.position.finished = finished
+        _diverged(run, progress.position, "weights became NaN or infinite")  # keep last.pt
+    progress.position.finished = finished
     rng: Any = ckpt.rng_state()
     if run.context.distributed:
         import torch.distributed as dist
@@ -830,37 +884,45 @@ def _save(run: _Run, *, finished: bool) -> None:
         rng = states
     if not run.context.is_main:
         return
-    if run.new_best:
-        _write_checkpoint(run, run.run_dir / "best.pt", with_state=False)
-        run.new_best = False
-    _write_checkpoint(run, run.run_dir / "last.pt", with_state=True, rng=rng)
+    if progress.new_best:
+        ckpt.save_checkpoint(_checkpoint(run, progress), run.run_dir / "best.pt")
+        progress.new_best = False
+    ckpt.save_checkpoint(_checkpoint(run, progress, rng=rng), run.run_dir / "last.pt")
 
 
-def _write_checkpoint(run: _Run, path: Path, *, with_state: bool, rng: Any = None) -> None:
-    position = run.position
+def _finite_weights(model: nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    )
+
+
+def _checkpoint(run: _Run, progress: _Progress, *, rng: Any = None) -> ckpt.ModelRecord:
+    """The model's record with the run's position; with ``rng`` also everything resuming
+    needs (optimizer, schedule, scaler, generators): last.pt, not best.pt."""
     training: dict[str, Any] = {
         "config": run.config.to_dict(),
-        **dataclasses.asdict(position),
+        **dataclasses.asdict(progress.position),
     }
-    if with_state:
+    if rng is not None:
         training["optimizer"] = run.optimizer.state_dict()
         training["scheduler"] = run.scheduler.state_dict()
         training["scaler"] = run.scaler.state_dict()
         training["rng"] = rng
-    record = record_of(
+    tasks = run.spec.task_names
+    return record_of(
         run.model,
-        classes={task: run.data.classes[task] for task in run.spec.task_names},
-        palette={task: run.data.palettes[task] for task in run.spec.task_names},
+        classes={task: run.data.classes[task] for task in tasks},
+        palette={task: run.data.palettes[task] for task in tasks},
         ignore_index=run.data.ignore_index,
-        metrics=run.last_metrics or None,
-        confusion=run.last_confusion,
+        metrics=progress.metrics or None,
+        confusion=progress.confusion,
         training=training,
     )
-    ckpt.save_checkpoint(record, path)
 
 
-def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> None:
-    """Weights, optimizer, schedule, scaler, position, log and generators of ``last.pt``."""
+def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
+    """Weights, optimizer, schedule, scaler, log and generators of ``last.pt``; the progress
+    it saved."""
     path = run.run_dir / "last.pt"
     if not checkpoint.spec.same_architecture(run.spec):
         raise ckpt.CheckpointError(
@@ -873,22 +935,21 @@ def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> None:
     run.optimizer.load_state_dict(training["optimizer"])
     run.scheduler.load_state_dict(training["scheduler"])
     run.scaler.load_state_dict(training["scaler"])
-    fields = {f.name for f in dataclasses.fields(_Position)}
-    run.position = _Position(**{k: v for k, v in training.items() if k in fields})
-    run.last_metrics = checkpoint.metrics or {}
-    run.last_confusion = checkpoint.confusion
-    run.log.truncate_after(run.position.iteration)
-    states = training["rng"]  # a list under DDP: one per rank
+    saved = {f.name for f in dataclasses.fields(_Position)}
+    position = _Position(**{k: v for k, v in training.items() if k in saved})
+    run.log.truncate_after(position.iteration)
+    states = training["rng"]  # a list under DDP: one per rank; last, as they are left
     rank = run.context.rank
     ckpt.set_rng_state(states[rank % len(states)] if isinstance(states, list) else states)
+    return _Progress(position, checkpoint.metrics or {}, checkpoint.confusion)
 
 
 # ---------------------------------------------------------------------------------------------
 # Output
 
 
-def _announce(run: _Run, resumed: bool) -> None:
-    config, position = run.config, run.position
+def _announce(run: _Run, progress: _Progress, *, resumed: bool) -> None:
+    config, position = run.config, progress.position
     verb = f"resuming at iteration {position.iteration}" if resumed else "training"
     print(
         f"{verb} {config.model} ({config.recipe} recipe) on {config.dataset}: "
@@ -904,4 +965,23 @@ def _announce(run: _Run, resumed: bool) -> None:
             "world_size": run.context.world_size,
             "device": str(run.context.device),
         }
+    )
+
+
+def _report(run: _Run, progress: _Progress) -> None:
+    """metrics.json, curves, the confusion matrix and (one RGB input, one task) overlays."""
+    spec, position = run.spec, progress.position
+    simple = len(spec.inputs) == 1 and len(spec.tasks) == 1
+    write_report(
+        run.run_dir,
+        run.log,
+        classes=run.data.classes[spec.task_names[0]],
+        val_set=run.data.val,
+        summary={
+            "iterations": position.iteration,
+            "best_iteration": position.best_iteration,
+            "last": progress.metrics,
+        },
+        overlays=run.config.overlays if simple else 0,
+        device=run.context.device,
     )

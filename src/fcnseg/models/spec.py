@@ -84,6 +84,13 @@ class ModelSpec:
     name: str | None = None  # the registered name it was made from, for people
 
     def __post_init__(self) -> None:
+        # Plain data (from a file, a config, keywords) becomes its typed form, here only:
+        # tasks and inputs as their specs, the float sequences as tuples.
+        _set(self, "tasks", tasks_from(self.tasks))
+        _set(self, "inputs", inputs_from(self.inputs))
+        for key in ("fusion_weights", "skip_scales"):
+            if getattr(self, key) is not None:
+                _set(self, key, _floats(key, getattr(self, key)))
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("variant", self.variant, VARIANTS)
         _check_choice("fusion", self.fusion, FUSIONS)
@@ -189,16 +196,8 @@ class ModelSpec:
                 f"unknown model option(s) {', '.join(unknown)}; the options are "
                 f"{', '.join(sorted(known))}"
             )
-        values = dict(data)
         try:
-            if "tasks" in values:
-                values["tasks"] = tasks_from(values["tasks"])
-            if "inputs" in values:
-                values["inputs"] = inputs_from(values["inputs"])
-            for key in ("fusion_weights", "skip_scales"):
-                if values.get(key) is not None:
-                    values[key] = tuple(float(v) for v in values[key])
-            return cls(**values)
+            return cls(**data)
         except (TypeError, AttributeError) as error:
             raise SpecError(f"malformed model spec ({error})") from None
 
@@ -210,15 +209,26 @@ def tasks_from(value: Any) -> tuple[TaskSpec, ...]:
     if isinstance(value, int):
         return (TaskSpec(DEFAULT_TASK, value),)
     if isinstance(value, Mapping):
-        return tuple(TaskSpec(str(name), _count(name, n)) for name, n in value.items())
-    return tuple(value)
+        return tuple(
+            n if isinstance(n, TaskSpec) else TaskSpec(str(name), _count(name, n))
+            for name, n in value.items()
+        )
+    tasks = tuple(value)
+    for task in tasks:
+        if not isinstance(task, TaskSpec):
+            raise SpecError(f"tasks must be {{name: classes}} or TaskSpecs, not {value!r}")
+    return tasks
 
 
 def inputs_from(value: Any) -> tuple[InputSpec, ...]:
     """Inputs from ``{name: channels}``, ``{name: {"channels", "normalization"}}`` or
     InputSpecs."""
     if not isinstance(value, Mapping):
-        return tuple(value)
+        inputs = tuple(value)
+        for item in inputs:
+            if not isinstance(item, InputSpec):
+                raise SpecError(f"inputs must be {{name: channels}} or InputSpecs, not {value!r}")
+        return inputs
     inputs = []
     for name, item in value.items():
         if isinstance(item, InputSpec):
@@ -236,6 +246,17 @@ def _count(name: Any, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{name}: expected a whole number, got {value!r}")
     return value
+
+
+def _floats(key: str, values: Any) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise SpecError(f"{key} must be a sequence of numbers, not {values!r}") from None
+
+
+def _set(spec: ModelSpec, key: str, value: Any) -> None:
+    object.__setattr__(spec, key, value)  # the dataclass is frozen once built
 
 
 def _input_record(item: InputSpec) -> dict[str, Any]:

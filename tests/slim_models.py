@@ -1,0 +1,75 @@
+"""Helpers shared by the model tests: a slim VGG16 backbone to register, random score
+layers, and random inputs for any model's declared inputs.
+
+Not a test module (no ``test_`` prefix): test files import it by name, as pytest puts
+their folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fcnseg.models import FCN, ModelSpec
+from fcnseg.models.backbones import BACKBONES, VGG16
+
+# VGG16 with a few channels: the same layers, geometries, taps and crop offsets as the
+# reference VGG16, at a thousandth of its weights.
+SLIM = "slim_vgg16"
+slim_vgg16 = partial(VGG16, widths=(4, 4, 8, 8, 8), fc_channels=16)
+
+
+def register_slim(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register the slim VGG16 as backbone ``SLIM`` (ModelSpec checks the name against
+    BACKBONES when built, so register before making a spec)."""
+    monkeypatch.setitem(BACKBONES, SLIM, slim_vgg16)
+    return SLIM
+
+
+def randomise_scores(model: FCN, seed: int = 0, std: float = 0.05) -> FCN:
+    """Score layers start at zero (the reference's filler): random ones make every task's
+    output depend on the input. Every head, every stream's score layers."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.task_heads().values():
+            for name, module in head.named_children():
+                if name.startswith("score") and isinstance(module, nn.Conv2d):
+                    for parameter in module.parameters():
+                        parameter.copy_(std * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def raw_images(spec: ModelSpec, height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One image per input as stored on disk: H x W x C uint8 (H x W for one channel),
+    depth as H x W millimetres (uint16)."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for item in spec.inputs:
+        if item.name == "depth":
+            images[item.name] = rng.integers(500, 10000, (height, width), dtype=np.uint16)
+        elif item.channels == 1:
+            images[item.name] = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        else:
+            images[item.name] = rng.integers(0, 256, (height, width, item.channels), dtype=np.uint8)
+    return images
+
+
+def model_inputs(
+    spec: ModelSpec, batch: int, height: int, width: int, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A batch of random inputs by name, normalised as the (built) spec says."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {}
+    for item in spec.inputs:
+        raw = torch.rand((batch, item.channels, height, width), generator=generator)
+        raw = 500 + raw * 9500 if item.name == "depth" else raw * 255
+        inputs[item.name] = item.normalization(raw)
+    return inputs
+
+
+def first_convolution(module: nn.Module) -> nn.Conv2d:
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))

@@ -41,3 +41,32 @@ def test_demo_rejects_bad_sizes(capsys):
     assert main(["demo", "--size", "16"]) == 2
     assert "--size must be at least 32" in capsys.readouterr().err
     assert main(["demo", "--minutes", "0"]) == 2
+
+
+def test_summary_steps_are_the_steps_the_report_shows(tmp_path, monkeypatch):
+    """A net cut short (its time limit) trains fewer steps than planned: summary.json and
+    report.md both give the steps trained, and the report says why they fall short."""
+    import dataclasses
+
+    from fcnseg.commands import demo
+
+    real_train = demo.train
+
+    def time_limited_32s(config, run_dir, *, callbacks):
+        if run_dir.name != "fcn32s":
+            return real_train(config, run_dir, callbacks=callbacks)
+        result = real_train(config, run_dir, callbacks=[*callbacks, lambda i: i.iteration >= 2])
+        return dataclasses.replace(result, stopped="time limit")
+
+    monkeypatch.setattr(demo, "train", time_limited_32s)
+    out = tmp_path / "demo"
+    args = ["demo", "--steps", "3", "--size", "32", "--batch-size", "2", "--val-images", "2"]
+    assert main([*args, "--threads", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == {"32s": 2, "8s": 2} and summary["planned_steps"] == 3
+    report = (out / "report.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if "| FCN-" in line}
+    for variant in ("32s", "8s"):
+        trained = int(rows[f"FCN-{variant}"].rstrip(" |").rsplit("|", 1)[1])
+        assert trained == summary["steps"][variant]
+    assert "Planned 3 steps per net; trained: FCN-32s 2 (time limit), FCN-8s 2 (capped" in report

@@ -419,6 +419,8 @@ def _criterion(
     config: TrainConfig, data: _Data, device: torch.device, net: nn.Module
 ) -> SegmentationLoss | MultiTaskLoss:
     if isinstance(net, MultiTaskFCN):  # the reference: the two losses summed, weight 1 each
+        if config.loss != "cross_entropy":
+            raise ConfigError(f"loss = {config.loss!r}: multi-task models train with cross_entropy")
         return MultiTaskLoss(
             {task: config.task_weights.get(task, 1.0) for task in net.tasks},
             reduction=config.loss_reduction,
@@ -433,6 +435,8 @@ def _criterion(
         weight=weights,
         sampling=config.loss_sampling,
         sampling_cell=config.sampling_cell,
+        loss=config.loss,
+        focal_gamma=config.focal_gamma,
     ).to(device)
 
 

@@ -281,6 +281,7 @@ def _train_one(
             overlays=config.overlays if simple else 0,  # overlays draw one RGB image, one map
             device=context.device,
         )
+        run.log.close()
     return _result(run, stopped)
 
 
@@ -371,7 +372,7 @@ def _build_run(
         sampler=sampler,
         steps_per_epoch=steps_per_epoch,
         total_iters=total_iters,
-        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main),
+        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main, classes=data.checkpoint_classes),
         callbacks=callbacks,
     )
     if resumed is not None:

@@ -29,7 +29,8 @@ def test_demo_writes_a_report_under_runs(tmp_path, monkeypatch, capsys):
     for name in ("curves.png", "confusion.png", "overlays/000.png"):
         assert Image.open(folder / name).size[0] > 0
     panel = Image.open(folder / "overlays" / "000.png")
-    assert panel.size == (4 * 64 + 3 * 4, 64)  # image | label | FCN-32s | FCN-8s, 2x
+    # image | label | FCN-32s | FCN-8s, 32 px images in 160 px tiles, titled, a legend below
+    assert panel.size[0] == 8 + 4 * 160 + 3 * 8 + 8 and panel.size[1] > 8 + 24 + 160 + 8
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary) >= {"32s", "8s", "steps", "seconds"}
     assert summary["32s"]["mean_iu"] is not None and summary["8s"]["mean_iu"] is not None

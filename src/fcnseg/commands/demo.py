@@ -217,16 +217,20 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def _panels(args: argparse.Namespace, segmenters: dict[str, Segmenter], folder: Path) -> list[str]:
-    """image | label | FCN-32s | FCN-8s for four validation images."""
+    """image | label | FCN-32s | FCN-8s for four validation images, titled, with a legend."""
     folder.mkdir(exist_ok=True)
     dataset = SyntheticShapes("val", size=args.size, num_images=args.val_images)
+    reference = segmenters["8s"]
+    titles = ["image", "label"] + [f"FCN-{v}" for v in _VARIANTS]
     names = []
     for index in range(min(4, len(dataset))):
         image, label = dataset.generate(index)
         maps = [label] + [segmenters[v].predict(image) for v in _VARIANTS]
-        panel = viz.comparison_panel(image, maps, segmenters["8s"].palette, scale=2)
+        panel = viz.panel_figure(
+            image, maps, reference.palette, titles=titles, classes=reference.classes
+        )
         name = f"overlays/{index:03d}.png"
-        Image.fromarray(panel).save(folder.parent / name)
+        Image.fromarray(viz.figure_pixels(panel)).save(folder.parent / name)
         names.append(name)
     return names
 

@@ -214,6 +214,8 @@ def confusion_figure(
     """The confusion matrix with each row divided by its label count: row i shows where
     the pixels of class i went (the diagonal is the per-class accuracy). A class with no
     labelled pixel has no row to show: it is greyed and its name marked "(absent)"."""
+    from matplotlib import colormaps
+
     counts = np.asarray(matrix, dtype=np.float64)
     rows = counts.sum(1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
@@ -221,8 +223,6 @@ def confusion_figure(
     size = max(4.0, 0.45 * len(classes) + 2)
     figure = _figure(size + 1, size)
     ax = figure.subplots()
-    from matplotlib import colormaps
-
     cmap = colormaps["Blues"].with_extremes(bad="0.8")  # masked (absent) rows in grey
     shown = np.ma.masked_array(normalised, np.broadcast_to(absent[:, None], normalised.shape))
     image = ax.imshow(shown, cmap=cmap, vmin=0, vmax=1)

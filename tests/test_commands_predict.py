@@ -9,6 +9,7 @@ import fcnseg
 from fcnseg.cli import main
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.viz import overlay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,12 +57,20 @@ def test_predict_files_folders_globs_and_report_failures(checkpoint, tmp_path, c
     assert "broken.png: image" in tail and "cannot be decoded" in tail
     assert "missing.jpg: no such file or folder" in tail
     sizes = {"a": (60, 40), "b": (21, 33), "a-2": (25, 25), "c": (30, 30)}
+    sources = {"a": "folder/a.png", "b": "folder/b.jpg", "a-2": "more/a.png", "c": "globbed/c.png"}
     for stem, size in sizes.items():
         mask = Image.open(out / f"{stem}.png")
         assert mask.mode == "P" and mask.size == size
         assert np.asarray(mask).max() < 7
         assert mask.getpalette()[3:6] == [128, 0, 0]  # the dataset's palette
-        assert Image.open(out / f"{stem}_overlay.png").size == size
+        # the overlay pixel for pixel in the top-left corner, a legend below, 240 px wide
+        picture = np.asarray(Image.open(out / f"{stem}_overlay.png").convert("RGB"))
+        width, height = size
+        image = np.asarray(Image.open(tmp_path / sources[stem]).convert("RGB"))
+        expected = overlay(image, np.asarray(mask), voc_palette(7), classes=SYNTHETIC_CLASSES)
+        assert picture.shape == (picture.shape[0], 240, 3) and picture.shape[0] > height + 10
+        assert np.array_equal(picture[:height, :width], expected)
+        assert (picture[height:] < 128).any()  # the legend's text and swatches
         probs = np.load(out / f"{stem}_probs.npy")
         assert probs.shape == (7, size[1], size[0])
         chosen = np.take_along_axis(probs, np.asarray(mask)[None].astype(np.int64), 0)[0]

@@ -108,6 +108,9 @@ def test_bad_values_name_the_key(tmp_path):
         "class_weights = 'inverse'": "class_weights must be 'none', 'median' or a list",
         "scale_range = [2.0, 1.0]": "scale_range must be",
         "staged = true\nmodel = 'fcn32s_vgg16'": "staged training ends at an FCN-8s",
+        "loss = 'lovasz'": "loss = 'lovasz' is not allowed: choose one of cross_entropy, focal",
+        "loss = 'focal'\nfocal_gamma = -0.5": "focal_gamma must be at least 0.0",
+        "loss = 'dice'\nloss_reduction = 'sum'": "loss = 'dice' needs loss_reduction = 'mean'",
     }
     for text, message in cases.items():
         path = tmp_path / "c.toml"
@@ -136,3 +139,15 @@ def test_stage_names():
     assert model_variant("fcn8s_atonce_vgg16") == "8s-atonce"
     with pytest.raises(ConfigError):
         stage_models("fcn16s_vgg16")
+
+
+def test_loss_choices_are_the_losses_there_are():
+    from fcnseg.losses import LOSSES
+
+    config = load_config(None, ["loss=focal", "focal_gamma=1"])
+    assert (config.loss, config.focal_gamma) == ("focal", 1.0)
+    assert TrainConfig().loss == "cross_entropy" and TrainConfig().focal_gamma == 2.0
+    for loss in LOSSES:
+        load_config(None, [f"loss={loss}"]).resolved()  # the modern recipe: a mean loss
+    with pytest.raises(ConfigError, match="loss = 'ce\\+dice' needs loss_reduction = 'mean'"):
+        TrainConfig(recipe="paper", loss="ce+dice").resolved()  # the paper sums its loss

@@ -95,6 +95,8 @@ class TrainConfig:
     schedule: str | None = None  # fixed, poly or cosine
     poly_power: float = 0.9
     warmup_iters: int | None = None
+    loss: str = "cross_entropy"  # or focal, dice, ce+dice (fcnseg.losses)
+    focal_gamma: float = 2.0  # the focal loss's focusing exponent; 0 is cross-entropy
     loss_reduction: str | None = None  # sum (the reference) or mean
     loss_sampling: float = 0.0  # Section 4.4: drop each final score cell with probability p
     sampling_cell: int = 32  # pixels per score cell for loss sampling
@@ -162,6 +164,12 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: loss_sampling is the drop probability p: use 0 <= p < 1, "
                 f"got {self.loss_sampling}"
+            )
+        if self.loss in ("dice", "ce+dice") and self.loss_reduction == "sum":
+            raise ConfigError(
+                f"{source}: loss = {self.loss!r} needs loss_reduction = 'mean': Dice is a mean "
+                "over classes, and a cross-entropy summed over every pixel (the paper recipe) "
+                "would drown it; set loss_reduction = 'mean' and an lr for a mean loss"
             )
         if isinstance(self.class_weights, str) and self.class_weights not in ("none", "median"):
             raise ConfigError(
@@ -252,6 +260,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("fixed", "poly", "cosine"),
     "loss_reduction": ("sum", "mean"),
+    "loss": ("cross_entropy", "focal", "dice", "ce+dice"),  # fcnseg.losses.LOSSES
     "amp": ("off", "bf16", "fp16", "auto"),
 }
 _MINIMUM: dict[str, float] = {
@@ -276,6 +285,7 @@ _MINIMUM: dict[str, float] = {
     "weight_decay": 0.0,
     "bias_lr_mult": 0.0,
     "stage_lr_factor": 0.0,
+    "focal_gamma": 0.0,
 }
 
 _VARIANT = re.compile(r"^fcn(32s|16s|8s)_(atonce_)?(.+)$")

@@ -3,7 +3,9 @@
     fcnseg predict --checkpoint runs/x/best.pt photos/ extra/*.jpg --out predictions/
 
 For each image it writes ``<name>.png``, an index PNG whose pixel values are the class
-indices shown in the dataset's palette, and ``<name>_overlay.png``; ``--probabilities`` adds
+indices shown in the dataset's palette, and ``<name>_overlay.png`` (the classes blended over
+the image, pixel for pixel in its top-left corner, above a legend of the class colours; at
+least 240 pixels wide); ``--probabilities`` adds
 ``<name>_probs.npy`` (C x H x W float32). Images of any size are predicted whole, or with
 ``--tile 1024`` in overlapping 1024 x 1024 tiles (memory bounded by the tile, not the
 image; ``fcnseg.tiling``). An input that cannot be read is reported at the end; the others
@@ -30,7 +32,7 @@ from ..data import DatasetError
 from ..engine.distributed import resolve_device
 from ..inference import Segmenter, load_rgb, save_mask
 from ..tiling import Tiling
-from ..viz import overlay
+from ..viz import figure_pixels, overlay_figure
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 
@@ -138,12 +140,25 @@ def _output_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-def _write(args, rgb, stem: str, labels: np.ndarray, probs: np.ndarray | None, palette) -> None:
-    """``<stem>.png``, its overlay and probabilities, as the options ask."""
+def _write(
+    args,
+    rgb,
+    stem: str,
+    labels: np.ndarray,
+    probs: np.ndarray | None,
+    segmenter: Segmenter,
+    task: str | None = None,
+) -> None:
+    """``<stem>.png``, its overlay and probabilities, as the options ask; ``task`` picks the
+    palette and class names of a multi-task model's map."""
+    task = task or segmenter.tasks[0]
+    palette, classes = segmenter.task_palettes[task], segmenter.task_classes[task]
     save_mask(labels, args.out / f"{stem}.png", palette)
     if not args.no_overlay:
         image = rgb.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
-        Image.fromarray(overlay(image, labels, palette)).save(args.out / f"{stem}_overlay.png")
+        ignore = segmenter.ignore_index
+        figure = overlay_figure(image, labels, palette, classes, ignore_index=ignore)
+        Image.fromarray(figure_pixels(figure)).save(args.out / f"{stem}_overlay.png")
     if probs is not None:
         np.save(args.out / f"{stem}_probs.npy", probs)
 
@@ -175,11 +190,10 @@ def run(args: argparse.Namespace) -> int:
             names = []
             for task, task_labels in labels.items():
                 task_probs = None if probs is None else probs[task]
-                palette = segmenter.task_palettes[task]
-                _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, palette)
+                _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, segmenter, task)
                 names.append(f"{stem}_{task}.png")
         else:
-            _write(args, rgb, stem, labels, probs, segmenter.palette)
+            _write(args, rgb, stem, labels, probs, segmenter)
             names = [f"{stem}.png"]
         written += 1
         print(f"{path} -> {', '.join(str(args.out / name) for name in names)}")

@@ -267,6 +267,7 @@ def _train_one(
             overlays=config.overlays if simple else 0,  # overlays draw one RGB image, one map
             device=context.device,
         )
+        run.log.close()
     return _result(run, stopped)
 
 
@@ -350,7 +351,7 @@ def _build_run(
         sampler=sampler,
         steps_per_epoch=steps_per_epoch,
         total_iters=total_iters,
-        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main),
+        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main, classes=_by_task_or_one(data.classes)),
         callbacks=callbacks,
     )
     if resumed is not None:
@@ -413,6 +414,8 @@ def _criterion(config: TrainConfig, data: _Data, spec: ModelSpec) -> MultiTaskLo
         class_weights={tasks[0]: weights} if weights is not None else None,
         sampling=config.loss_sampling,
         sampling_cell=config.sampling_cell,
+        loss=config.loss,
+        focal_gamma=config.focal_gamma,
     )
 
 
@@ -905,3 +908,8 @@ def _announce(run: _Run, resumed: bool) -> None:
             "device": str(run.context.device),
         }
     )
+
+
+def _by_task_or_one(classes: dict[str, tuple[str, ...]]) -> Any:
+    """One label set's names as they are, several as a dict by task (the log's columns)."""
+    return next(iter(classes.values())) if len(classes) == 1 else classes

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .commands import COMMANDS
 
 __all__ = ["main"]
@@ -16,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation."
     )
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)

@@ -78,3 +78,21 @@ def file_hashes():
 def one_line_error():
     """``one_line_error(result)``: the one stderr line of a command, asserted to be one."""
     return _one_line_error
+
+
+@pytest.fixture
+def make_checkpoint():
+    """``make_checkpoint(path, classes, model=...)``: an untrained small model saved as a
+    checkpoint for ``classes`` (names), its path returned."""
+    import fcnseg
+    from fcnseg.data import voc_palette
+    from fcnseg.engine import checkpoint as ckpt
+
+    def make(path: Path, classes, model: str = "fcn32s_efficientnet_lite0") -> Path:
+        net = fcnseg.build_model(model, num_classes=len(classes))
+        data = ckpt.make_checkpoint(
+            net, build_options={}, classes=list(classes), palette=voc_palette(len(classes))
+        )
+        return ckpt.save_checkpoint(data, path)
+
+    return make

@@ -136,3 +136,25 @@ def test_stage_names():
     assert model_variant("fcn8s_atonce_vgg16") == "8s-atonce"
     with pytest.raises(ConfigError):
         stage_models("fcn16s_vgg16")
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("lr=nan", "lr = nan"),
+        ("momentum=inf", "momentum = inf"),
+        ("weight_decay=-inf", "weight_decay = -inf"),
+        ("poly_power=nan", "poly_power = nan"),
+        ("time_limit_minutes=inf", "time_limit_minutes = inf"),
+        ("scale_range=[0.5, nan]", "scale_range = [0.5, nan]"),
+        ("class_weights=[1.0, inf]", "class_weights = [1.0, inf]"),
+        ("task_weights={semantic = nan}", "task_weights.semantic = nan"),
+    ],
+)
+def test_every_float_key_must_be_finite(override, named):
+    """nan passed every range check and reached the optimizer as 'Invalid learning rate:
+    nan', naming no key (issue 13)."""
+    with pytest.raises(ConfigError, match="is not a finite number") as error:
+        load_config(None, [override])
+    assert named in str(error.value) and "\n" not in str(error.value)
+

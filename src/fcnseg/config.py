@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import sys
 import types
@@ -144,6 +145,7 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         """Check choices and ranges; raise ``ConfigError`` naming the key and the fix."""
+        self._check_finite(source)
         for key, allowed in _CHOICES.items():
             value = getattr(self, key)
             if value is not None and value not in allowed:
@@ -195,6 +197,21 @@ class TrainConfig:
                 f"{source}: staged training ends at an FCN-8s: set model to an fcn8s_* "
                 f"model, not {self.model!r}"
             )
+
+    def _check_finite(self, source: str) -> None:
+        """nan and inf pass every range check (nan compares false), so each number of a float
+        key is checked first: a nan lr used to surface as torch's message, naming no key."""
+        for key in _FLOAT_KEYS:
+            value = getattr(self, key)
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for sub, item in items:
+                numbers = item if isinstance(item, list) else [item]
+                if any(_not_finite(number) for number in numbers):
+                    name = key if sub is None else f"{key}.{sub}"
+                    raise ConfigError(
+                        f"{source}: {name} = {_show(item)} is not a finite number: give a "
+                        "number (nan and inf are not allowed)"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -276,6 +293,18 @@ _MINIMUM: dict[str, float] = {
     "stage_lr_factor": 0.0,
 }
 
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    """A value as written in a config: nan and inf bare, lists of them too."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    return repr(value) if not isinstance(value, float) else str(value)
+
+
 _VARIANT = re.compile(r"^fcn(32s|16s|8s)_(atonce_)?(.+)$")
 
 
@@ -306,6 +335,14 @@ def _default_lr(recipe: str, model: str, optimizer: str) -> float:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _holds_float(expected: Any) -> bool:
+    """Whether a field's type has floats in it: float, float | None, list[float], ..."""
+    return expected is float or any(_holds_float(arg) for arg in typing.get_args(expected))
+
+
+_FLOAT_KEYS = [key for key, expected in _TYPES.items() if _holds_float(expected)]
 
 
 def load_config(

@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a reader option, e.g. size=96 or sbd_root=data/sbd (repeatable)",
     )
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    parser.add_argument(
+        "--max-images", type=int, metavar="N", help="evaluate only the first N images (N >= 1)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
     parser.add_argument("--out", type=Path, help="JSON file (default: beside the checkpoint)")
@@ -59,6 +61,11 @@ def _options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(
+            f"--max-images {args.max_images} would evaluate nothing: give 1 or more, or leave "
+            "it out to evaluate every image"
+        )
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, args.checkpoint)
     try:

@@ -158,3 +158,7 @@ def test_every_float_key_must_be_finite(override, named):
         load_config(None, [override])
     assert named in str(error.value) and "\n" not in str(error.value)
 
+
+def test_none_splits_are_accepted():
+    config = load_config(None, ["train_split=none", "val_split=none"])
+    assert (config.train_split, config.val_split) == (None, None)

@@ -73,8 +73,8 @@ class TrainConfig:
     # -- the data
     dataset: str = "synthetic"
     root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str | None = "train"  # None ("none"): a reader without splits, all images
+    val_split: str | None = "val"
     val_dataset: str | None = None  # None: the training dataset
     val_root: str | None = None  # None: root
     train_options: dict[str, Any] = field(default_factory=dict)  # reader keyword options

@@ -33,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
     parser.add_argument("--data", required=True, help="dataset name (synthetic, camvid, voc, ...)")
     parser.add_argument("--root", type=Path, help="the dataset's folder (not for synthetic)")
-    parser.add_argument("--split", default="val", help="split to evaluate (default val)")
+    parser.add_argument(
+        "--split",
+        default="val",
+        type=_split,
+        help="split to evaluate (default val); none: every image of a dataset without splits",
+    )
     parser.add_argument(
         "--option",
         action="append",
@@ -48,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
     parser.add_argument("--out", type=Path, help="JSON file (default: beside the checkpoint)")
     parser.set_defaults(run=run)
+
+
+def _split(text: str) -> str | None:
+    """ "none" (any case) is no split: the folder reader's flat layout has none."""
+    return None if text.lower() == "none" else text
 
 
 def _options(items: list[str]) -> dict:
@@ -100,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=sys.stdout.isatty(),  # quiet when piped or logged
     )
-    print(f"{checkpoint['model']['name']} on {args.data} {args.split} ({len(dataset)} images)")
+    split = args.split or "all images"
+    print(f"{checkpoint['model']['name']} on {args.data} {split} ({len(dataset)} images)")
     if tasks:  # per task; semantic means over the classes present (the SIFT Flow caveat)
         metrics = siftflow_metrics(confusion)
         for task in tasks:
@@ -114,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         print_table(class_table(metrics, classes))
         matrices = confusion.matrix.tolist()
     out = args.out or args.checkpoint.with_name(
-        f"eval-{args.checkpoint.stem}-{args.data}-{args.split}.json"
+        f"eval-{args.checkpoint.stem}-{args.data}-{args.split or 'all'}.json"
     )
     report = {
         "checkpoint": str(args.checkpoint),

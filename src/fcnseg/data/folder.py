@@ -10,7 +10,8 @@
       masks/<stem>.png index PNGs (mode P/L/16-bit: the values are the classes, 255 ignored)
                        or colour PNGs (mapped through the colours of classes.txt)
 
-Splits: ``split=None`` takes every image; otherwise ``images/<split>/`` + ``masks/<split>/``
+Splits: ``split=None`` takes every image (``train_split = none`` / ``val_split = none`` in a
+config, ``--split none`` on ``fcnseg eval``); otherwise ``images/<split>/`` + ``masks/<split>/``
 or a ``<split>.txt`` listing stems. Every image needs a mask and every mask an image.
 
 Masks whose stored values are not the class indices take ``value_map``, raw value -> class
@@ -210,7 +211,9 @@ class FolderDataset(SegmentationDataset):
             else:
                 raise DatasetError(
                     f"{self.root}: no split {self.split!r}: create images/{self.split}/ and "
-                    f"masks/{self.split}/, or {self.split}.txt listing stems, or pass split=None"
+                    f"masks/{self.split}/, or {self.split}.txt listing stems; or, to take every "
+                    "image, set the split to none (train_split=none / val_split=none, "
+                    "--split none on fcnseg eval)"
                 )
         images = _by_stem(images_dir, IMAGE_SUFFIXES, "images")
         masks = _by_stem(masks_dir, MASK_SUFFIXES, "masks")

@@ -37,13 +37,23 @@ def _environment() -> dict[str, str]:
 
 
 @pytest.fixture
-def fcnseg_cli():
-    """Run ``python -m fcnseg ARGS`` as a user would; the CompletedProcess (text) comes back."""
+def cli_environment():
+    """The environment ``fcnseg_cli`` runs in, for tests that start processes themselves."""
+    return _environment()
 
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+
+@pytest.fixture
+def fcnseg_cli():
+    """Run ``python -m fcnseg ARGS`` as a user would (``env``: variables to add); the
+    CompletedProcess (text) comes back."""
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "fcnseg", *map(str, args)]
+        environment = {**_environment(), **(env or {})}
         return subprocess.run(
-            command, env=_environment(), capture_output=True, text=True, timeout=timeout
+            command, env=environment, capture_output=True, text=True, timeout=timeout
         )
 
     return run

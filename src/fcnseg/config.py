@@ -123,6 +123,9 @@ class TrainConfig:
     overlays: int = 4  # validation images drawn with their predictions
     time_limit_minutes: float = 0.0  # stop (evaluate, save) after this long; 0: no limit
     deterministic: bool = False
+    # DDP: seconds a rank waits in a collective (or for the others to join) before giving up
+    # with an error; torch's default is 30 minutes, long to wait on a frozen rank
+    ddp_timeout_seconds: float = 300.0
 
     def resolved(self) -> TrainConfig:
         """A copy with the recipe's defaults written in for every ``None`` it owns."""
@@ -157,6 +160,10 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < low:
                 raise ConfigError(f"{source}: {key} must be at least {low}, got {value}")
+        if self.ddp_timeout_seconds <= 0:
+            raise ConfigError(
+                f"{source}: ddp_timeout_seconds must be positive, got {self.ddp_timeout_seconds}"
+            )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"{source}: lr must be positive, got {self.lr}")
         if not 0.0 <= self.loss_sampling < 1.0:

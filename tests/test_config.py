@@ -151,3 +151,29 @@ def test_loss_choices_are_the_losses_there_are():
         load_config(None, [f"loss={loss}"]).resolved()  # the modern recipe: a mean loss
     with pytest.raises(ConfigError, match="loss = 'ce\\+dice' needs loss_reduction = 'mean'"):
         TrainConfig(recipe="paper", loss="ce+dice").resolved()  # the paper sums its loss
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("lr=nan", "lr = nan"),
+        ("momentum=inf", "momentum = inf"),
+        ("weight_decay=-inf", "weight_decay = -inf"),
+        ("poly_power=nan", "poly_power = nan"),
+        ("time_limit_minutes=inf", "time_limit_minutes = inf"),
+        ("scale_range=[0.5, nan]", "scale_range = [0.5, nan]"),
+        ("class_weights=[1.0, inf]", "class_weights = [1.0, inf]"),
+        ("task_weights={semantic = nan}", "task_weights.semantic = nan"),
+    ],
+)
+def test_every_float_key_must_be_finite(override, named):
+    """nan passed every range check and reached the optimizer as 'Invalid learning rate:
+    nan', naming no key (issue 13)."""
+    with pytest.raises(ConfigError, match="is not a finite number") as error:
+        load_config(None, [override])
+    assert named in str(error.value) and "\n" not in str(error.value)
+
+
+def test_none_splits_are_accepted():
+    config = load_config(None, ["train_split=none", "val_split=none"])
+    assert (config.train_split, config.val_split) == (None, None)

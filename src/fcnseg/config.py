@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import sys
 import types
@@ -73,8 +74,8 @@ class TrainConfig:
     # -- the data
     dataset: str = "synthetic"
     root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str | None = "train"  # None ("none"): a reader without splits, all images
+    val_split: str | None = "val"
     val_dataset: str | None = None  # None: the training dataset
     val_root: str | None = None  # None: root
     train_options: dict[str, Any] = field(default_factory=dict)  # reader keyword options
@@ -125,6 +126,9 @@ class TrainConfig:
     overlays: int = 4  # validation images drawn with their predictions
     time_limit_minutes: float = 0.0  # stop (evaluate, save) after this long; 0: no limit
     deterministic: bool = False
+    # DDP: seconds a rank waits in a collective (or for the others to join) before giving up
+    # with an error; torch's default is 30 minutes, long to wait on a frozen rank
+    ddp_timeout_seconds: float = 300.0
 
     def resolved(self) -> TrainConfig:
         """A copy with the recipe's defaults written in for every ``None`` it owns."""
@@ -147,6 +151,7 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         """Check choices and ranges; raise ``ConfigError`` naming the key and the fix."""
+        self._check_finite(source)
         for key, allowed in _CHOICES.items():
             value = getattr(self, key)
             if value is not None and value not in allowed:
@@ -158,6 +163,10 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < low:
                 raise ConfigError(f"{source}: {key} must be at least {low}, got {value}")
+        if self.ddp_timeout_seconds <= 0:
+            raise ConfigError(
+                f"{source}: ddp_timeout_seconds must be positive, got {self.ddp_timeout_seconds}"
+            )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"{source}: lr must be positive, got {self.lr}")
         if not 0.0 <= self.loss_sampling < 1.0:
@@ -208,6 +217,21 @@ class TrainConfig:
                 f"{source}: staged training ends at an FCN-8s: set model to an fcn8s_* "
                 f"model, not {self.model!r}"
             )
+
+    def _check_finite(self, source: str) -> None:
+        """nan and inf pass every range check (nan compares false), so each number of a float
+        key is checked first: a nan lr used to surface as torch's message, naming no key."""
+        for key in _FLOAT_KEYS:
+            value = getattr(self, key)
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for sub, item in items:
+                numbers = item if isinstance(item, list) else [item]
+                if any(_not_finite(number) for number in numbers):
+                    name = key if sub is None else f"{key}.{sub}"
+                    raise ConfigError(
+                        f"{source}: {name} = {_show(item)} is not a finite number: give a "
+                        "number (nan and inf are not allowed)"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -288,6 +312,18 @@ _MINIMUM: dict[str, float] = {
     "focal_gamma": 0.0,
 }
 
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    """A value as written in a config: nan and inf bare, lists of them too."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    return repr(value) if not isinstance(value, float) else str(value)
+
+
 _VARIANT = re.compile(r"^fcn(32s|16s|8s)_(atonce_)?(.+)$")
 
 
@@ -320,6 +356,14 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # The ModelSpec options a config names at the top level (``name`` is the model's own).
 MODEL_OPTIONS = frozenset(SPEC_FIELDS) - {"name", "backbone"} | {"in_channels", "num_classes"}
 _TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _holds_float(expected: Any) -> bool:
+    """Whether a field's type has floats in it: float, float | None, list[float], ..."""
+    return expected is float or any(_holds_float(arg) for arg in typing.get_args(expected))
+
+
+_FLOAT_KEYS = [key for key, expected in _TYPES.items() if _holds_float(expected)]
 
 
 def load_config(

@@ -53,7 +53,14 @@ from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
 from ..surgery import transplant
 from . import checkpoint as ckpt
-from .distributed import Context, all_mean, all_reduce_max, setup, teardown
+from .distributed import (
+    Context,
+    all_mean,
+    all_reduce_max,
+    collective_timeouts,
+    setup,
+    teardown,
+)
 from .evaluate import (
     autocast,
     batch_size,
@@ -178,13 +185,14 @@ def train(
     calls this; rank 0 alone writes. A callback returning True stops training (it is then
     evaluated and saved like a finished run).
     """
-    context = setup(config.device)
+    context = setup(config.device, config.ddp_timeout_seconds)
     try:
-        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-        run_dir = Path(_broadcast(str(run_dir), context))
-        if config.staged:
-            return _train_stages(config, run_dir, context, resume, callbacks)
-        return _train_one(config.resolved(), run_dir, context, resume, callbacks)
+        with collective_timeouts(context, config.ddp_timeout_seconds):
+            run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+            run_dir = Path(_broadcast(str(run_dir), context))
+            if config.staged:
+                return _train_stages(config, run_dir, context, resume, callbacks)
+            return _train_one(config.resolved(), run_dir, context, resume, callbacks)
     finally:
         teardown(context)
 

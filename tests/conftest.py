@@ -96,13 +96,10 @@ def make_checkpoint():
     checkpoint for ``classes`` (names), its path returned."""
     import fcnseg
     from fcnseg.data import voc_palette
-    from fcnseg.engine import checkpoint as ckpt
 
     def make(path: Path, classes, model: str = "fcn32s_efficientnet_lite0") -> Path:
         net = fcnseg.build_model(model, num_classes=len(classes))
-        data = ckpt.make_checkpoint(
-            net, build_options={}, classes=list(classes), palette=voc_palette(len(classes))
-        )
-        return ckpt.save_checkpoint(data, path)
+        palette = voc_palette(len(classes))
+        return fcnseg.save_weights(path, net, classes=list(classes), palette=palette)
 
     return make

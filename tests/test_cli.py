@@ -32,3 +32,9 @@ def test_python_dash_m_runs_the_command_line():
     )
     assert result.returncode == 0, result.stderr
     assert "fcn8s_vgg16" in result.stdout
+
+
+def test_version_prints_the_package_version(fcnseg_cli):
+    result = fcnseg_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"fcnseg {fcnseg.__version__}\n"

@@ -29,7 +29,8 @@ def test_demo_writes_a_report_under_runs(tmp_path, monkeypatch, capsys):
     for name in ("curves.png", "confusion.png", "overlays/000.png"):
         assert Image.open(folder / name).size[0] > 0
     panel = Image.open(folder / "overlays" / "000.png")
-    assert panel.size == (4 * 64 + 3 * 4, 64)  # image | label | FCN-32s | FCN-8s, 2x
+    # image | label | FCN-32s | FCN-8s, 32 px images in 160 px tiles, titled, a legend below
+    assert panel.size[0] == 8 + 4 * 160 + 3 * 8 + 8 and panel.size[1] > 8 + 24 + 160 + 8
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary) >= {"32s", "8s", "steps", "seconds"}
     assert summary["32s"]["mean_iu"] is not None and summary["8s"]["mean_iu"] is not None
@@ -41,3 +42,32 @@ def test_demo_rejects_bad_sizes(capsys):
     assert main(["demo", "--size", "16"]) == 2
     assert "--size must be at least 32" in capsys.readouterr().err
     assert main(["demo", "--minutes", "0"]) == 2
+
+
+def test_summary_steps_are_the_steps_the_report_shows(tmp_path, monkeypatch):
+    """A net cut short (its time limit) trains fewer steps than planned: summary.json and
+    report.md both give the steps trained, and the report says why they fall short."""
+    import dataclasses
+
+    from fcnseg.commands import demo
+
+    real_train = demo.train
+
+    def time_limited_32s(config, run_dir, *, callbacks):
+        if run_dir.name != "fcn32s":
+            return real_train(config, run_dir, callbacks=callbacks)
+        result = real_train(config, run_dir, callbacks=[*callbacks, lambda i: i.iteration >= 2])
+        return dataclasses.replace(result, stopped="time limit")
+
+    monkeypatch.setattr(demo, "train", time_limited_32s)
+    out = tmp_path / "demo"
+    args = ["demo", "--steps", "3", "--size", "32", "--batch-size", "2", "--val-images", "2"]
+    assert main([*args, "--threads", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == {"32s": 2, "8s": 2} and summary["planned_steps"] == 3
+    report = (out / "report.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if "| FCN-" in line}
+    for variant in ("32s", "8s"):
+        trained = int(rows[f"FCN-{variant}"].rstrip(" |").rsplit("|", 1)[1])
+        assert trained == summary["steps"][variant]
+    assert "Planned 3 steps per net; trained: FCN-32s 2 (time limit), FCN-8s 2 (capped" in report

@@ -61,3 +61,17 @@ def test_eval_errors(tmp_path, capsys):
     assert "colour" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(good), "--data", "camvid", "--root", str(tmp_path)]) == 2  # fmt: skip
     assert "CamVid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_max_images_below_one_is_refused(tmp_path, count, fcnseg_cli, file_hashes, one_line_error):
+    """It evaluated nothing and wrote a JSON of empty metrics (issue 13)."""
+    path = _save(tmp_path / "best.pt")
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli(
+        "eval", "--checkpoint", path, "--data", "synthetic", "--option", "size=32",
+        "--workers", "0", "--max-images", count,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"--max-images {count}" in one_line_error(result)
+    assert file_hashes(tmp_path) == before

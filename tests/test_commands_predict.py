@@ -10,6 +10,7 @@ from fcnseg.cli import main
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.modelfile import record_of
+from fcnseg.viz import overlay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,12 +56,20 @@ def test_predict_files_folders_globs_and_report_failures(checkpoint, tmp_path, c
     assert "broken.png: image" in tail and "cannot be decoded" in tail
     assert "missing.jpg: no such file or folder" in tail
     sizes = {"a": (60, 40), "b": (21, 33), "a-2": (25, 25), "c": (30, 30)}
+    sources = {"a": "folder/a.png", "b": "folder/b.jpg", "a-2": "more/a.png", "c": "globbed/c.png"}
     for stem, size in sizes.items():
         mask = Image.open(out / f"{stem}.png")
         assert mask.mode == "P" and mask.size == size
         assert np.asarray(mask).max() < 7
         assert mask.getpalette()[3:6] == [128, 0, 0]  # the dataset's palette
-        assert Image.open(out / f"{stem}_overlay.png").size == size
+        # the overlay pixel for pixel in the top-left corner, a legend below, 240 px wide
+        picture = np.asarray(Image.open(out / f"{stem}_overlay.png").convert("RGB"))
+        width, height = size
+        image = np.asarray(Image.open(tmp_path / sources[stem]).convert("RGB"))
+        expected = overlay(image, np.asarray(mask), voc_palette(7), classes=SYNTHETIC_CLASSES)
+        assert picture.shape == (picture.shape[0], 240, 3) and picture.shape[0] > height + 10
+        assert np.array_equal(picture[:height, :width], expected)
+        assert (picture[height:] < 128).any()  # the legend's text and swatches
         probs = np.load(out / f"{stem}_probs.npy")
         assert probs.shape == (7, size[1], size[0])
         chosen = np.take_along_axis(probs, np.asarray(mask)[None].astype(np.int64), 0)[0]
@@ -97,3 +106,45 @@ def test_predict_runs_an_exported_onnx_model(checkpoint, tmp_path, capsys):
     assert from_onnx.shape == (45, 70)
     assert (from_onnx == from_pt).mean() > 0.999  # float ties may flip a pixel
     assert len(np.unique(from_pt)) > 1
+
+
+def test_predicting_into_the_input_folder_keeps_every_photo(
+    checkpoint, tmp_path, fcnseg_cli, file_hashes
+):
+    """--out is the input folder: no photo is replaced by its mask, and a second run reads
+    the photos again, not the masks and overlays the first run wrote (issue 13)."""
+    photos = tmp_path / "photos"
+    _image(photos / "a.png", 20, 24)
+    _image(photos / "b.jpg", 16, 16, seed=1)
+    _image(photos / "b-2.png", 18, 12, seed=2)  # a user's name in the form used for duplicates
+    (photos / "notes.txt").write_text("the user's own file")
+    before = file_hashes(photos)
+    for _ in range(2):
+        result = fcnseg_cli("predict", "--checkpoint", checkpoint, photos, "--out", photos)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert "3 image(s) predicted" in result.stdout
+        assert {
+            path: digest for path, digest in file_hashes(photos).items() if path in before
+        } == before
+    names = sorted(path.name for path in photos.iterdir())
+    assert not any("_overlay_overlay" in name for name in names)
+    masks = [line.split(" -> ")[1] for line in result.stdout.splitlines() if " -> " in line]
+    assert len(set(masks)) == 3 and not set(masks) & {str(path) for path in before}
+    for mask in masks:
+        assert Image.open(mask).mode == "P"
+
+
+def test_predict_does_not_overwrite_a_users_file_in_the_output_folder(
+    checkpoint, tmp_path, fcnseg_cli, file_hashes
+):
+    image = _image(tmp_path / "in" / "x.jpg", 16, 16)
+    out = tmp_path / "out"
+    _image(out / "x.png", 10, 10, seed=5)  # the user's own picture, not an input
+    (out / "x_overlay.png").write_bytes(b"not ours either")
+    before = file_hashes(out)
+    result = fcnseg_cli("predict", "--checkpoint", checkpoint, image, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert {path: file_hashes(out)[path] for path in before} == before
+    assert f"{image} -> {out / 'x-2.png'}" in result.stdout
+    assert Image.open(out / "x-2.png").size == (16, 16)

@@ -66,3 +66,11 @@ def test_nan_loss_exits_with_a_message(config_file, monkeypatch, capsys):
     assert main(["train", "--config", str(config_file)]) == 1
     err = capsys.readouterr().err
     assert "loss is nan after iteration 0" in err and "no checkpoint was saved yet" in err
+
+
+def test_nan_learning_rate_names_the_key(config_file, fcnseg_cli, file_hashes, one_line_error):
+    before = file_hashes(config_file.parent)
+    result = fcnseg_cli("train", "--config", config_file, "lr=nan")
+    assert result.returncode == 2
+    assert "lr = nan is not a finite number" in one_line_error(result)
+    assert file_hashes(config_file.parent) == before  # no run folder either

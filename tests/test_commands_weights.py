@@ -8,12 +8,12 @@ import struct
 import numpy as np
 import pytest
 import torch
+from fcnseg.weights.files import atomic_write
 
 import fcnseg
 from fcnseg.cli import main
 from fcnseg.models.normalization import IMAGENET, Normalization
 from fcnseg.weights import load_weights, read_weights, save_weights
-from fcnseg.weights.files import atomic_write
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -111,6 +111,9 @@ def test_bad_values_name_the_key(tmp_path):
         "class_weights = 'inverse'": "class_weights must be 'none', 'median' or a list",
         "scale_range = [2.0, 1.0]": "scale_range must be",
         "staged = true\nmodel = 'fcn32s_vgg16'": "staged training ends at an FCN-8s",
+        "loss = 'lovasz'": "loss = 'lovasz' is not allowed: choose one of cross_entropy, focal",
+        "loss = 'focal'\nfocal_gamma = -0.5": "focal_gamma must be at least 0.0",
+        "loss = 'dice'\nloss_reduction = 'sum'": "loss = 'dice' needs loss_reduction = 'mean'",
     }
     for text, message in cases.items():
         path = tmp_path / "c.toml"
@@ -256,3 +259,41 @@ def test_num_classes_of_a_multitask_model_is_refused_not_ignored():
     config = TrainConfig(model="fcn16s_vgg16_siftflow", model_options={"num_classes": 33})
     with pytest.raises(ConfigError, match="not num_classes"):
         config.resolved()
+
+
+def test_loss_choices_are_the_losses_there_are():
+    from fcnseg.losses import LOSSES
+
+    config = load_config(None, ["loss=focal", "focal_gamma=1"])
+    assert (config.loss, config.focal_gamma) == ("focal", 1.0)
+    assert TrainConfig().loss == "cross_entropy" and TrainConfig().focal_gamma == 2.0
+    for loss in LOSSES:
+        load_config(None, [f"loss={loss}"]).resolved()  # the modern recipe: a mean loss
+    with pytest.raises(ConfigError, match="loss = 'ce\\+dice' needs loss_reduction = 'mean'"):
+        TrainConfig(recipe="paper", loss="ce+dice").resolved()  # the paper sums its loss
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("lr=nan", "lr = nan"),
+        ("momentum=inf", "momentum = inf"),
+        ("weight_decay=-inf", "weight_decay = -inf"),
+        ("poly_power=nan", "poly_power = nan"),
+        ("time_limit_minutes=inf", "time_limit_minutes = inf"),
+        ("scale_range=[0.5, nan]", "scale_range = [0.5, nan]"),
+        ("class_weights=[1.0, inf]", "class_weights = [1.0, inf]"),
+        ("task_weights={semantic = nan}", "task_weights.semantic = nan"),
+    ],
+)
+def test_every_float_key_must_be_finite(override, named):
+    """nan passed every range check and reached the optimizer as 'Invalid learning rate:
+    nan', naming no key (issue 13)."""
+    with pytest.raises(ConfigError, match="is not a finite number") as error:
+        load_config(None, [override])
+    assert named in str(error.value) and "\n" not in str(error.value)
+
+
+def test_none_splits_are_accepted():
+    config = load_config(None, ["train_split=none", "val_split=none"])
+    assert (config.train_split, config.val_split) == (None, None)

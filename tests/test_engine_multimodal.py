@@ -2,6 +2,8 @@
 two heads) models: a few steps on tiny datasets in the published formats, checkpoints that
 reload and predict, and late fusion started from two single-stream checkpoints."""
 
+import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from fcnseg.cli import main
-from fcnseg.config import TrainConfig
+from fcnseg.config import ConfigError, TrainConfig
 from fcnseg.data import NYUD_NORMALIZATION, LogDepth
 from fcnseg.data.nyud import NYUD_CLASSES
 from fcnseg.data.palettes import voc_palette
@@ -226,6 +228,11 @@ def test_siftflow_two_heads_train_with_task_metrics_and_predict_both_maps(tmp_pa
     assert len(val) == 2
     assert val[-1]["geometric"]["pixel_acc"] >= 0 and "present" in val[-1]["semantic"]
     assert val[-1]["mean_iu"] == val[-1]["semantic"]["mean_iu"]  # best by semantic mean IU
+    with (run / "val.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))  # per task, per class by the task's class names
+    assert len(rows) == 2 and float(rows[-1]["geometric/iu/vertical"]) >= 0
+    columns = {"mean_iu", "semantic/mean_iu", "semantic/iu/awning", "geometric/acc/sky"}
+    assert columns <= set(rows[0])
     best = ckpt.load_checkpoint(result.best_checkpoint)
     assert len(best["classes"]["semantic"]) == 33 and len(best["classes"]["geometric"]) == 3
     assert best["confusion"]["geometric"].shape == (3, 3)
@@ -235,6 +242,7 @@ def test_siftflow_two_heads_train_with_task_metrics_and_predict_both_maps(tmp_pa
     code = main(["predict", "--checkpoint", str(result.best_checkpoint), str(image), "--out", str(out)])  # fmt: skip
     assert code == 0
     semantic = Image.open(out / "mountain_c3_semantic.png")
+    assert Image.open(out / "mountain_c3_geometric_overlay.png").size[0] == max(W, 240)
     geometric = Image.open(out / "mountain_c3_geometric.png")
     assert semantic.mode == "P" and semantic.size == (W, H)
     assert np.asarray(geometric).max() < 3
@@ -245,3 +253,5 @@ def test_siftflow_two_heads_train_with_task_metrics_and_predict_both_maps(tmp_pa
     assert metrics["geometric"]["pixel_acc"] == pytest.approx(
         best["metrics"]["geometric"]["pixel_acc"]
     )
+    with pytest.raises(ConfigError, match="loss = 'dice': multi-task models train with cross_entropy"):  # fmt: skip
+        train(dataclasses.replace(cfg, loss="dice", name="dice"))

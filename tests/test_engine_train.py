@@ -1,5 +1,6 @@
 """The training loop on tiny synthetic runs: the run folder, recipes, staging, stopping."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -191,6 +192,22 @@ def test_bad_settings_fail_before_training(tmp_path):
         train(tiny(tmp_path, model_options={"num_classes": 5}))
     with pytest.raises(ckpt.CheckpointError, match="holds no last.pt"):
         train(tiny(tmp_path, name="never-started"), resume=True)
+
+
+def test_the_configured_loss_is_the_criterion(tmp_path, monkeypatch):
+    engine = sys.modules["fcnseg.engine.train"]  # the module; fcnseg.engine.train is the function
+    built = []
+
+    class Recorded(SegmentationLoss):
+        def __init__(self, **options):
+            super().__init__(**options)
+            built.append(self)
+
+    monkeypatch.setattr(engine, "SegmentationLoss", Recorded)
+    config = tiny(tmp_path, loss="focal", focal_gamma=1.5, class_weights=[1.0] * 7, max_iters=1)
+    train(dataclasses.replace(config, epochs=1, overlays=0))
+    (criterion,) = built
+    assert (criterion.loss, criterion.focal_gamma, criterion.weight.tolist()) == ("focal", 1.5, [1.0] * 7)  # fmt: skip
 
 
 def test_progress_bar_shows_loss_lr_and_speed_on_a_terminal_only(tmp_path, monkeypatch, capsys):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
+from . import __version__
 from .commands import COMMANDS
+from .data import DatasetError
 
 __all__ = ["main"]
 
@@ -16,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation."
     )
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
@@ -24,15 +28,40 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    with warnings.catch_warnings():  # restores the usual display when main returns
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, KeyError, PermissionError) as error:
-        message = str(error) if not isinstance(error, KeyError) else str(error.args[0])
-        print(f"fcnseg: error: {message}", file=sys.stderr)
+    except (DatasetError, ValueError, FileNotFoundError, KeyError, PermissionError) as error:
+        print(f"fcnseg: error: {_message(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _message(error: Exception) -> str:
+    """The one line an error says. An error raised in a DataLoader worker process comes back
+    re-raised by torch as the same type, its message "Caught <type> in DataLoader worker
+    process N." and the worker's whole traceback: the original message is its last line."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        last = message.rstrip().splitlines()[-1]  # "fcnseg.data.base.DatasetError: image ..."
+        kind, separator, original = last.partition(": ")
+        if separator and kind.split(".")[-1] == type(error).__name__:
+            return original
+    return message
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, like the errors: the user needs what it says, not the file
+    and source line that issued it."""
+    text = " ".join(str(message).split())
+    print(f"fcnseg: warning: {text}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

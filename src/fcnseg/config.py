@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import sys
 import types
@@ -77,8 +78,8 @@ class TrainConfig:
     # -- the data
     dataset: str = "synthetic"
     root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str | None = "train"  # None ("none"): a reader without splits, all images
+    val_split: str | None = "val"
     val_dataset: str | None = None  # None: the training dataset
     val_root: str | None = None  # None: root
     train_options: dict[str, Any] = field(default_factory=dict)  # reader keyword options
@@ -99,6 +100,8 @@ class TrainConfig:
     schedule: str | None = None  # fixed, poly or cosine
     poly_power: float = 0.9
     warmup_iters: int | None = None
+    loss: str = "cross_entropy"  # or focal, dice, ce+dice (fcnseg.losses)
+    focal_gamma: float = 2.0  # the focal loss's focusing exponent; 0 is cross-entropy
     loss_reduction: str | None = None  # sum (the reference) or mean
     loss_sampling: float = 0.0  # Section 4.4: drop each final score cell with probability p
     sampling_cell: int = 32  # pixels per score cell for loss sampling
@@ -127,6 +130,9 @@ class TrainConfig:
     overlays: int = 4  # validation images drawn with their predictions
     time_limit_minutes: float = 0.0  # stop (evaluate, save) after this long; 0: no limit
     deterministic: bool = False
+    # DDP: seconds a rank waits in a collective (or for the others to join) before giving up
+    # with an error; torch's default is 30 minutes, long to wait on a frozen rank
+    ddp_timeout_seconds: float = 300.0
 
     def resolved(self) -> TrainConfig:
         """A copy with the recipe's defaults written in for every ``None`` it owns."""
@@ -149,6 +155,7 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         """Check choices and ranges; raise ``ConfigError`` naming the key and the fix."""
+        self._check_finite(source)
         for key, allowed in _CHOICES.items():
             value = getattr(self, key)
             if value is not None and value not in allowed:
@@ -160,12 +167,22 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < low:
                 raise ConfigError(f"{source}: {key} must be at least {low}, got {value}")
+        if self.ddp_timeout_seconds <= 0:
+            raise ConfigError(
+                f"{source}: ddp_timeout_seconds must be positive, got {self.ddp_timeout_seconds}"
+            )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"{source}: lr must be positive, got {self.lr}")
         if not 0.0 <= self.loss_sampling < 1.0:
             raise ConfigError(
                 f"{source}: loss_sampling is the drop probability p: use 0 <= p < 1, "
                 f"got {self.loss_sampling}"
+            )
+        if self.loss in ("dice", "ce+dice") and self.loss_reduction == "sum":
+            raise ConfigError(
+                f"{source}: loss = {self.loss!r} needs loss_reduction = 'mean': Dice is a mean "
+                "over classes, and a cross-entropy summed over every pixel (the paper recipe) "
+                "would drown it; set loss_reduction = 'mean' and an lr for a mean loss"
             )
         if isinstance(self.class_weights, str) and self.class_weights not in ("none", "median"):
             raise ConfigError(
@@ -201,6 +218,21 @@ class TrainConfig:
                 f"{source}: staged training ends at an FCN-8s: set model to an fcn8s_* "
                 f"model, not {self.model!r}"
             )
+
+    def _check_finite(self, source: str) -> None:
+        """nan and inf pass every range check (nan compares false), so each number of a float
+        key is checked first: a nan lr used to surface as torch's message, naming no key."""
+        for key in _FLOAT_KEYS:
+            value = getattr(self, key)
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for sub, item in items:
+                numbers = item if isinstance(item, list) else [item]
+                if any(_not_finite(number) for number in numbers):
+                    name = key if sub is None else f"{key}.{sub}"
+                    raise ConfigError(
+                        f"{source}: {name} = {_show(item)} is not a finite number: give a "
+                        "number (nan and inf are not allowed)"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,6 +285,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("fixed", "poly", "cosine"),
     "loss_reduction": ("sum", "mean"),
+    "loss": ("cross_entropy", "focal", "dice", "ce+dice"),  # fcnseg.losses.LOSSES
     "amp": ("off", "bf16", "fp16", "auto"),
 }
 _MINIMUM: dict[str, float] = {
@@ -277,7 +310,20 @@ _MINIMUM: dict[str, float] = {
     "weight_decay": 0.0,
     "bias_lr_mult": 0.0,
     "stage_lr_factor": 0.0,
+    "focal_gamma": 0.0,
 }
+
+
+def _not_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    """A value as written in a config: nan and inf bare, lists of them too."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    return repr(value) if not isinstance(value, float) else str(value)
+
 
 _VARIANT = re.compile(r"^fcn(32s|16s|8s)_(atonce_)?(.+)$")
 
@@ -316,6 +362,14 @@ _NAMED_BY_MODEL = frozenset({"backbone", "variant", "name"})
 # with their types (ModelSpec's own, plus build_model's in_channels and num_classes).
 MODEL_OPTIONS = frozenset(SPEC_FIELDS) - _NAMED_BY_MODEL | {"in_channels", "num_classes"}
 _OPTION_TYPES = {**typing.get_type_hints(ModelSpec), "in_channels": int, "num_classes": int}
+
+
+def _holds_float(expected: Any) -> bool:
+    """Whether a field's type has floats in it: float, float | None, list[float], ..."""
+    return expected is float or any(_holds_float(arg) for arg in typing.get_args(expected))
+
+
+_FLOAT_KEYS = [key for key, expected in _TYPES.items() if _holds_float(expected)]
 
 
 def load_config(

@@ -12,6 +12,21 @@ stride of the coarsest scores, whose every cell sees one receptive field).
 
 Class balancing weights each pixel's loss by its class: ``median_frequency_weights`` computes
 Eigen & Fergus's median-frequency weights from a dataset, or the weights can be given.
+
+Beside cross-entropy (``loss="cross_entropy"``, the paper's), ``SegmentationLoss`` offers the
+losses used where classes are very unequal in size; each honours the ignore label, loss
+sampling and class weights:
+
+- ``"focal"`` (Lin et al. 2017): ``-(1 - p_t)^gamma log p_t`` per pixel, ``p_t`` the softmax
+  probability of the labelled class; well classified pixels weigh less. ``gamma = 0`` is
+  cross-entropy. Reduced like cross-entropy (class weights scale each pixel).
+- ``"dice"`` (soft Dice, Milletari et al. 2016): per class c, over every labelled pixel of
+  the batch, ``1 - 2 sum(p_c y_c) / (sum(p_c) + sum(y_c))``; the loss is the mean of that
+  over the classes present in the labels (weighted by the class weights, if given). Classes
+  absent from the labels are left out: their score would be 0/0, and counting them as
+  perfect would shrink the loss by the number of classes missing from a batch. Dice is a
+  ratio already: ``reduction`` does not apply to it.
+- ``"ce+dice"``: cross-entropy (reduced as ``reduction`` says) plus Dice, weight 1 each.
 """
 
 from __future__ import annotations
@@ -23,20 +38,29 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "LOSSES",
     "SegmentationLoss",
     "MultiTaskLoss",
+    "dice_loss",
+    "focal_loss",
     "sample_mask",
     "class_pixel_counts",
     "median_frequency_weights",
 ]
 
 
+LOSSES = ("cross_entropy", "dice", "focal", "ce+dice")
+
+
 class SegmentationLoss(nn.Module):
-    """Softmax cross-entropy over N x C x H x W logits and N x H x W labels.
+    """Softmax cross-entropy (or ``loss`` = focal, Dice, CE + Dice) over N x C x H x W logits
+    and N x H x W labels.
 
     ``reduction`` "sum" (the reference's unnormalised loss) or "mean" (over the pixels that
-    count: labelled, kept by sampling; weighted pixels weigh as their class weight says).
+    count: labelled, kept by sampling; weighted pixels weigh as their class weight says);
+    for cross-entropy and focal, and the cross-entropy half of "ce+dice".
     ``sampling`` is the probability p of dropping a cell (0 keeps every pixel).
+    ``focal_gamma`` is the focal loss's focusing exponent.
     """
 
     def __init__(
@@ -47,8 +71,15 @@ class SegmentationLoss(nn.Module):
         weight: Sequence[float] | torch.Tensor | None = None,
         sampling: float = 0.0,
         sampling_cell: int = 32,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be at least 0, got {focal_gamma}")
+        self.loss, self.focal_gamma = loss, float(focal_gamma)
         if reduction not in ("sum", "mean"):
             raise ValueError(f"loss reduction must be 'sum' or 'mean', got {reduction!r}")
         if not 0.0 <= sampling < 1.0:
@@ -76,21 +107,84 @@ class SegmentationLoss(nn.Module):
             target = target.masked_fill(~keep, self.ignore_index)
         weight = None if self.weight is None else self.weight.to(logits.device)
         # the float32 loss even under autocast: a sum over 250k pixels overflows fp16
-        return F.cross_entropy(
-            logits.float(),
-            target,
-            weight=weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
+        logits = logits.float()
+        options = {"weight": weight, "ignore_index": self.ignore_index}
+        if self.loss == "focal":
+            return focal_loss(
+                logits, target, gamma=self.focal_gamma, reduction=self.reduction, **options
+            )
+        if self.loss == "dice":
+            return dice_loss(logits, target, **options)
+        loss = F.cross_entropy(logits, target, reduction=self.reduction, **options)
+        if self.loss == "ce+dice":
+            loss = loss + dice_loss(logits, target, **options)
+        return loss
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 2.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = 255,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``-w_y (1 - p_y)^gamma log p_y`` per labelled pixel (``p_y`` the softmax probability of
+    its class ``y``, ``w_y`` its class weight or 1), summed, or divided by the sum of the
+    ``w_y`` (``reduction="mean"``, as ``F.cross_entropy`` divides)."""
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))  # any class: masked below
+    log_p = logits.log_softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)  # N x H x W
+    # (1 - p)^gamma from log p: exact near p = 1, where 1 - exp(log p) would cancel; the
+    # floor keeps the gradient of x^gamma finite at p = 1 when gamma < 1
+    focus = (-torch.expm1(log_p)).clamp(min=torch.finfo(log_p.dtype).tiny).pow(gamma)
+    losses = -focus * log_p
+    pixel_weight = valid.to(losses.dtype)
+    if weight is not None:
+        pixel_weight = pixel_weight * weight.to(losses.dtype)[safe]
+    total = (losses * pixel_weight).sum()
+    if reduction == "sum":
+        return total
+    return total / pixel_weight.sum()  # 0/0 = NaN when nothing is labelled, as cross-entropy
+
+
+def dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Soft multi-class Dice loss over the labelled pixels of the batch (the module's
+    docstring has the formula): ``sum_c w_c (1 - dice_c) / sum_c w_c`` over the classes ``c``
+    present in ``target``, ``w_c`` the class weights or 1. 0 when no pixel is labelled."""
+    num_classes = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)  # N x 1 x H x W
+    probs = logits.softmax(1) * valid
+    safe = torch.where(valid.squeeze(1), target, torch.zeros_like(target))
+    one_hot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(probs.dtype) * valid
+    dims = (0, 2, 3)
+    overlap = (probs * one_hot).sum(dims)  # C
+    labelled = one_hot.sum(dims)  # C: pixels of each class
+    present = labelled > 0
+    # a present class has at least one labelled pixel: the denominator is >= 1
+    dice = 2 * overlap / (probs.sum(dims) + labelled).clamp(min=1)
+    class_weight = present.to(probs.dtype)
+    if weight is not None:
+        class_weight = class_weight * weight.to(probs.dtype)
+    # no class to score (nothing labelled, or zero weights): 0 / tiny = 0, no device sync
+    total = class_weight.sum().clamp(min=torch.finfo(probs.dtype).tiny)
+    return ((1 - dice) * class_weight).sum() / total
 
 
 class MultiTaskLoss(nn.Module):
     """``sum_task weight_task * loss_task``, each a ``SegmentationLoss`` on its labels.
 
-    For the two-headed SIFT Flow net the reference adds the two SoftmaxWithLoss layers with weight 1 each (``loss`` and
-    ``loss_geo``). ``class_weights`` optionally gives one list per task. With loss sampling,
-    each task draws its own mask.
+    For the two-headed SIFT Flow net the reference adds the two SoftmaxWithLoss layers with
+    weight 1 each (``loss`` and ``loss_geo``). ``class_weights`` optionally gives one list per
+    task; ``loss`` and ``focal_gamma`` pick every task's loss. With loss sampling, each task
+    draws its own mask.
     """
 
     def __init__(
@@ -103,6 +197,8 @@ class MultiTaskLoss(nn.Module):
         class_weights: Mapping[str, Sequence[float]] | None = None,
         sampling: float = 0.0,
         sampling_cell: int = 32,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         weights = dict(weights) if weights is not None else {task: 1.0 for task in tasks}
@@ -124,6 +220,8 @@ class MultiTaskLoss(nn.Module):
                     weight=class_weights.get(task),
                     sampling=sampling,
                     sampling_cell=sampling_cell,
+                    loss=loss,
+                    focal_gamma=focal_gamma,
                 )
                 for task in self.weights
             }

@@ -203,9 +203,11 @@ def _write_report(
     viz.plot_curves([], out / "curves.png", runs=logs)
     viz.plot_confusion(confusion, classes, out / "confusion.png", title="FCN-8s confusion")
     panels = _panels(args, segmenters, out / "overlays")
-    (out / "summary.json").write_text(
-        json.dumps(json_safe({"steps": plan.steps, "seconds": elapsed, **metrics}), indent=2)
-    )
+    # the steps each net trained, as report.md's table shows them; the plan is an estimate
+    # that a time limit (or the cap that keeps FCN-8s to FCN-32s's count) may cut short
+    steps = {v: r.iterations for v, r in results.items()}
+    summary = {"steps": steps, "planned_steps": plan.steps, "seconds": elapsed, **metrics}
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     lines = _report_lines(args, plan, results, metrics, classes, elapsed, panels)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines[2:8])
@@ -216,18 +218,35 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def _panels(args: argparse.Namespace, segmenters: dict[str, Segmenter], folder: Path) -> list[str]:
-    """image | label | FCN-32s | FCN-8s for four validation images."""
+    """image | label | FCN-32s | FCN-8s for four validation images, titled, with a legend."""
     folder.mkdir(exist_ok=True)
     dataset = SyntheticShapes("val", size=args.size, num_images=args.val_images)
+    reference = segmenters["8s"]
+    titles = ["image", "label"] + [f"FCN-{v}" for v in _VARIANTS]
     names = []
     for index in range(min(4, len(dataset))):
         image, label = dataset.generate(index)
         maps = [label] + [segmenters[v].predict(image) for v in _VARIANTS]
-        panel = viz.comparison_panel(image, maps, segmenters["8s"].palette, scale=2)
+        panel = viz.panel_figure(
+            image, maps, reference.palette, titles=titles, classes=reference.classes
+        )
         name = f"overlays/{index:03d}.png"
-        Image.fromarray(panel).save(folder.parent / name)
+        Image.fromarray(viz.figure_pixels(panel)).save(folder.parent / name)
         names.append(name)
     return names
+
+
+def _short_runs(plan: _Plan, results: dict[str, TrainResult]) -> list[str]:
+    """A line saying which net trained fewer steps than planned, and why (none if all did)."""
+    why = {"time limit": "time limit", "callback": "capped at FCN-32s's count"}
+    short = [
+        f"FCN-{v} {r.iterations} ({why.get(r.stopped, r.stopped)})"
+        for v, r in results.items()
+        if r.iterations < plan.steps
+    ]
+    if not short:
+        return []
+    return ["", f"Planned {plan.steps} steps per net; trained: {', '.join(short)}."]
 
 
 def _report_lines(
@@ -259,6 +278,7 @@ def _report_lines(
         "",
         f"FCN-8s {'gains' if gain >= 0 else 'loses'} {100 * abs(gain):.1f} points of mean IU "
         "over FCN-32s.",
+        *_short_runs(plan, results),
         "",
         f"Both nets: {backbone} backbone, {args.batch_size} images of {args.size}x{args.size} "
         f"per step, AdamW, evaluated on {args.val_images} validation images; wall time "

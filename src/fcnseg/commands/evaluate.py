@@ -32,7 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
     parser.add_argument("--data", required=True, help="dataset name (synthetic, camvid, voc, ...)")
     parser.add_argument("--root", type=Path, help="the dataset's folder (not for synthetic)")
-    parser.add_argument("--split", default="val", help="split to evaluate (default val)")
+    parser.add_argument(
+        "--split",
+        default="val",
+        type=_split,
+        help="split to evaluate (default val); none: every image of a dataset without splits",
+    )
     parser.add_argument(
         "--option",
         action="append",
@@ -40,11 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a reader option, e.g. size=96 or sbd_root=data/sbd (repeatable)",
     )
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    parser.add_argument(
+        "--max-images", type=int, metavar="N", help="evaluate only the first N images (N >= 1)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
     parser.add_argument("--out", type=Path, help="JSON file (default: beside the checkpoint)")
     parser.set_defaults(run=run)
+
+
+def _split(text: str) -> str | None:
+    """ "none" (any case) is no split: the folder reader's flat layout has none."""
+    return None if text.lower() == "none" else text
 
 
 def _options(items: list[str]) -> dict:
@@ -58,6 +70,11 @@ def _options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(
+            f"--max-images {args.max_images} would evaluate nothing: give 1 or more, or leave "
+            "it out to evaluate every image"
+        )
     record = load_checkpoint(args.checkpoint)
     model = record.build()
     try:
@@ -83,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stdout.isatty(),  # quiet when piped or logged
     )
     metrics = task_metrics(confusion)
-    print(f"{record.spec.label} on {args.data} {args.split} ({len(dataset)} images)")
+    split = args.split or "all images"
+    print(f"{record.spec.label} on {args.data} {split} ({len(dataset)} images)")
     for task, values in metrics.items():
         print(f"\n{task}: {format_metrics(values)}\n" if len(metrics) > 1 else format_metrics(values))
         print_table(class_table(values, classes[task]))
@@ -108,7 +126,7 @@ def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, 
 
 def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
     out = args.out or args.checkpoint.with_name(
-        f"eval-{args.checkpoint.stem}-{args.data}-{args.split}.json"
+        f"eval-{args.checkpoint.stem}-{args.data}-{args.split or 'all'}.json"
     )
     single = len(metrics) == 1  # a single task's metrics stay at the top level
     task = next(iter(metrics))

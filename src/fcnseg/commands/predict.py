@@ -25,6 +25,12 @@ prediction, whatever their names; otherwise the files are paired by stem (NYUDv2
 ``images/img_5001.png`` with ``depth/img_5001.png``), and a stem that some input lacks is
 reported as a failure. Outputs are named after the first input's file; the overlay is drawn
 on the first 3-channel input (the colour image). Depth reads a 16-bit PNG as stored.
+
+No file but predict's own earlier outputs is ever written over: the PNGs it writes carry a
+``Software: fcnseg predict`` text chunk, and when a name is taken by an input or by any other
+file, the outputs take the next free ``<name>-2``, ``<name>-3``, ... (printed per image). The
+same mark keeps folders and globs from feeding predict's outputs back in as inputs, so
+``--out`` may be the input folder.
 """
 
 from __future__ import annotations
@@ -38,14 +44,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
+from .. import __version__
 from ..data import DatasetError
+from ..data.palettes import flat_palette
 from ..engine.distributed import resolve_device
-from ..inference import Segmenter, load_input, save_mask
+from ..inference import Segmenter, load_input
 from ..models import ModelSpec
 from ..tiling import Tiling
-from ..viz import overlay
+from ..viz import figure_pixels, overlay_figure
 
+# The PNG text chunk that marks predict's outputs (masks and overlays).
+MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 
 
@@ -118,13 +129,15 @@ def _tiling(args: argparse.Namespace) -> Tiling | None:
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image paths from files, folders (their images, sorted) and glob patterns; and the
-    inputs that matched nothing, with the reason."""
+    inputs that matched nothing, with the reason. Folders and globs leave out the masks and
+    overlays predict wrote (a file named on its own is taken as it is)."""
     found: list[Path] = []
     failed: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            images = [p for p in images if not written_by_predict(p)]
             if not images:
                 failed.append((item, "folder holds no images"))
             found += images
@@ -132,7 +145,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             found.append(path)
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            images = [p for p in matches if p.is_file()]
+            images = [p for p in matches if p.is_file() and not written_by_predict(p)]
             if not images:
                 failed.append((item, "pattern matches no file"))
             found += images
@@ -140,6 +153,20 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             failed.append((item, "no such file or folder"))
     unique = list(dict.fromkeys(found))
     return unique, failed
+
+
+def written_by_predict(path: Path) -> bool:
+    """Whether ``path`` is a mask or overlay written by fcnseg predict (its PNG mark); a
+    probabilities file counts as predict's when the mask beside it does."""
+    if path.name.endswith("_probs.npy"):
+        return written_by_predict(path.with_name(path.name[: -len("_probs.npy")] + ".png"))
+    if path.suffix.lower() != ".png" or not path.is_file():
+        return False
+    try:
+        with Image.open(path) as image:  # reads the chunks before the pixels only
+            return image.info.get(MARK_KEY) == MARK_VALUE
+    except (OSError, SyntaxError, ValueError):
+        return False  # unreadable: not ours, so never written over
 
 
 def check_writable(folder: Path) -> None:
@@ -155,22 +182,76 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
-def _output_stem(path: Path, used: set[str]) -> str:
-    """``path``'s name without suffix, made unique among the outputs (a.jpg and a.png)."""
-    stem, number = path.stem, 1
-    while stem in used:
-        number += 1
-        stem = f"{path.stem}-{number}"
-    used.add(stem)
-    return stem
+class OutputNames:
+    """Chooses each image's output stem so that no output lands on an input, on a file
+    predict did not write, or on an earlier image's outputs of this run."""
+
+    def __init__(self, args: argparse.Namespace, tasks: list[str] | None, inputs: list[Path]):
+        self.out, self.tasks = args.out, tasks
+        self.suffixes = [".png"]
+        if not args.no_overlay:
+            self.suffixes.append("_overlay.png")
+        if args.probabilities:
+            self.suffixes.append("_probs.npy")
+        self.inputs = {path.resolve() for path in inputs}
+        self.used: set[str] = set()
+
+    def stem(self, path: Path) -> str:
+        """``path``'s name without suffix, or ``<name>-N`` with the first N that is free."""
+        stem, number = path.stem, 1
+        while stem in self.used or not self._free(stem):
+            number += 1
+            stem = f"{path.stem}-{number}"
+        self.used.add(stem)
+        return stem
+
+    def _free(self, stem: str) -> bool:
+        maps = [stem] if self.tasks is None else [f"{stem}_{task}" for task in self.tasks]
+        for name in maps:
+            for suffix in self.suffixes:
+                target = self.out / f"{name}{suffix}"
+                if target.resolve() in self.inputs:
+                    return False
+                if target.exists() and not written_by_predict(target):
+                    return False
+        return True
 
 
-def _write(args, rgb, stem: str, labels: np.ndarray, probs: np.ndarray | None, palette) -> None:
-    """``<stem>.png``, its overlay and probabilities, as the options ask."""
-    save_mask(labels, args.out / f"{stem}.png", palette)
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Save with predict's mark, so later runs know the file as theirs."""
+    info = PngInfo()
+    info.add_text(MARK_KEY, MARK_VALUE)
+    info.add_text("fcnseg-version", __version__)
+    image.save(path, pnginfo=info)
+
+
+def _mask_image(labels: np.ndarray, palette) -> Image.Image:
+    """An index PNG image (mode P): pixel values are the class indices, shown in ``palette``."""
+    if labels.max(initial=0) > 255:
+        raise ValueError("an index PNG holds at most 256 classes: save the labels as .npy")
+    mask = Image.fromarray(labels.astype(np.uint8))
+    mask.putpalette(flat_palette([tuple(color) for color in palette]))
+    return mask
+
+
+def _write(
+    args,
+    rgb,
+    stem: str,
+    labels: np.ndarray,
+    probs: np.ndarray | None,
+    segmenter: Segmenter,
+    task: str,
+) -> None:
+    """``<stem>.png``, its overlay (with a legend) and probabilities, as the options ask;
+    ``task`` picks the palette and class names."""
+    palette, classes = segmenter.task_palettes[task], segmenter.task_classes[task]
+    _save_png(_mask_image(labels, palette), args.out / f"{stem}.png")
     if not args.no_overlay:
         image = rgb.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
-        Image.fromarray(overlay(image, labels, palette)).save(args.out / f"{stem}_overlay.png")
+        ignore = segmenter.ignore_index
+        figure = overlay_figure(image, labels, palette, classes, ignore_index=ignore)
+        _save_png(Image.fromarray(figure_pixels(figure)), args.out / f"{stem}_overlay.png")
     if probs is not None:
         np.save(args.out / f"{stem}_probs.npy", probs)
 
@@ -182,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, device=resolve_device(args.device), tiling=tiling
     )
     jobs, failed = collect_inputs(args, segmenter.spec)
-    used: set[str] = set()
+    tasks = list(segmenter.tasks) if len(segmenter.tasks) > 1 else None
+    names = OutputNames(args, tasks, [file for _, files in jobs for file in files.values()])
     written = 0
     for path, files in jobs:
         try:
@@ -190,23 +272,22 @@ def run(args: argparse.Namespace) -> int:
         except (DatasetError, OSError, ValueError) as error:
             failed.append((str(path), str(error)))
             continue
-        stem = _output_stem(path, used)
+        stem = names.stem(path)
         rgb = _backdrop(images, segmenter.spec)
         result = segmenter.predict(images, probabilities=args.probabilities)
         labels, probs = result if args.probabilities else (result, None)
         if isinstance(labels, dict):  # a multi-task model: one map per task
-            names = []
+            masks = []
             for task, task_labels in labels.items():
                 task_probs = None if probs is None else probs[task]
-                palette = segmenter.task_palettes[task]
-                _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, palette)
-                names.append(f"{stem}_{task}.png")
+                _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, segmenter, task)
+                masks.append(f"{stem}_{task}.png")
         else:
-            _write(args, rgb, stem, labels, probs, segmenter.palette)
-            names = [f"{stem}.png"]
+            _write(args, rgb, stem, labels, probs, segmenter, segmenter.tasks[0])
+            masks = [f"{stem}.png"]
         written += 1
         source = " + ".join(str(file) for file in files.values())
-        print(f"{source} -> {', '.join(str(args.out / name) for name in names)}")
+        print(f"{source} -> {', '.join(str(args.out / name) for name in masks)}")
     print(f"{written} image(s) predicted into {args.out}{os.sep}")
     if failed:
         print(f"{len(failed)} input(s) failed:")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from ..engine.distributed import CollectiveTimeoutError
 from ..engine.train import NonFiniteLossError, default_run_dir, train
 
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = default_run_dir(config, stem=config_path.stem)
     try:
         result = train(config, run_dir, resume=args.resume is not None)
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, CollectiveTimeoutError) as error:
         print(f"fcnseg: error: {error}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") != "0":

@@ -12,6 +12,7 @@ line naming the file, what is wrong and what fixes it.
 
 from __future__ import annotations
 
+import inspect
 import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -475,16 +476,37 @@ def list_datasets() -> list[str]:
 
 
 def build_dataset(
-    name: str, *, root: Path | str | None = None, split: str = "train", **options: Any
+    name: str, *, root: Path | str | None = None, split: str | None = "train", **options: Any
 ) -> Dataset:
-    """The reader registered as ``name``, e.g. ``build_dataset("voc", root=..., split="val")``."""
+    """The reader registered as ``name``, e.g. ``build_dataset("voc", root=..., split="val")``;
+    ``split=None`` for a reader without splits (the folder reader's flat layout)."""
     if name not in _REGISTRY:
         raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
     entry = _REGISTRY[name]
+    if split is None and not _takes_no_split(entry.factory):
+        raise DatasetError(
+            f"dataset {name!r} has splits and split none means all images of a dataset "
+            "without splits: choose a split (train_split / val_split in a config, --split on "
+            "fcnseg eval)"
+        )
     if entry.needs_root:
         if root is None:
-            raise DatasetError(f"dataset {name!r} reads files: pass root=<its folder>")
+            raise DatasetError(
+                f"dataset {name!r} reads files: pass root=<its folder> (a config key, or "
+                "--root on fcnseg eval)"
+            )
         return entry.factory(root=root, split=split, **options)
     if root is not None:
-        raise DatasetError(f"dataset {name!r} is generated and takes no root: drop root=")
+        raise DatasetError(
+            f"dataset {name!r} is generated and takes no root: drop root= (or --root)"
+        )
     return entry.factory(split=split, **options)
+
+
+def _takes_no_split(factory: Callable[..., Dataset]) -> bool:
+    """Whether a reader reads every image when given ``split=None`` (its default is None)."""
+    try:
+        parameter = inspect.signature(factory).parameters.get("split")
+    except (TypeError, ValueError):  # no signature to read: let the reader decide
+        return True
+    return parameter is not None and parameter.default is None

@@ -10,14 +10,27 @@
       masks/<stem>.png index PNGs (mode P/L/16-bit: the values are the classes, 255 ignored)
                        or colour PNGs (mapped through the colours of classes.txt)
 
-Splits: ``split=None`` takes every image; otherwise ``images/<split>/`` + ``masks/<split>/``
+Splits: ``split=None`` takes every image (``train_split = none`` / ``val_split = none`` in a
+config, ``--split none`` on ``fcnseg eval``); otherwise ``images/<split>/`` + ``masks/<split>/``
 or a ``<split>.txt`` listing stems. Every image needs a mask and every mask an image.
+
+Masks whose stored values are not the class indices take ``value_map``, raw value -> class
+(255: ignored), e.g. ``{0: 0, 255: 1}`` for binary masks saved as 0 and 255; in a config
+``train_options = { value_map = { 0 = 0, 255 = 1 } }`` (and the same in ``val_options``),
+on ``fcnseg eval`` ``--option value_map={0=0,255=1}``. A value the map leaves out is an
+error naming the file, except 255, which stays ignored unless mapped.
+
+Up to ``scan_masks`` masks (spread over the split) are read when the dataset is built, so
+bad masks fail before training: a 2-class dataset whose masks hold 255 and no 1 (foreground
+saved as 255, which would be ignored) is an error saying how to map it, and a class that
+occurs in none of the scanned masks is a warning.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +147,8 @@ class FolderDataset(SegmentationDataset):
         transforms: Callable | None = None,
         *,
         classes_file: str = "classes.txt",
+        value_map: Mapping[int | str, int] | None = None,
+        scan_masks: int = 100,
     ) -> None:
         self.root = require_dir(root, "dataset root", "create images/, masks/ and classes.txt")
         self.split = split
@@ -147,8 +162,41 @@ class FolderDataset(SegmentationDataset):
             if class_list.ignore_color is not None:
                 self.mask_colors.append(class_list.ignore_color)
                 self.mask_values.append(IGNORE_INDEX)
-        self.label_map = LabelMap.identity(len(self.classes), name=f"{len(self.classes)}-class")
+        if value_map is not None and self.mask_colors is not None:
+            raise DatasetError(
+                f"{self.root}: value_map is for index masks, and classes.txt gives colours: "
+                "drop value_map (colour masks map through the class colours)"
+            )
+        self.value_map = None if value_map is None else self._check_value_map(value_map)
+        name = f"{len(self.classes)}-class"
+        if self.value_map is None:
+            self.label_map = LabelMap.identity(len(self.classes), name=name)
+        else:
+            self.label_map = LabelMap(self.value_map, name=name)
         super().__init__(self._pair(), transforms)
+        self._scan(scan_masks)
+
+    def _check_value_map(self, value_map: Mapping[int | str, int]) -> dict[int, int]:
+        """``value_map`` as {raw: class} ints, 255 ignored unless mapped; one-line errors."""
+        checked: dict[int, int] = {}
+        for raw, target in value_map.items():
+            if isinstance(raw, str) and raw.strip().isdigit():
+                raw = int(raw)  # TOML and JSON keys are strings
+            if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 65535:
+                raise DatasetError(
+                    f"value_map key {raw!r} is not a mask value: use 0..65535, e.g. "
+                    "{0 = 0, 255 = 1}"
+                )
+            valid = isinstance(target, int) and not isinstance(target, bool)
+            if not valid or not (0 <= target < len(self.classes) or target == IGNORE_INDEX):
+                name = f"class {target}" if valid else repr(target)
+                raise DatasetError(
+                    f"value_map maps {raw} to {name}: map each value to a class 0.."
+                    f"{len(self.classes) - 1} of {self.root / 'classes.txt'} or to 255 (ignore)"
+                )
+            checked[raw] = target
+        checked.setdefault(IGNORE_INDEX, IGNORE_INDEX)
+        return checked
 
     def _pair(self) -> list[Sample]:
         images_dir = require_dir(self.root / "images", "images folder", "put the images in images/")
@@ -163,7 +211,9 @@ class FolderDataset(SegmentationDataset):
             else:
                 raise DatasetError(
                     f"{self.root}: no split {self.split!r}: create images/{self.split}/ and "
-                    f"masks/{self.split}/, or {self.split}.txt listing stems, or pass split=None"
+                    f"masks/{self.split}/, or {self.split}.txt listing stems; or, to take every "
+                    "image, set the split to none (train_split=none / val_split=none, "
+                    "--split none on fcnseg eval)"
                 )
         images = _by_stem(images_dir, IMAGE_SUFFIXES, "images")
         masks = _by_stem(masks_dir, MASK_SUFFIXES, "masks")
@@ -182,6 +232,41 @@ class FolderDataset(SegmentationDataset):
         if not stems:
             raise DatasetError(f"{images_dir} holds no images: put images and masks there")
         return [Sample(stem, images[stem], masks[stem]) for stem in stems]
+
+    def _scan(self, count: int) -> None:
+        """Read up to ``count`` masks spread over the split: which classes occur, and whether
+        255 stands in for the foreground of a binary dataset (see the module docstring)."""
+        if count <= 0:
+            return
+        picks = np.linspace(0, len(self.samples) - 1, min(count, len(self.samples)))
+        picks = np.unique(picks.round().astype(int))
+        seen = np.zeros(IGNORE_INDEX + 1, dtype=bool)  # the classes, and 255 for ignored
+        for index in picks:
+            sample = self.samples[index]
+            label = self.label_map(self.read_label(sample), sample.label)
+            seen |= np.bincount(label.ravel(), minlength=IGNORE_INDEX + 1) > 0
+        where = f"{len(picks)} {self.split} masks" if self.split else f"{len(picks)} masks"
+        if self._foreground_saved_as_255(seen):
+            raise DatasetError(
+                f"{self.root}: the {where} scanned hold 255 and no 1, and 255 means "
+                "ignored, so the foreground would never be learnt or scored: map it with "
+                "value_map = {0 = 0, 255 = 1} (in train_options and val_options, or --option "
+                "value_map={0=0,255=1} on fcnseg eval), or save the foreground as 1"
+            )
+        missing = [f"{self.classes[k]!r} ({k})" for k in range(self.num_classes) if not seen[k]]
+        if missing:
+            subject = "class " if len(missing) == 1 else "classes "
+            verb = "occurs" if len(missing) == 1 else "occur"
+            warnings.warn(
+                f"{self.root}: {subject}{', '.join(missing)} never {verb} in the {where} "
+                "scanned: check the masks and classes.txt",
+                stacklevel=3,
+            )
+
+    def _foreground_saved_as_255(self, seen: np.ndarray) -> bool:
+        """Binary index masks with 255 and no 1, and no value_map saying what 255 means."""
+        binary = self.num_classes == 2 and self.mask_colors is None and self.value_map is None
+        return binary and bool(seen[IGNORE_INDEX]) and not seen[1]
 
     def read_label(self, sample: Sample) -> np.ndarray:
         if self.mask_colors is None:

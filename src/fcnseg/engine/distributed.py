@@ -4,6 +4,12 @@
 LOCAL_RANK and WORLD_SIZE set; ``setup`` joins them into a process group (NCCL on CUDA,
 gloo on CPU). Without those variables everything runs as a single process and every helper
 here is a no-op, so the training code has one path.
+
+Every collective waits at most ``timeout_seconds`` (TrainConfig ``ddp_timeout_seconds``) for
+the other ranks; a rank that stops answering (frozen, stopped, hung) then ends the waiting
+ones with ``CollectiveTimeoutError``, one line saying which rank waited, for how long and on
+whom (``collective_timeouts``), instead of torch's 30-minute default and gloo's message.
+NCCL's watchdog aborts the process on a timeout instead: that message comes from torch.
 """
 
 from __future__ import annotations
@@ -11,13 +17,30 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterator, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["Context", "setup", "teardown", "ShardSampler", "all_reduce_max", "all_mean", "barrier"]
+__all__ = [
+    "Context",
+    "CollectiveTimeoutError",
+    "setup",
+    "teardown",
+    "collective_timeouts",
+    "ShardSampler",
+    "all_reduce_max",
+    "all_mean",
+    "barrier",
+]
+
+DEFAULT_TIMEOUT_SECONDS = 300.0
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A rank waited ``timeout_seconds`` for the others: the message names who went silent."""
 
 
 @dataclass(frozen=True)
@@ -51,20 +74,60 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def setup(device: str = "auto") -> Context:
-    """Join the torchrun process group when launched by torchrun; else a single process."""
+def setup(device: str = "auto", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Context:
+    """Join the torchrun process group when launched by torchrun; else a single process.
+
+    ``timeout_seconds`` bounds the wait for the other ranks, here and in every collective."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
+    context = Context(rank, world_size, local_rank, resolved)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
-        dist.init_process_group(
-            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30)
-        )
-    return Context(rank, world_size, local_rank, resolved)
+        timeout = datetime.timedelta(seconds=timeout_seconds)
+        with collective_timeouts(context, timeout_seconds, joining=True):
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+    return context
+
+
+@contextmanager
+def collective_timeouts(context: Context, timeout_seconds: float, *, joining: bool = False):
+    """Turn torch's timeout errors (gloo: "Timed out waiting 5000ms for recv operation",
+    then "Application timeout caused pair closure"; the store: "Timed out after 5 seconds
+    waiting for clients") into one ``CollectiveTimeoutError`` line."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not context.distributed or not _timed_out(error):
+            raise
+        raise CollectiveTimeoutError(_timeout_message(context, timeout_seconds, joining)) from None
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it was raised while handling, is a timeout."""
+    while error is not None:
+        text = str(error).lower()
+        if "timed out" in text or "timeout" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _timeout_message(context: Context, seconds: float, joining: bool) -> str:
+    """Gloo does not say which peer it waited on: with two ranks it can only be the other;
+    with more, it is one or more of the others."""
+    others = [rank for rank in range(context.world_size) if rank != context.rank]
+    who = f"rank {others[0]}" if len(others) == 1 else f"one or more of ranks {others}"
+    waiting = "to join the process group" if joining else "in a collective operation"
+    return (
+        f"rank {context.rank} of {context.world_size} timed out after {seconds:g} s waiting "
+        f"for {who} {waiting}: {who} stopped answering (frozen, stopped, crashed or far "
+        f"slower); check that process, or raise ddp_timeout_seconds (now {seconds:g}) if "
+        "it is only slow"
+    )
 
 
 def teardown(context: Context) -> None:

@@ -11,13 +11,27 @@
                      per task ("semantic", "geometric")
     stopped          reason, iteration (NaN or infinite loss)
 
+The train and val records also go, for tools that read tables or TensorBoard, to
+
+    train.csv, val.csv   one row per record, the header once; lists and dicts spread into
+                         columns named by path: iu/Sky (per class, by name), semantic/mean_iu
+    tb/                  TensorBoard event files (scalars train/loss, val/mean_iu,
+                         val/iu/Sky, ...; the step is the iteration), when the optional
+                         tensorboard package is installed (pip install "fcnseg[tensorboard]")
+
+A resumed run truncates all of them at the checkpoint's iteration (TensorBoard is told to
+purge the later steps), so every step appears once.
+
 ``write_report`` adds metrics.json, curves.png, confusion.png and overlays/.
 """
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +47,37 @@ from .checkpoint import load_checkpoint
 __all__ = ["RunLog", "write_report"]
 
 
-class RunLog:
-    """Append-only JSON lines, written by rank 0 only (``enabled``)."""
+Classes = Sequence[str] | Mapping[str, Sequence[str]]
 
-    def __init__(self, path: Path, *, enabled: bool) -> None:
+
+class RunLog:
+    """Append-only JSON lines, written by rank 0 only (``enabled``), with train/val records
+    copied into CSV files and TensorBoard beside ``path``.
+
+    ``classes`` (a run's class names, or a dict of them by task) name the per-class columns;
+    without them the columns are numbered.
+    """
+
+    def __init__(self, path: Path, *, enabled: bool, classes: Classes | None = None) -> None:
         self.path, self.enabled = path, enabled
+        self.classes = classes
+        self._headers: dict[str, list[str]] = {}  # train/val CSV columns, once read or written
+        self._writer: Any = None  # a SummaryWriter, opened at the first train/val record
+        self._tensorboard = True  # False once the package turned out to be missing
+        self._purge_step: int | None = None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = json_safe(record)
         with self.path.open("a") as file:
-            file.write(json.dumps(json_safe(record)) + "\n")
+            file.write(json.dumps(record) + "\n")
+        event = record.get("event")
+        if event in ("train", "val"):
+            values = flatten_record(record, self.classes)
+            self._append_csv(event, values)
+            self._add_scalars(event, values)
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -58,16 +91,130 @@ class RunLog:
         return records
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop train/val lines past ``iteration``: a resumed run repeats those steps and
-        logs them again, so every step appears once."""
-        if not self.enabled or not self.path.is_file():
+        """Drop train/val lines and rows past ``iteration``: a resumed run repeats those
+        steps and logs them again, so every step appears once."""
+        if not self.enabled:
             return
-        kept = [
-            json.dumps(record)
-            for record in self.records()
-            if record.get("event") not in ("train", "val") or record["iteration"] <= iteration
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        if self.path.is_file():
+            kept = [
+                json.dumps(record)
+                for record in self.records()
+                if record.get("event") not in ("train", "val") or record["iteration"] <= iteration
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        for event in ("train", "val"):
+            self._truncate_csv(event, iteration)
+        # TensorBoard keeps the old event files: a writer opened with purge_step hides every
+        # step from there on that they hold
+        self.close()
+        self._purge_step = iteration + 1
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (rows and lines are written as they come)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def csv_path(self, event: str) -> Path:
+        return self.path.parent / f"{event}.csv"
+
+    def _append_csv(self, event: str, values: dict[str, Any]) -> None:
+        path = self.csv_path(event)
+        header = self._headers.get(event) or _csv_header(path)
+        new = not header
+        if new:
+            header = list(values)
+        self._headers[event] = header
+        with path.open("a", newline="") as file:
+            # a key the first record lacked has no column: dropped, the header stays true
+            writer = csv.DictWriter(file, header, restval="", extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(values)
+
+    def _truncate_csv(self, event: str, iteration: int) -> None:
+        path = self.csv_path(event)
+        if not path.is_file():
+            return
+        with path.open(newline="") as file:
+            rows = list(csv.reader(file))
+        if not rows or "iteration" not in rows[0]:
+            return
+        column = rows[0].index("iteration")
+        kept = [row for row in rows[1:] if len(row) > column and _step(row[column]) <= iteration]
+        with path.open("w", newline="") as file:
+            csv.writer(file).writerows([rows[0], *kept])
+
+    def _add_scalars(self, event: str, values: dict[str, Any]) -> None:
+        writer = self._summary_writer()
+        if writer is None:
+            return
+        step = values["iteration"]
+        for key, value in values.items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and key != "iteration":  # the step; None (NaN) has no point to draw
+                writer.add_scalar(f"{event}/{key}", value, step)
+        writer.flush()  # readable at once, and nothing lost to a kill
+
+    def _summary_writer(self) -> Any:
+        if self._writer is None and self._tensorboard:
+            self._tensorboard = _tensorboard_installed()  # optional: CSV and JSON lines suffice
+            if not self._tensorboard:
+                return None
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:  # installed but broken: say so, once
+                self._tensorboard = False
+                print(f"note: no TensorBoard logs: {error}", file=sys.stderr)
+                return None
+            log_dir = self.path.parent / "tb"
+            self._writer = SummaryWriter(str(log_dir), purge_step=self._purge_step)
+            self._purge_step = None
+        return self._writer
+
+
+def flatten_record(record: Mapping[str, Any], classes: Classes | None = None) -> dict[str, Any]:
+    """One flat row of a log record, ``event`` left out: nested dicts and lists become
+    ``key/sub`` columns; a list of per-class values takes the class names when ``classes``
+    (a sequence, or a dict of sequences by the key above) has one per value."""
+    row: dict[str, Any] = {}
+
+    def add(prefix: str, value: Any, names: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                sub = names.get(key) if isinstance(names, Mapping) else names
+                add(f"{prefix}{key}/", item, sub)
+        elif isinstance(value, list | tuple):
+            named = isinstance(names, Sequence) and not isinstance(names, str | Mapping)
+            labels = names if named and len(names) == len(value) else range(len(value))
+            for label, item in zip(labels, value, strict=True):
+                add(f"{prefix}{label}/", item, None)
+        else:
+            row[prefix[:-1]] = value
+
+    add("", {k: v for k, v in record.items() if k != "event"}, classes)
+    return row
+
+
+def _tensorboard_installed() -> bool:
+    try:
+        return importlib.util.find_spec("tensorboard") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _csv_header(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return next(csv.reader(file), [])
+
+
+def _step(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")  # a row cut short by a kill: dropped
 
 
 def write_report(
@@ -93,15 +240,17 @@ def write_report(
     viz.plot_confusion(confusion, classes, run_dir / "confusion.png")
     if overlays:
         palette = best.palette.get(task) or voc_palette(len(classes))
-        predictor = _Predictor(best.build().to(device).eval(), palette)
+        model = best.build().to(device).eval()
+        predictor = _Predictor(model, palette, tuple(classes), best.ignore_index)
         viz.save_overlays(predictor, val_set, run_dir / "overlays", count=overlays)
 
 
 class _Predictor:
     """Label maps of a single-input, single-task model for the report's overlays."""
 
-    def __init__(self, model: torch.nn.Module, palette: list) -> None:
+    def __init__(self, model: torch.nn.Module, palette: list, classes, ignore_index: int):
         self.model, self.palette = model, palette
+        self.classes, self.ignore_index = classes, ignore_index
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:

@@ -59,7 +59,14 @@ from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
 from ..surgery import transplant
 from . import checkpoint as ckpt
-from .distributed import Context, all_mean, all_reduce_max, setup, teardown
+from .distributed import (
+    Context,
+    all_mean,
+    all_reduce_max,
+    collective_timeouts,
+    setup,
+    teardown,
+)
 from .evaluate import (
     autocast,
     batch_size,
@@ -212,13 +219,14 @@ def train(
     calls this; rank 0 alone writes. A callback returning True stops training (it is then
     evaluated and saved like a finished run).
     """
-    context = setup(config.device)
+    context = setup(config.device, config.ddp_timeout_seconds)
     try:
-        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-        run_dir = Path(_broadcast(str(run_dir), context))
-        if config.staged:
-            return _train_stages(config, run_dir, context, resume, callbacks)
-        return _train_one(config.resolved(), run_dir, context, resume, callbacks)
+        with collective_timeouts(context, config.ddp_timeout_seconds):
+            run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+            run_dir = Path(_broadcast(str(run_dir), context))
+            if config.staged:
+                return _train_stages(config, run_dir, context, resume, callbacks)
+            return _train_one(config.resolved(), run_dir, context, resume, callbacks)
     finally:
         teardown(context)
 
@@ -289,6 +297,7 @@ def _train_one(
     stopped = _loop(run, progress)
     if context.is_main:
         _report(run, progress)
+        run.log.close()
     return _result(run, progress, stopped)
 
 
@@ -378,7 +387,7 @@ def _setup(
         sampler=sampler,
         steps_per_epoch=steps_per_epoch,
         total_iters=total_iters,
-        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main),
+        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main, classes=_by_task_or_one(data.classes)),
         callbacks=callbacks,
     )
 
@@ -459,6 +468,8 @@ def _criterion(config: TrainConfig, data: _Data, spec: ModelSpec) -> MultiTaskLo
         class_weights={tasks[0]: weights} if weights is not None else None,
         sampling=config.loss_sampling,
         sampling_cell=config.sampling_cell,
+        loss=config.loss,
+        focal_gamma=config.focal_gamma,
     )
 
 
@@ -985,3 +996,8 @@ def _report(run: _Run, progress: _Progress) -> None:
         overlays=run.config.overlays if simple else 0,
         device=run.context.device,
     )
+
+
+def _by_task_or_one(classes: dict[str, tuple[str, ...]]) -> Any:
+    """One label set's names as they are, several as a dict by task (the log's columns)."""
+    return next(iter(classes.values())) if len(classes) == 1 else classes

@@ -1,0 +1,90 @@
+"""Dataset problems as the command line reports them (issue 13): one stderr line, no
+traceback, whichever process read the file, and the user's files untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+CLASSES = ["background", "road", "tree"]  # make.folder's classes.txt
+
+
+@pytest.fixture
+def broken_folder(tmp_path, make):
+    """make.folder's dataset with images/b.jpg corrupt (the masks, which the reader scans
+    when built, are fine: the error comes while a loader reads the images)."""
+    root = make.folder(tmp_path / "data")
+    (root / "val.txt").write_text("a\nb\n")
+    (root / "images" / "b.jpg").write_bytes(b"\xff\xd8 not a whole jpeg")
+    return root
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_bad_image_is_one_line_with_or_without_loader_workers(
+    tmp_path, broken_folder, workers, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+):
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(broken_folder)
+    result = fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", broken_folder,
+        "--workers", workers, "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert line.startswith("fcnseg: error: image ") and "b.jpg cannot be decoded" in line
+    assert "worker" not in line and "Caught" not in line
+    assert file_hashes(broken_folder) == before
+
+
+def test_split_none_reads_a_flat_folder_in_train_and_eval(
+    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes
+):
+    """The folder reader's flat layout has no split: none says so from the command line."""
+    root = make.folder(tmp_path / "data")
+    before = file_hashes(root)
+    result = fcnseg_cli(
+        "train", "dataset=folder", f"root={root}", "train_split=none", "val_split=none",
+        "model=fcn32s_efficientnet_lite0", "max_iters=1", "batch_size=2", "num_workers=0",
+        "threads=1", "overlays=0", "scale_range=none", "jitter=false", "device=cpu",
+        f"output={tmp_path / 'runs'}", "--config", _empty_config(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    result = fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root,
+        "--split", "none", "--workers", "0", "--device", "cpu", "--out", tmp_path / "m.json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "on folder all images (2 images)" in result.stdout
+    assert file_hashes(root) == before
+
+
+def test_a_missing_split_advises_what_the_command_line_can_do(
+    tmp_path, make, make_checkpoint, fcnseg_cli, one_line_error
+):
+    root = make.folder(tmp_path / "data")
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    result = fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root, "--workers", "0"
+    )
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "no split 'val'" in line and "--split none" in line and "split=None" not in line
+
+
+def test_none_is_refused_for_a_dataset_that_has_splits(
+    tmp_path, make, make_checkpoint, fcnseg_cli, one_line_error
+):
+    root = make.camvid(tmp_path)
+    checkpoint = make_checkpoint(tmp_path / "model.pt", [str(k) for k in range(11)])
+    result = fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "camvid", "--root", root,
+        "--split", "none", "--workers", "0",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "camvid" in one_line_error(result) and "choose a split" in result.stderr
+
+
+def _empty_config(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text("# every key on the command line\n")
+    return path

@@ -1,0 +1,150 @@
+"""Folder masks whose stored values are not the class indices (issue 13).
+
+A 2-class folder dataset saved as 0/255 binary masks would train with every foreground
+pixel ignored (255 is the ignore index) and report mean IU 100: it is refused in one line
+that names the fix, ``value_map`` maps raw values to classes, and a class that never occurs
+in the scanned masks is a one-line warning.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from fcnseg.data import DatasetError, FolderDataset
+
+SIZE = 32
+
+
+def make_binary(root, splits=("train", "val"), foreground=255):
+    """classes.txt with background and object; masks 0 / ``foreground`` per split folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("background\nobject\n")
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for n in range(2):
+            image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+            mask = np.zeros((SIZE, SIZE), np.uint8)
+            mask[8:24, 4 + n : 20 + n] = foreground
+            _save(root / "images" / split / f"{n}.png", image)
+            _save(root / "masks" / split / f"{n}.png", mask)
+    return root
+
+
+def _save(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _config(tmp_path, root, **extra):
+    config = {
+        "model": "fcn32s_efficientnet_lite0",
+        "dataset": "folder",
+        "root": str(root),
+        "max_iters": 1,
+        "batch_size": 2,
+        "num_workers": 0,
+        "threads": 1,
+        "overlays": 0,
+        "scale_range": None,
+        "jitter": False,
+        "device": "cpu",
+        "output": str(tmp_path / "runs"),
+        **extra,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_binary_255_masks_are_refused_in_one_line(
+    tmp_path, fcnseg_cli, file_hashes, one_line_error
+):
+    root = make_binary(tmp_path / "data")
+    before = file_hashes(root)
+    result = fcnseg_cli("train", "--config", _config(tmp_path, root))
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert line.startswith("fcnseg: error: ") and "255" in line and "no 1" in line
+    assert "value_map = {0 = 0, 255 = 1}" in line
+    assert file_hashes(root) == before
+
+
+def test_value_map_makes_255_the_foreground_class(tmp_path, fcnseg_cli, file_hashes):
+    root = make_binary(tmp_path / "data")
+    before = file_hashes(root)
+    value_map = {"0": 0, "255": 1}  # TOML and JSON keys are strings
+    config = _config(
+        tmp_path, root, train_options={"value_map": value_map}, val_options={"value_map": value_map}
+    )
+    result = fcnseg_cli("train", "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert file_hashes(root) == before
+    _, label = FolderDataset(root, "train", value_map={0: 0, 255: 1})[0]
+    assert set(label.unique().tolist()) == {0, 1}
+
+
+def test_value_map_can_also_ignore_a_value(tmp_path):
+    root = make_binary(tmp_path, splits=("train",))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[:4] = 128  # a border the annotator left undecided
+    mask[8:] = 255
+    _save(root / "masks" / "train" / "0.png", mask)
+    dataset = FolderDataset(root, "train", value_map={0: 0, 128: 255, 255: 1})
+    label = dataset[0][1].numpy()
+    assert (label[:4] == 255).all() and (label[8:] == 1).all() and (label[4:8] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("value_map", "fragment"),
+    [
+        ({0: 0, 255: 2}, "class 2"),
+        ({"zero": 0, 255: 1}, "'zero'"),
+        ({0: 0, -1: 1}, "-1"),
+        ({0: "one"}, "'one'"),
+    ],
+)
+def test_bad_value_maps_are_one_line(tmp_path, value_map, fragment):
+    root = make_binary(tmp_path, splits=("train",))
+    with pytest.raises(DatasetError) as error:
+        FolderDataset(root, "train", value_map=value_map)
+    message = str(error.value)
+    assert "\n" not in message and "value_map" in message and fragment in message
+
+
+def test_a_value_outside_the_value_map_names_the_file(tmp_path):
+    root = make_binary(tmp_path, splits=("train",))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[0, :3] = 128  # anti-aliased edge pixels
+    _save(root / "masks" / "train" / "1.png", mask)
+    with pytest.raises(DatasetError, match=r"1\.png holds value 128 \(3 pixels\)"):
+        FolderDataset(root, "train", value_map={0: 0, 255: 1})
+
+
+def test_a_class_missing_from_the_scanned_masks_is_a_one_line_warning(
+    tmp_path, fcnseg_cli, file_hashes
+):
+    root = make_binary(tmp_path / "data", foreground=1)
+    (root / "classes.txt").write_text("background\nobject\nshadow\n")
+    with pytest.warns(UserWarning, match="class 'shadow' \\(2\\) never occurs in the 2 train"):
+        FolderDataset(root, "train")
+    before = file_hashes(root)
+    result = fcnseg_cli("train", "--config", _config(tmp_path, root))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "shadow" in line]
+    assert len(lines) == 2 and all(line.startswith("fcnseg: warning: ") for line in lines)
+    assert "Traceback" not in result.stderr and "warnings.warn" not in result.stderr
+    assert file_hashes(root) == before
+
+
+def test_binary_masks_with_1_as_foreground_read_without_warnings(tmp_path):
+    root = make_binary(tmp_path, foreground=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = FolderDataset(root, "val")
+    assert set(dataset[1][1].unique().tolist()) == {0, 1}

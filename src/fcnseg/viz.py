@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -30,8 +30,6 @@ from .data.palettes import VOC_VOID_COLOR, colorize
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from .inference import Segmenter
 
 __all__ = [
     "plot_curves",
@@ -46,6 +44,7 @@ __all__ = [
     "paints_class_zero",
     "figure_pixels",
     "save_overlays",
+    "Predictor",
     "raw_item",
 ]
 
@@ -385,8 +384,19 @@ def raw_item(dataset: Dataset, index: int) -> tuple[np.ndarray, np.ndarray]:
     return image, np.asarray(label)
 
 
+class Predictor(Protocol):
+    """What ``save_overlays`` needs of a predictor (an ``inference.Segmenter`` of a
+    single-task model, or a stand-in): an H x W label map per image, class names, palette."""
+
+    classes: Sequence[str]
+    palette: Sequence[Sequence[int]]
+    ignore_index: int
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+
 def save_overlays(
-    segmenter: Segmenter, dataset: Dataset, folder: Path | str, *, count: int = 4
+    segmenter: Predictor, dataset: Dataset, folder: Path | str, *, count: int = 4
 ) -> list[Path]:
     """For the first ``count`` images of ``dataset``: an image | label | prediction panel
     (``NNN.png``, titled, with a legend) and the prediction blended over the image

@@ -6,33 +6,39 @@ import io
 import numpy as np
 import pytest
 import torch
+from slim_models import SLIM, slim_vgg16
 from torch import nn
 
 import fcnseg
 from fcnseg.data import NYUD_NORMALIZATION, LogDepth
-from fcnseg.models import FCN, FCNHead
+from fcnseg.models import FCN, FCNHead, ModelSpec
 from fcnseg.models.backbones import BACKBONES, VGG16
 from fcnseg.models.fusion import (
-    LateFusionFCN,
-    MultiModalFCN,
+    LateFusionHead,
+    StreamBackbones,
     caffe_rename,
     expand_input_channels,
     find_stem,
     late_fusion,
-    split_inputs,
 )
+from fcnseg.models.inputs import split_inputs
 from fcnseg.weights import CaffeLayer, convert_caffe
 
 NEW = ["fcn32s_vgg16_rgbd", "fcn16s_vgg16_rgbd", "fcn32s_vgg16_hha", "fcn16s_vgg16_hha"]
 NEW += ["fcn32s_vgg16_rgbhha_late", "fcn16s_vgg16_rgbhha_late"]
 
 
+@pytest.fixture(autouse=True)
+def slim_backbone(monkeypatch):
+    monkeypatch.setitem(BACKBONES, SLIM, slim_vgg16)
+
+
 def slim_fcn(variant: str, classes: int = 5, seed: int = 0, geometry: str = "aligned") -> FCN:
     """A VGG16 with a few channels: fast, same code paths (the reference's pad-100 geometry
     where it matters)."""
     torch.manual_seed(seed)
-    backbone = VGG16(widths=(4, 4, 8, 8, 8), fc_channels=16, geometry=geometry)
-    fcn = FCN(backbone, FCNHead(backbone, classes, variant=variant), name=f"slim{variant}")
+    spec = ModelSpec(SLIM, variant, tasks={"semantic": classes}, geometry=geometry)
+    fcn = fcnseg.build_model(spec)
     for module in fcn.head.modules():  # score layers start at zero; make them matter
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, std=0.1)
@@ -60,15 +66,16 @@ def test_expansion_keeps_rgb_filters_and_starts_depth_at_their_mean():
     rgb = fcn.backbone.conv1_1.weight.detach().clone()
     x = torch.randn(1, 3, 37, 45)
     with torch.no_grad():
-        before = fcn(x)
-    expand_input_channels(fcn, 1)
+        before = fcn.backbone(x)["fc7"]
+    expand_input_channels(fcn.backbone, 1)
     weight = fcn.backbone.conv1_1.weight
     assert weight.shape == (4, 4, 3, 3) and fcn.backbone.conv1_1.in_channels == 4
     torch.testing.assert_close(weight[:, :3], rgb, rtol=0, atol=0)
     torch.testing.assert_close(weight[:, 3], rgb.mean(dim=1), rtol=0, atol=0)  # reference
     assert weight.requires_grad
     with torch.no_grad():  # a zero depth channel changes nothing
-        torch.testing.assert_close(fcn(torch.cat([x, torch.zeros(1, 1, 37, 45)], 1)), before)
+        after = fcn.backbone(torch.cat([x, torch.zeros(1, 1, 37, 45)], 1))["fc7"]
+    torch.testing.assert_close(after, before)
     expand_input_channels(fcn.backbone, 3, init="zeros")  # a backbone works too
     assert fcn.backbone.conv1_1.weight.shape[1] == 7
     assert fcn.backbone.conv1_1.weight[:, 4:].abs().sum() == 0
@@ -79,32 +86,23 @@ def test_expansion_keeps_rgb_filters_and_starts_depth_at_their_mean():
 
 
 def test_early_fusion_reads_a_stacked_tensor_a_dict_or_a_tuple():
-    fcn = expand_input_channels(slim_fcn("16s"), 1)
-    model = MultiModalFCN(
-        fcn.backbone,
-        fcn.head,
-        channels={"color": 3, "depth": 1},
-        normalization={"color": fcn.backbone.normalization, "depth": LogDepth()},
-        name="rgbd",
-    ).eval()
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn16s_vgg16_rgbd", num_classes=5, backbone=SLIM).eval()
+    for module in model.head.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.1)
     color, depth = torch.randn(2, 3, 29, 41), torch.randn(2, 1, 29, 41)
     with torch.no_grad():
         stacked = model(torch.cat([color, depth], 1))
         torch.testing.assert_close(model({"depth": depth, "color": color}), stacked)
         torch.testing.assert_close(model((color, depth)), stacked)
-    assert stacked.shape == (2, 5, 29, 41) and model.in_channels == 4
+    assert stacked.shape == (2, 5, 29, 41) and model.spec.in_channels == 4
+    assert model.backbone.conv1_1.in_channels == 4 and not model.late_fusion
     assert set(model.normalization) == {"color", "depth"}
     with pytest.raises(ValueError, match=r"N x 4 x H x W"):
         model(color)
     with pytest.raises(ValueError, match="do not match the model's"):
         model({"color": color, "hha": color})
-    with pytest.raises(ValueError, match="call expand_input_channels"):
-        MultiModalFCN(
-            slim_fcn("32s").backbone,
-            fcn.head,
-            channels={"color": 3, "depth": 1},
-            normalization={"color": None, "depth": None},
-        )
 
 
 def test_split_inputs_checks_sizes():
@@ -131,7 +129,8 @@ def test_late_fusion_is_the_mean_of_the_two_nets(variant):
     with torch.no_grad():
         torch.testing.assert_close(fused(torch.cat([x_color, x_hha], 1)), expected)
         torch.testing.assert_close(fused({"color": x_color, "hha": x_hha}), expected)
-    assert fused.in_channels == 6 and fused.modalities == ("color", "hha")
+    assert fused.spec.in_channels == 6 and fused.spec.input_names == ("color", "hha")
+    assert fused.late_fusion and fused.spec.fusion_weights == (0.5, 0.5)
     assert fused.head.crop_offsets() == color.head.crop_offsets()
 
 
@@ -168,7 +167,7 @@ def test_late_fusion_trains_both_streams_jointly():
 def test_late_fusion_refuses_streams_that_do_not_line_up():
     with pytest.raises(ValueError, match="differs from the first"):
         late_fusion({"color": slim_fcn("16s"), "hha": slim_fcn("32s")})
-    with pytest.raises(ValueError, match="two streams"):
+    with pytest.raises(ValueError, match="two inputs or more"):
         late_fusion({"color": slim_fcn("16s")})
     with pytest.raises(ValueError, match="fusion weights"):
         late_fusion({"a": slim_fcn("32s"), "b": slim_fcn("32s")}, weights={"a": 1.0})
@@ -212,7 +211,7 @@ def test_registered_nyud_nets_have_the_right_inputs_and_layers():
     voc, hha = VGG16().normalization, NYUD_NORMALIZATION["hha"]
 
     rgbd = models["fcn32s_vgg16_rgbd"]
-    assert isinstance(rgbd, MultiModalFCN) and rgbd.in_channels == 4
+    assert rgbd.spec.fusion == "early" and rgbd.spec.in_channels == 4
     assert rgbd.backbone.conv1_1.weight.shape == (64, 4, 3, 3)
     assert rgbd.normalization == {"color": voc, "depth": LogDepth()}
 
@@ -220,7 +219,8 @@ def test_registered_nyud_nets_have_the_right_inputs_and_layers():
     assert isinstance(models["fcn16s_vgg16_hha"].head, FCNHead)
 
     late = models["fcn16s_vgg16_rgbhha_late"]
-    assert isinstance(late, LateFusionFCN) and late.in_channels == 6
+    assert late.late_fusion and late.spec.in_channels == 6
+    assert isinstance(late.backbone, StreamBackbones) and isinstance(late.head, LateFusionHead)
     assert late.normalization == {"color": voc, "hha": hha}
     assert late.backbone.geometry == "caffe" and late.head.score_stride == 16
     assert late.head.crop_offsets() == {"score_pool4c": 5, "score": 27}  # the reference's

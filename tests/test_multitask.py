@@ -6,34 +6,32 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from slim_models import SLIM, slim_vgg16
 from torch import nn
 
-from fcnseg.metrics import ConfusionMatrix
-from fcnseg.models import FCN, FCNHead
-from fcnseg.models.backbones import VGG16
-from fcnseg.models.multitask import (
-    MULTITASK_MODELS,
-    SIFTFLOW_TASKS,
-    MultiTaskConfusion,
-    MultiTaskFCN,
-    MultiTaskLoss,
-    build_multitask_model,
-    build_siftflow_fcn16s,
-    evaluate_multitask,
-    siftflow_caffe_rename,
-    siftflow_metrics,
-)
+import fcnseg
+from fcnseg.engine.evaluate import evaluate
+from fcnseg.losses import MultiTaskLoss
+from fcnseg.metrics import ConfusionMatrix, MultiTaskConfusion, siftflow_metrics
+from fcnseg.models import FCN, ModelSpec, SpecError
+from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.multitask import SIFTFLOW_TASKS, siftflow_caffe_rename
 
 TASKS = {"semantic": 5, "geometric": 3}
 
 
-def slim_multitask(seed: int = 0, variant: str = "16s") -> MultiTaskFCN:
+@pytest.fixture(scope="module", autouse=True)
+def slim_backbone():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(BACKBONES, SLIM, slim_vgg16)
+        yield
+
+
+def slim_multitask(seed: int = 0, variant: str = "16s") -> FCN:
     """The two-headed net on a VGG16 with a few channels (the reference's geometry is
     checked on the full net below, without running it)."""
     torch.manual_seed(seed)
-    backbone = VGG16(widths=(4, 4, 8, 8, 8), fc_channels=16, geometry="aligned")
-    heads = {task: FCNHead(backbone, n, variant=variant) for task, n in TASKS.items()}
-    model = MultiTaskFCN(backbone, heads, name="slim")
+    model = fcnseg.build_model(ModelSpec(SLIM, variant, tasks=TASKS, geometry="aligned"))
     for module in model.heads.modules():  # score layers start at zero; make them matter
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, std=0.1)
@@ -53,7 +51,7 @@ def test_outputs_one_map_per_task_at_input_size(model):
     model.eval()
     with torch.no_grad():
         for size in [(1, 1), (37, 53), (64, 64)]:
-            out = model(torch.randn(1, 3, *size))
+            out = model(torch.randn(1, 3, *size))  # several tasks: a dict, always
             assert list(out) == ["semantic", "geometric"]
             assert out["semantic"].shape == (1, 5, *size)
             assert out["geometric"].shape == (1, 3, *size)
@@ -95,9 +93,11 @@ def test_each_head_is_an_fcn_on_the_shared_trunk(model):
     x = torch.randn(1, 3, 29, 31)
     with torch.no_grad():
         out = model(x)
+        features = model.backbone(x)
         for task in TASKS:
-            alone = FCN(model.backbone, model.heads[task]).eval()(x)
+            alone = model.heads[task](features, (29, 31))
             torch.testing.assert_close(out[task], alone, rtol=0, atol=0)
+    assert model.task_heads() == dict(model.heads.items()) and not hasattr(model, "head")
 
 
 # ----------------------------------------------------------------------------- the SIFT Flow net
@@ -105,7 +105,7 @@ def test_each_head_is_an_fcn_on_the_shared_trunk(model):
 
 def test_siftflow_fcn16s_is_the_reference_net():
     with torch.device("meta"):
-        net = build_siftflow_fcn16s()
+        net = fcnseg.build_model("fcn16s_vgg16_siftflow")
     assert net.name == "fcn16s_vgg16_siftflow" and net.num_classes == SIFTFLOW_TASKS
     assert net.num_classes == {"semantic": 33, "geometric": 3}
     state = net.state_dict()
@@ -127,12 +127,17 @@ def test_siftflow_fcn16s_is_the_reference_net():
 
 
 def test_multitask_models_by_name():
-    assert set(MULTITASK_MODELS) == {f"fcn{v}_vgg16_siftflow" for v in ("32s", "16s", "8s")}
+    siftflow = {name for name in fcnseg.list_models() if len(fcnseg.model_info(name).tasks) > 1}
+    assert siftflow == {f"fcn{v}_vgg16_siftflow" for v in ("32s", "16s", "8s")}
     with torch.device("meta"):
-        net = build_multitask_model("fcn8s_vgg16_siftflow", geometry="aligned")
+        net = fcnseg.build_model("fcn8s_vgg16_siftflow", geometry="aligned")
+        other = fcnseg.build_model("fcn8s_resnet18", tasks={"semantic": 4, "depth_bins": 6})
     assert net.heads["geometric"].score_stride == 8
+    assert other.num_classes == {"semantic": 4, "depth_bins": 6}  # any model, any tasks
     with pytest.raises(ValueError, match="did you mean fcn16s_vgg16_siftflow"):
-        build_multitask_model("fcn16s_vgg_siftflow")
+        fcnseg.build_model("fcn16s_vgg_siftflow")
+    with pytest.raises(SpecError, match="tasks=\\{name: classes\\}"):
+        fcnseg.build_model("fcn8s_vgg16_siftflow", num_classes=33)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -204,14 +209,14 @@ def test_metrics_accept_plain_confusion_matrices():
         MultiTaskConfusion({"semantic": 2}).update({}, {})
 
 
-def test_evaluate_multitask_counts_every_labelled_pixel(model):
+def test_evaluation_counts_every_labelled_pixel_of_each_task(model):
     image = torch.randn(1, 3, 9, 11)
     with torch.no_grad():
         predicted = {task: s.argmax(1) for task, s in model.eval()(image).items()}
     labels = {task: p.clone() for task, p in predicted.items()}
     labels["semantic"][0, 0, :] = 255  # 11 ignored pixels
     model.train()
-    confusion = evaluate_multitask(model, [(image, labels)])
+    confusion = evaluate(model, [(image, labels)])
     assert model.training  # put back as it was
     metrics = siftflow_metrics(confusion)
     assert metrics["semantic"]["pixel_acc"] == 1.0 and metrics["geometric"]["pixel_acc"] == 1.0

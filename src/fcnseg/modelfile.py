@@ -48,7 +48,7 @@ from .fileio import (
 from .models.fcn import FCN
 from .models.normalization import from_record
 from .models.spec import ModelSpec, SpecError
-from .surgery import transplant
+from .surgery import WeightMismatchError, transplant
 
 __all__ = [
     "FORMAT",
@@ -272,7 +272,10 @@ def load_weights(
                 "name and the class count (--model, --num-classes)"
             ) from None
         net = build_model(model, num_classes=num_classes)
-        transplant(net, bare.state_dict, strict=True)
+        try:
+            transplant(net, bare.state_dict, strict=True)
+        except WeightMismatchError as error:
+            raise FileFormatError(f"{path}: {error}") from None
         return net
     for what, given, recorded in (
         ("model", model, record.spec.name),
@@ -323,6 +326,7 @@ def _from_torch(loaded: Any, path: Path) -> ModelRecord:
     if not isinstance(loaded, dict):
         raise FileFormatError(f"{path} is not an fcnseg model file: it holds no dict of tensors")
     if loaded.get("format") == FORMAT and "spec" in loaded:
+        _check_version(loaded.get("version"), path)
         _check_sum(loaded.get("state_dict"), loaded, path)
         return _record_v2(loaded, loaded.get("state_dict"), path)
     if loaded.get("format") == _LEGACY_CHECKPOINT:
@@ -342,6 +346,7 @@ def _from_safetensors(state: dict, metadata: Mapping[str, str], path: Path) -> M
     if metadata.get("format") != FORMAT:
         raise BareStateDict(path, state)
     if "record" in metadata:
+        _check_version(metadata.get("version"), path)
         _check_sum(state, metadata, path)
         try:
             plain = json.loads(metadata["record"])
@@ -358,13 +363,20 @@ def _from_safetensors(state: dict, metadata: Mapping[str, str], path: Path) -> M
     return _record_v1(legacy, legacy, state, path)
 
 
-def _record_v2(plain: Mapping[str, Any], state: Any, path: Path) -> ModelRecord:
-    version = plain.get("version", VERSION)
-    if isinstance(version, int | str) and int(version) > VERSION:
+def _check_version(version: Any, path: Path) -> None:
+    """Refuse a file of a newer format first: a newer fcnseg may also checksum otherwise."""
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        raise FileFormatError(f"{path}: malformed format version {version!r}") from None
+    if number > VERSION:
         raise FileFormatError(
-            f"{path} has format version {version}, newer than this fcnseg reads ({VERSION}): "
+            f"{path} has format version {number}, newer than this fcnseg reads ({VERSION}): "
             "upgrade fcnseg"
         )
+
+
+def _record_v2(plain: Mapping[str, Any], state: Any, path: Path) -> ModelRecord:
     if not tensors_only(state):
         raise FileFormatError(f"{path} lacks its state dict: it is incomplete")
     try:

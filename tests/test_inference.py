@@ -7,7 +7,6 @@ from PIL import Image
 
 import fcnseg
 from fcnseg.data import SYNTHETIC_CLASSES, DatasetError, voc_palette
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.inference import Segmenter, load_rgb, save_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small images: threads only wait
@@ -22,11 +21,7 @@ def checkpoint_path(tmp_path_factory):
             if name.startswith("score"):
                 parameter.normal_(0, 0.05)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    checkpoint = ckpt.make_checkpoint(
-        model, build_options={}, classes=SYNTHETIC_CLASSES, palette=voc_palette(7)
-    )
-    ckpt.save_checkpoint(checkpoint, path)
-    return path
+    return fcnseg.save_weights(path, model, classes=SYNTHETIC_CLASSES, palette=voc_palette(7))
 
 
 @pytest.fixture(scope="module")
@@ -89,5 +84,77 @@ def test_bad_images(segmenter, tmp_path):
 
 def test_class_names_must_fit_the_model():
     model = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=3)
-    with pytest.raises(ValueError, match="2 class names for a model of 3 classes"):
+    with pytest.raises(ValueError, match="2 class names for the 3 classes"):
         Segmenter(model, classes=["a", "b"])
+
+
+def test_classes_left_out_are_named_by_number():
+    model = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=3)
+    segmenter = Segmenter(model)
+    assert segmenter.classes == ("class 0", "class 1", "class 2")
+    assert len(segmenter.palette) >= 3
+    assert segmenter.predict(np.zeros((9, 11, 3), np.uint8)).shape == (9, 11)
+
+
+def test_a_list_or_a_batch_gives_a_list_in_order(segmenter):
+    rng = np.random.default_rng(3)
+    sizes = [(37, 53), (20, 30), (37, 53), (37, 53), (20, 30)]
+    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for size in sizes]
+    one_by_one = [segmenter.predict(image) for image in images]
+    for batch_size in (1, 2, 8):  # the same, batched or not, sizes mixed
+        got = segmenter.predict(images, batch_size=batch_size)
+        assert isinstance(got, list) and len(got) == len(images)
+        for labels, expected in zip(got, one_by_one, strict=True):
+            assert np.array_equal(labels, expected)
+    assert len(segmenter.predict(tuple(images[:2]))) == 2
+    assert segmenter.predict([]) == []
+    same = [images[0], images[2], images[3]]
+    tensor = torch.from_numpy(np.stack(same)).permute(0, 3, 1, 2)  # N x C x H x W
+    array = np.stack(same)  # N x H x W x C, the stacked form of H x W x C arrays
+    for batch in (tensor, tensor.float(), array):
+        labels = segmenter.predict(batch)
+        assert isinstance(labels, list) and len(labels) == 3
+        for got, expected in zip(
+            labels, [one_by_one[0], one_by_one[2], one_by_one[3]], strict=True
+        ):
+            assert np.array_equal(got, expected)
+    pairs = segmenter.predict(images[:2], probabilities=True)
+    for (labels, probs), expected in zip(pairs, one_by_one[:2], strict=True):
+        assert np.array_equal(labels, expected) and probs.shape == (7, *expected.shape)
+    with pytest.raises(ValueError, match="batch_size"):
+        segmenter.predict(images, batch_size=0)
+
+
+def test_a_batch_runs_as_one_forward_pass(checkpoint_path):
+    segmenter = Segmenter.from_checkpoint(checkpoint_path)
+    calls = []
+    run = segmenter._runner
+    segmenter._runner = lambda batch, **kw: calls.append(len(next(iter(batch.values())))) or run(batch, **kw)  # fmt: skip
+    images = [np.zeros((16, 16, 3), np.uint8)] * 5 + [np.zeros((8, 8, 3), np.uint8)]
+    segmenter.predict(images, batch_size=4)
+    assert sorted(calls) == [1, 1, 4]
+
+
+def test_device_auto_is_the_gpu_when_there_is_one(checkpoint_path):
+    segmenter = Segmenter.from_checkpoint(checkpoint_path, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert segmenter.device.type == expected
+    assert next(segmenter.model.parameters()).device.type == expected
+    assert segmenter.predict(np.zeros((12, 14, 3), np.uint8)).shape == (12, 14)
+    model = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=2)
+    assert Segmenter(model, device="auto").device.type == expected
+    assert Segmenter(model, device=torch.device("cpu")).device.type == "cpu"
+
+
+def test_save_mask_records_text_chunks(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("fcnseg.checkpoint", "model.pt")
+    labels = np.array([[0, 1], [2, 0]], dtype=np.uint8)
+    save_mask(labels, tmp_path / "m.png", voc_palette(3), pnginfo=info)
+    mask = Image.open(tmp_path / "m.png")
+    assert mask.text == {"fcnseg.checkpoint": "model.pt"}
+    assert mask.mode == "P" and np.array_equal(np.asarray(mask), labels)
+    with pytest.raises(ValueError, match="256 classes"):
+        save_mask(np.full((2, 2), 300), tmp_path / "big.png", voc_palette(3))

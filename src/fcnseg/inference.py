@@ -19,16 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from .data.base import image_to_tensor, open_image, read_depth, read_image
 from .data.palettes import flat_palette, voc_palette
+from .engine.distributed import resolve_device
 from .export import OnnxSegmenter, load_onnx
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, sliding_window
 
-__all__ = ["Segmenter", "load_rgb", "load_input", "save_mask"]
+__all__ = ["Segmenter", "load_rgb", "load_input", "save_mask", "mask_image"]
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
 Palette = Sequence[Sequence[int]]
@@ -50,6 +52,7 @@ class Segmenter:
 
     ``classes`` and ``palette`` are lists for a single-task model, or dicts by task; left
     out, classes are named "class 0", "class 1", ... and drawn in the VOC palette.
+    ``device="auto"`` runs on the GPU when there is one, else on the CPU.
     """
 
     def __init__(
@@ -58,13 +61,13 @@ class Segmenter:
         *,
         classes: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
         palette: Palette | Mapping[str, Palette] | None = None,
-        device: torch.device | str = "cpu",
+        device: torch.device | str = "cpu",  # or "auto": the GPU if there is one
         ignore_index: int = 255,
         speed: InferenceOptions | None = None,
         tiling: Tiling | None = None,
     ) -> None:
         self.spec: ModelSpec = model.spec
-        self.device = torch.device(device)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.speed = speed or InferenceOptions()
         self.tiling = tiling
         self.model = prepare_model(model.to(self.device).eval(), self.speed)
@@ -145,8 +148,15 @@ class Segmenter:
     # -- predicting
 
     @torch.inference_mode()
-    def predict(self, image: ImageLike | Mapping[str, ImageLike], probabilities: bool = False):
-        """The H x W label map (uint8 when the classes fit, else int64) of one image.
+    def predict(
+        self,
+        image: ImageLike | Mapping[str, ImageLike] | Sequence[Any],
+        probabilities: bool = False,
+        *,
+        batch_size: int = 8,
+    ):
+        """The H x W label map (uint8 when the classes fit, else int64) of one image, or a
+        list of them for several.
 
         ``image``: a PIL image, an H x W x 3 (or H x W) uint8 array in RGB, a 3 x H x W
         tensor in 0..255, or a file path (an unreadable file raises ``DatasetError``); for
@@ -154,9 +164,40 @@ class Segmenter:
         16-bit PNG). With ``probabilities`` the result is ``(labels, probs)``, ``probs`` a
         C x H x W float32 array of class probabilities. A multi-task model gives dicts by
         task: ``{"semantic": labels, "geometric": labels}`` (and the same for ``probs``).
+
+        Several images: a list (or tuple) of such images (dicts for a multi-input model),
+        an N x C x H x W tensor or an N x H x W x C array give a list with one result per
+        image, in order. Images of one size run together, ``batch_size`` at a time.
         """
+        if _is_many(image):
+            return self._predict_many(list(image), probabilities, batch_size)
         scores = self.scores(self.batch(image))
-        results = {task: _label_map(s[0].float(), probabilities) for task, s in scores.items()}
+        return self._results(scores, 0, probabilities)
+
+    def _predict_many(self, images: list, probabilities: bool, batch_size: int) -> list:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        inputs = [self._normalized(image) for image in images]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(inputs):
+            size = tuple(next(iter(item.values())).shape[-2:])
+            by_size.setdefault(size, []).append(index)
+        results: list[Any] = [None] * len(inputs)
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                batch = {
+                    name: torch.stack([inputs[i][name] for i in chunk]).to(self.device)
+                    for name in self.inputs
+                }
+                scores = self.scores(batch)
+                for row, index in enumerate(chunk):
+                    results[index] = self._results(scores, row, probabilities)
+        return results
+
+    def _results(self, scores: Mapping[str, torch.Tensor], row: int, probabilities: bool):
+        """The label maps (and probabilities) of image ``row`` of a batch's scores."""
+        results = {task: _label_map(s[row].float(), probabilities) for task, s in scores.items()}
         if not probabilities:
             return _single_or_dict(results)
         labels = {task: r[0] for task, r in results.items()}
@@ -177,6 +218,10 @@ class Segmenter:
     def batch(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
         """A batch of one, normalised, by input name. A single-input model takes the image
         itself (or a dict naming its input)."""
+        return {name: x[None].to(self.device) for name, x in self._normalized(image).items()}
+
+    def _normalized(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
+        """Each input of one image as a normalised C x H x W tensor (on the CPU)."""
         if not isinstance(image, Mapping):
             if len(self.spec.inputs) != 1:
                 raise ValueError(
@@ -189,10 +234,22 @@ class Segmenter:
                 f"this model reads {list(self.inputs)}, got {sorted(image)}: pass one image "
                 "per input"
             )
-        return {
-            item.name: item.normalization(load_input(image[item.name], item))[None].to(self.device)
+        inputs = {
+            item.name: item.normalization(load_input(image[item.name], item))
             for item in self.spec.inputs
         }
+        sizes = {name: tuple(x.shape[-2:]) for name, x in inputs.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the inputs of one image must share their size, got {sizes}")
+        return inputs
+
+
+def _is_many(image: Any) -> bool:
+    """Whether ``predict`` was given several images: a list or tuple, an N x C x H x W
+    tensor or an N x H x W x C array."""
+    if isinstance(image, list | tuple):
+        return True
+    return isinstance(image, torch.Tensor | np.ndarray) and image.ndim == 4
 
 
 def _single_or_dict(by_task: Mapping[str, Any]) -> Any:
@@ -206,7 +263,9 @@ def _names_by_task(classes: Any, spec: ModelSpec) -> dict[str, tuple[str, ...]]:
     names = {}
     for task in spec.tasks:
         listed = given.get(task.name) if given else None
-        names[task.name] = tuple(listed) if listed else tuple(f"class {i}" for i in range(task.classes))
+        names[task.name] = (
+            tuple(listed) if listed else tuple(f"class {i}" for i in range(task.classes))
+        )
         if len(names[task.name]) != task.classes:
             raise ValueError(
                 f"{len(names[task.name])} class names for the {task.classes} classes of "
@@ -323,10 +382,22 @@ def _check_0_to_255(largest: float) -> None:
         )
 
 
-def save_mask(labels: np.ndarray, path: Path | str, palette: Sequence[Sequence[int]]) -> None:
-    """An index PNG (mode P): pixel values are the class indices, shown in ``palette``."""
+def mask_image(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """An index image (mode P): pixel values are the class indices, shown in ``palette``."""
     if labels.max(initial=0) > 255:
         raise ValueError("an index PNG holds at most 256 classes: save the labels as .npy")
     mask = Image.fromarray(labels.astype(np.uint8))  # mode L; a palette makes it P
     mask.putpalette(flat_palette([tuple(color) for color in palette]))
-    mask.save(path)
+    return mask
+
+
+def save_mask(
+    labels: np.ndarray,
+    path: Path | str,
+    palette: Sequence[Sequence[int]],
+    *,
+    pnginfo: PngInfo | None = None,
+) -> None:
+    """An index PNG (mode P): pixel values are the class indices, shown in ``palette``;
+    ``pnginfo`` adds text chunks (what ``fcnseg predict`` records of its run)."""
+    mask_image(labels, palette).save(path, pnginfo=pnginfo)

@@ -207,7 +207,9 @@ def test_every_spec_option_can_be_set_at_the_top_level_or_in_model_options(tmp_p
     )  # fmt: skip
     spec = resolve_spec(fused.model, num_classes=40, **fused.model_options)
     assert spec.fusion == "late" and spec.fusion_weights == (0.25, 0.75)
-    assert spec.input_channels == {"color": 3, "depth": 1} and spec.inputs[1].normalization.mean == 7.0
+    assert (
+        spec.input_channels == {"color": 3, "depth": 1} and spec.inputs[1].normalization.mean == 7.0
+    )
     tasks = load_config(None, ["model=fcn16s_resnet18", "tasks={semantic = 33, geometric = 3}"])
     assert tasks.model_options == {"tasks": {"semantic": 33, "geometric": 3}}
     saved = tmp_path / "config.json"
@@ -237,6 +239,10 @@ def test_every_spec_option_can_be_set_at_the_top_level_or_in_model_options(tmp_p
         (["model_options={variant = '16s'}"], "variant is set by the model's name"),
         (["model_options=3"], "model_options = 3 should be a table of options"),
         (["model=fcn8s_resnet"], "unknown model 'fcn8s_resnet'; did you mean"),
+        (
+            ["model=fcn32s_vgg16_rgbd", "fusion_weights=[nan, 0.5]"],
+            "fusion_weights = [nan, 0.5] is not a finite",
+        ),
     ],
 )
 def test_a_wrong_model_option_is_a_one_line_error_naming_the_key(overrides, message):

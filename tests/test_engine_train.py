@@ -4,17 +4,18 @@ import dataclasses
 import json
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-from fcnseg import build_model
+from fcnseg import build_model, losses
 from fcnseg.builder import resolve_spec
-from fcnseg.config import TrainConfig
+from fcnseg.config import ConfigError, TrainConfig
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
-from fcnseg.engine.train import NonFiniteLossError, _build_model, train
+from fcnseg.engine.train import NonFiniteLossError, _build_model, model_spec, train
 from fcnseg.losses import SegmentationLoss
 from fcnseg.modelfile import record_of
 
@@ -195,7 +196,6 @@ def test_bad_settings_fail_before_training(tmp_path):
 
 
 def test_the_configured_loss_is_the_criterion(tmp_path, monkeypatch):
-    engine = sys.modules["fcnseg.engine.train"]  # the module; fcnseg.engine.train is the function
     built = []
 
     class Recorded(SegmentationLoss):
@@ -203,7 +203,7 @@ def test_the_configured_loss_is_the_criterion(tmp_path, monkeypatch):
             super().__init__(**options)
             built.append(self)
 
-    monkeypatch.setattr(engine, "SegmentationLoss", Recorded)
+    monkeypatch.setattr(losses, "SegmentationLoss", Recorded)  # each task's, in MultiTaskLoss
     config = tiny(tmp_path, loss="focal", focal_gamma=1.5, class_weights=[1.0] * 7, max_iters=1)
     train(dataclasses.replace(config, epochs=1, overlays=0))
     (criterion,) = built
@@ -233,3 +233,23 @@ def test_activation_checkpointing_trains_to_the_same_weights(tmp_path, monkeypat
     ours = ckpt.load_checkpoint(saved.last_checkpoint).state_dict
     for key, value in ckpt.load_checkpoint(plain.last_checkpoint).state_dict.items():
         torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_model_spec_applies_num_classes_or_refuses_it_never_ignores_it():
+    """Issue 12: a num_classes set for a multi-task model was silently ignored."""
+    siftflow = SimpleNamespace(
+        classes={"semantic": tuple(f"s{i}" for i in range(33)), "geometric": ("sky", "h", "v")}
+    )
+    two = TrainConfig(model="fcn16s_vgg16_siftflow", dataset="siftflow")
+    assert model_spec(two, siftflow).task_classes == {"semantic": 33, "geometric": 3}
+    with pytest.raises(ConfigError, match="not num_classes"):
+        model_spec(dataclasses.replace(two, model_options={"num_classes": 33}), siftflow)
+    plain = TrainConfig(model="fcn32s_vgg16", dataset="siftflow")  # open: the data's label sets
+    assert model_spec(plain, siftflow).task_classes == {"semantic": 33, "geometric": 3}
+    one = dataclasses.replace(plain, model_options={"num_classes": 33})  # applied: one head
+    assert model_spec(one, siftflow).task_classes == {"semantic": 33}
+    with pytest.raises(ConfigError, match="num_classes = 3 but siftflow has 33 classes"):
+        model_spec(dataclasses.replace(plain, model_options={"num_classes": 3}), siftflow)
+    tasks = dataclasses.replace(plain, model_options={"tasks": {"semantic": 33, "depth": 10}})
+    with pytest.raises(ConfigError, match="has no label set 'depth'"):
+        model_spec(tasks, siftflow)

@@ -607,6 +607,9 @@ def _check_model_option(key: str, value: Any, source: str) -> None:
             ) from None
         if key in ("in_channels", "num_classes") and value < 1:
             raise ConfigError(f"{source}: {key} must be at least 1, got {value}")
+        numbers = value if isinstance(value, list | tuple) else [value]
+        if any(_not_finite(number) for number in numbers):
+            raise ConfigError(f"{source}: {key} = {_show(value)} is not a finite number")
 
 
 _TASKS_EXAMPLE = "{ semantic = 33, geometric = 3 }"

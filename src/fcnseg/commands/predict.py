@@ -363,7 +363,9 @@ def pair_by_stem(found: dict[str, list[Path]], failed: list) -> tuple[list[Job],
         if missing:
             failed.append((str(some), f"no {' or '.join(missing)} file with the stem {stem!r}"))
         elif twice:
-            failed.append((str(some), f"several {' and '.join(twice)} files with the stem {stem!r}"))
+            failed.append(
+                (str(some), f"several {' and '.join(twice)} files with the stem {stem!r}")
+            )
         else:
             files = {name: by_input[name][0] for name in names}
             jobs.append((files[names[0]], files))

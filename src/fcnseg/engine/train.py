@@ -387,7 +387,9 @@ def _setup(
         sampler=sampler,
         steps_per_epoch=steps_per_epoch,
         total_iters=total_iters,
-        log=RunLog(run_dir / "log.jsonl", enabled=context.is_main, classes=_by_task_or_one(data.classes)),
+        log=RunLog(
+            run_dir / "log.jsonl", enabled=context.is_main, classes=_by_task_or_one(data.classes)
+        ),
         callbacks=callbacks,
     )
 

@@ -12,6 +12,7 @@ from torch import nn
 from fcnseg.models import geometry as geo
 from fcnseg.models.backbones.alexnet import AlexNet, caffe_lrn
 from fcnseg.models.backbones.googlenet import GoogLeNet, Inception
+from fcnseg.weights import load_backbone_weights
 
 GEOMETRIES = ("caffe", "aligned")
 
@@ -283,7 +284,11 @@ def test_dropout_only_in_training(alexnets):
 def test_torchvision_alexnet_is_refused_clearly():
     weights = {"features.0.weight": torch.zeros(64, 3, 11, 11)}
     with pytest.raises(ValueError, match="one weird trick.*BVLC"):
-        AlexNet().load_torchvision(weights)
+        load_backbone_weights(AlexNet(), weights, source="torchvision")
+    with torch.device("meta"):
+        googlenet = GoogLeNet()
+    with pytest.raises(ValueError, match="batch norm.*bvlc_googlenet"):
+        load_backbone_weights(googlenet, {"conv1.conv.weight": torch.zeros(1)})
 
 
 # --- GoogLeNet: channel table, Caffe names ------------------------------------------------

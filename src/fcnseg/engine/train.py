@@ -33,7 +33,9 @@ import dataclasses
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +120,7 @@ class TrainResult:
     metrics: dict[str, Any]  # the last validation metrics
     best_checkpoint: Path
     last_checkpoint: Path
-    stopped: str  # "finished", "time limit" or "callback"
+    stopped: str  # "finished", "time limit", "callback" or "interrupted" (Ctrl-C)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +156,7 @@ class _Run:
     total_iters: int
     log: RunLog
     callbacks: Sequence[Callback]
+    interrupt: _Interrupt
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -288,13 +291,22 @@ def _train_one(
         config = dataclasses.replace(config, class_weights=saved["class_weights"])
     run = _setup(config, run_dir, context, callbacks, init=resumed is None)
     progress = _Progress() if resumed is None else _restore(run, resumed)
-    if progress.position.finished:
+    position = progress.position
+    if position.iteration >= run.total_iters:  # nothing to do: the folder stays as it is
         if context.is_main:
-            print(f"{run_dir} has finished already: nothing to resume")
+            print(
+                f"{run_dir} has finished already ({position.iteration} of {run.total_iters} "
+                "steps): nothing to resume; to train on, raise epochs or max_iters "
+                f"(fcnseg train --resume {run_dir} epochs=N)"
+            )
         return _result(run, progress, "finished")
+    extended = position.finished
+    position.finished = False  # a finished run given more epochs or steps trains on
     if context.is_main:
-        _announce(run, progress, resumed=resumed is not None)
-    stopped = _loop(run, progress)
+        _start_folder(run)
+        _announce(run, progress, resumed=resumed is not None, extended=extended)
+    with run.interrupt:
+        stopped = _loop(run, progress)
     if context.is_main:
         _report(run, progress)
         run.log.close()
@@ -370,9 +382,6 @@ def _setup(
     if context.distributed:
         ids = [context.device.index] if context.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
     return _Run(
         config=config,
         context=context,
@@ -391,7 +400,49 @@ def _setup(
             run_dir / "log.jsonl", enabled=context.is_main, classes=_by_task_or_one(data.classes)
         ),
         callbacks=callbacks,
+        interrupt=_Interrupt(),
     )
+
+
+def _start_folder(run: _Run) -> None:
+    """Create the run folder, remove temporary files a killed run left, write config.json
+    (rank 0, once there is something to do)."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    for orphan in ckpt.remove_orphans(run.run_dir):
+        print(f"removed {orphan.name}, a temporary file left by an interrupted write")
+    path = run.run_dir / "config.json"
+    with ckpt.writing(path):
+        run.config.save(path)
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) while training: the first asks the loop to stop at the next step
+    boundary and save last.pt; a second one stops at once (KeyboardInterrupt). Only the main
+    thread can take signals: elsewhere Ctrl-C keeps Python's behaviour."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nCtrl-C: stopping after this step and saving last.pt (Ctrl-C again to abandon "
+            "the step)",
+            flush=True,
+        )
 
 
 def model_spec(config: TrainConfig, data: _Data) -> ModelSpec:
@@ -636,6 +687,11 @@ def _loop(run: _Run, progress: _Progress) -> str:
     position = progress.position
     while position.iteration < run.total_iters:
         stop = train_one_epoch(run, progress)
+        if stop == "interrupted":
+            if position.iteration < run.total_iters:
+                _save(run, progress, finished=False)  # no validation: the user is waiting
+                return stop
+            stop = None  # that was the last step: finish as usual
         epoch_done = position.step_in_epoch >= run.steps_per_epoch
         if epoch_done:
             progress.epoch_done()
@@ -764,12 +820,14 @@ def _checkpoint_due(run: _Run, position: _Position) -> bool:
 
 
 def _should_stop(run: _Run, info: StepInfo) -> str | None:
-    """ "time limit", "callback" or None, the same on every rank."""
+    """ "time limit", "callback", "interrupted" or None, the same on every rank."""
     reason = 1.0 if _time_up(run, reduce=False) else 0.0
     if any(callback(info) for callback in run.callbacks):
         reason = max(reason, 2.0)
+    if run.interrupt.requested:
+        reason = 3.0
     reason = all_reduce_max(reason, run.context)  # every rank stops at the same step
-    return {0.0: None, 1.0: "time limit", 2.0: "callback"}[reason]
+    return {0.0: None, 1.0: "time limit", 2.0: "callback", 3.0: "interrupted"}[reason]
 
 
 def _time_up(run: _Run, *, reduce: bool = True) -> bool:
@@ -947,6 +1005,7 @@ def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
     training = checkpoint.training
     run.optimizer.load_state_dict(training["optimizer"])
     run.scheduler.load_state_dict(training["scheduler"])
+    _stretch_schedule(run.scheduler, run.total_iters)
     run.scaler.load_state_dict(training["scaler"])
     saved = {f.name for f in dataclasses.fields(_Position)}
     position = _Position(**{k: v for k, v in training.items() if k in saved})
@@ -961,9 +1020,25 @@ def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
 # Output
 
 
-def _announce(run: _Run, progress: _Progress, *, resumed: bool) -> None:
+def _stretch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, total: int) -> None:
+    """Give the restored schedule this run's length (a finished run resumed with more epochs
+    or max_iters trains on) and the optimizer the lr it gives now; a no-op otherwise."""
+    schedules = scheduler.lr_lambdas
+    if all(getattr(schedule, "total", total) == total for schedule in schedules):
+        return
+    groups = scheduler.optimizer.param_groups
+    for group, base, schedule in zip(groups, scheduler.base_lrs, schedules, strict=True):
+        if hasattr(schedule, "total"):
+            schedule.total = total
+        group["lr"] = base * schedule(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def _announce(run: _Run, progress: _Progress, *, resumed: bool, extended: bool = False) -> None:
     config, position = run.config, progress.position
     verb = f"resuming at iteration {position.iteration}" if resumed else "training"
+    if extended:
+        verb = f"training on from iteration {position.iteration} (the run had finished)"
     print(
         f"{verb} {config.model} ({config.recipe} recipe) on {config.dataset}: "
         f"{len(run.data.train)} train / {len(run.data.val)} val images, "

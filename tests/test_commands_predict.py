@@ -1,5 +1,8 @@
 """``fcnseg predict``: files, folders and globs in; index PNGs and overlays out."""
 
+import errno
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +151,27 @@ def test_predict_does_not_overwrite_a_users_file_in_the_output_folder(
     assert {path: file_hashes(out)[path] for path in before} == before
     assert f"{image} -> {out / 'x-2.png'}" in result.stdout
     assert Image.open(out / "x-2.png").size == (16, 16)
+
+
+def test_a_full_disk_is_reported_per_image_and_the_others_are_written(
+    checkpoint, tmp_path, capsys, monkeypatch, file_hashes
+):
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        _image(tmp_path / "in" / f"{name}.png", 20, 20, seed=seed)
+    before = file_hashes(tmp_path / "in")
+    save = Image.Image.save
+
+    def full_for_b(self, target, *args, **kwargs):
+        if str(target).startswith(str(tmp_path / "out" / ".b")):  # b's temporary file
+            Path(target).write_bytes(b"half a png")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_for_b)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(out)]) == 1  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert "2 image(s) predicted" in stdout and "1 input(s) failed:" in stdout
+    assert f"b.png: could not write {out / 'b.png'} (no space left on the disk)" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png", "c.png", "c_overlay.png"]  # fmt: skip
+    assert file_hashes(tmp_path / "in") == before

@@ -49,7 +49,9 @@ from PIL.PngImagePlugin import PngInfo
 from .. import __version__
 from ..data import DatasetError
 from ..data.palettes import flat_palette
+from ..engine.checkpoint import WriteError, writing
 from ..engine.distributed import resolve_device
+from ..fileio import atomic_write
 from ..inference import Segmenter, load_input
 from ..models import ModelSpec
 from ..tiling import Tiling
@@ -218,11 +220,22 @@ class OutputNames:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    """Save with predict's mark, so later runs know the file as theirs."""
+    """Save with predict's mark, so later runs know the file as theirs; atomically, so a
+    full disk leaves no half-written file (``WriteError`` names the file)."""
     info = PngInfo()
     info.add_text(MARK_KEY, MARK_VALUE)
     info.add_text("fcnseg-version", __version__)
-    image.save(path, pnginfo=info)
+    with writing(path, kept=False):
+        atomic_write(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    def save(temporary: Path) -> None:
+        with temporary.open("wb") as file:  # a file object: np.save adds no suffix
+            np.save(file, array)
+
+    with writing(path, kept=False):
+        atomic_write(path, save)
 
 
 def _mask_image(labels: np.ndarray, palette) -> Image.Image:
@@ -253,7 +266,7 @@ def _write(
         figure = overlay_figure(image, labels, palette, classes, ignore_index=ignore)
         _save_png(Image.fromarray(figure_pixels(figure)), args.out / f"{stem}_overlay.png")
     if probs is not None:
-        np.save(args.out / f"{stem}_probs.npy", probs)
+        _save_npy(probs, args.out / f"{stem}_probs.npy")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,17 +289,21 @@ def run(args: argparse.Namespace) -> int:
         rgb = _backdrop(images, segmenter.spec)
         result = segmenter.predict(images, probabilities=args.probabilities)
         labels, probs = result if args.probabilities else (result, None)
-        if isinstance(labels, dict):  # a multi-task model: one map per task
-            masks = []
-            for task, task_labels in labels.items():
-                task_probs = None if probs is None else probs[task]
-                _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, segmenter, task)
-                masks.append(f"{stem}_{task}.png")
-        else:
-            _write(args, rgb, stem, labels, probs, segmenter, segmenter.tasks[0])
-            masks = [f"{stem}.png"]
-        written += 1
         source = " + ".join(str(file) for file in files.values())
+        try:
+            if isinstance(labels, dict):  # a multi-task model: one map per task
+                masks = []
+                for task, task_labels in labels.items():
+                    task_probs = None if probs is None else probs[task]
+                    _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, segmenter, task)
+                    masks.append(f"{stem}_{task}.png")
+            else:
+                _write(args, rgb, stem, labels, probs, segmenter, segmenter.tasks[0])
+                masks = [f"{stem}.png"]
+        except WriteError as error:  # a full disk: say so, and try the others
+            failed.append((source, str(error)))
+            continue
+        written += 1
         print(f"{source} -> {', '.join(str(args.out / name) for name in masks)}")
     print(f"{written} image(s) predicted into {args.out}{os.sep}")
     if failed:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 
 import numpy as np
 import pytest
 import torch
-from fcnseg.weights.files import atomic_write
 
 import fcnseg
+from fcnseg import load_weights, save_weights
 from fcnseg.cli import main
+from fcnseg.fileio import atomic_write
+from fcnseg.modelfile import read_record
+from fcnseg.models import InputSpec
 from fcnseg.models.normalization import IMAGENET, Normalization
-from fcnseg.weights import load_weights, read_weights, save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,11 +76,11 @@ def test_save_and_load_weights_round_trip(tmp_path, suffix: str) -> None:
     with torch.no_grad():
         model.head.score_fr.weight.normal_()
     custom = Normalization(mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0), bgr=True, input_range=1.0)
-    model.backbone.normalization = custom
+    model.spec = dataclasses.replace(model.spec, inputs=(InputSpec("image", 3, custom),))
     path = save_weights(tmp_path / f"w{suffix}", model)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
-    found = read_weights(path)
-    assert (found.model, found.num_classes, found.normalization) == (model.name, 4, custom)
+    found = read_record(path).spec
+    assert (found.name, found.num_classes, found.inputs[0].normalization) == (model.name, 4, custom)
     loaded = load_weights(path)
     assert loaded.name == model.name and loaded.normalization == custom
     for key, value in model.state_dict().items():
@@ -124,11 +127,12 @@ def test_training_checkpoints_rebuild_with_their_options(tmp_path) -> None:
 def test_unreadable_files_name_the_file(tmp_path) -> None:
     for name in ("junk.pt", "junk.safetensors"):
         (tmp_path / name).write_bytes(b"\x00not weights at all")
-        with pytest.raises(ValueError, match=name.replace(".", r"\.") + ": not a readable"):
-            read_weights(tmp_path / name)
+        pattern = name.replace(".", r"\.") + "(: not a readable| is damaged)"
+        with pytest.raises(ValueError, match=pattern):
+            read_record(tmp_path / name)
     torch.save({"epoch": 3}, tmp_path / "meta.pt")
-    with pytest.raises(ValueError, match=r"meta\.pt: no state dict found"):
-        read_weights(tmp_path / "meta.pt")
+    with pytest.raises(ValueError, match=r"meta\.pt is not an fcnseg model file"):
+        read_record(tmp_path / "meta.pt")
 
 
 def test_atomic_write_leaves_the_old_file_on_failure(tmp_path) -> None:
@@ -154,7 +158,7 @@ def test_inspect_state_dicts_and_caffemodels(tmp_path, capsys, googlenet_caffemo
     save_weights(tmp_path / "m.safetensors", model)
     assert main(["weights", "inspect", str(tmp_path / "m.safetensors"), "--limit", "2"]) == 0
     out = capsys.readouterr().out
-    assert "fcnseg weights of fcn32s_efficientnet_lite0 (3 classes)" in out
+    assert "fcnseg model file of fcn32s_efficientnet_lite0 (classes: semantic 3)" in out
     assert re.search(r"\nbackbone\._blocks\.0\._bn1\.bias +32 +torch\.float32\n", out)
     assert "... and 295 more" in out  # listed by name: safetensors headers are sorted
     torch.save(
@@ -169,7 +173,7 @@ def test_inspect_state_dicts_and_caffemodels(tmp_path, capsys, googlenet_caffemo
     out = capsys.readouterr().out
     assert "GoogleNet net, 3 layers (V2)" in out and "conv1/7x7_s2" in out and "64x3x7x7, 64" in out
     assert main(["weights", "inspect", str(tmp_path / "absent.pt")]) == 2
-    assert "absent.pt: no such weight file" in capsys.readouterr().err
+    assert "absent.pt not found: check the path" in capsys.readouterr().err
 
 
 def test_convert_caffe(tmp_path, capsys, googlenet_caffemodel) -> None:
@@ -223,7 +227,7 @@ def test_convert_torchvision_and_export_onnx(tmp_path, capsys) -> None:
     export = ["export", "onnx", "--checkpoint", str(out), "--out", str(onnx_path)]
     assert main([*export, "--example-size", "64", "64"]) == 0
     printed = capsys.readouterr().out
-    assert "wrote" in printed and "fcn32s_resnet18, 2 classes" in printed
+    assert "wrote" in printed and "fcn32s_resnet18 (inputs image 3; classes semantic 2)" in printed
     assert len(re.findall(r"onnxruntime vs PyTorch at \d+x\d+: max abs diff \d", printed)) == 2
     assert onnx_path.is_file()
 
@@ -234,3 +238,6 @@ def test_export_bare_state_dict_needs_the_model(tmp_path, capsys) -> None:
     argv = ["export", "onnx", "--checkpoint", str(tmp_path / "bare.pt"), "--out"]
     assert main([*argv, str(tmp_path / "m.onnx")]) == 2
     assert "pass the model name and the class count" in capsys.readouterr().err
+    named = [*argv, str(tmp_path / "m.onnx"), "--model", "fcn32s_efficientnet_lite0"]
+    assert main([*named, "--num-classes", "2", "--example-size", "64", "64", "--no-check"]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "m.onnx").is_file()

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..export import check_onnx, export_onnx
-from ..modelfile import read_record
+from ..modelfile import BareStateDict, load_weights, read_record, record_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,14 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    record = read_record(args.checkpoint, what="checkpoint")
-    for what, given, recorded in (
-        ("--model", args.model, record.spec.name),
-        ("--num-classes", args.num_classes, record.spec.tasks[0].classes),
-    ):
-        if given is not None and given != recorded:
-            raise ValueError(f"{args.checkpoint} holds {recorded}, not {what} {given}")
-    model = record.build()
+    try:
+        record = read_record(args.checkpoint, what="checkpoint")
+    except BareStateDict:  # its model named on the command line, or a one-line error
+        model = load_weights(args.checkpoint, model=args.model, num_classes=args.num_classes)
+        record = record_of(model)
+    else:
+        for what, given, recorded in (
+            ("--model", args.model, record.spec.name),
+            ("--num-classes", args.num_classes, record.spec.tasks[0].classes),
+        ):
+            if given is not None and given != recorded:
+                raise ValueError(f"{args.checkpoint} holds {recorded}, not {what} {given}")
+        model = record.build()
     export_onnx(
         model,
         args.out,

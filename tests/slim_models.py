@@ -14,13 +14,46 @@ import pytest
 import torch
 from torch import nn
 
-from fcnseg.models import FCN, ModelSpec
-from fcnseg.models.backbones import BACKBONES, VGG16
+from fcnseg.models import FCN, FCNHead, InputSpec, ModelSpec
+from fcnseg.models.backbones import BACKBONES, VGG16, FeatureTap
+from fcnseg.models.backbones.base import SequentialBackbone, check_geometry
+from fcnseg.models.normalization import CAFFE_VOC
 
 # VGG16 with a few channels: the same layers, geometries, taps and crop offsets as the
 # reference VGG16, at a thousandth of its weights.
 SLIM = "slim_vgg16"
 slim_vgg16 = partial(VGG16, widths=(4, 4, 8, 8, 8), fc_channels=16)
+
+
+TINY = "tiny_vgg"
+
+
+class TinyVGG(SequentialBackbone):
+    """VGG16's geometry with one 3x3 convolution per block: pad 100 (caffe) or 1 on the
+    first, ceil-mode 2x2 pools, a 7x7 fc6 and a 1x1 fc7, taps pool3, pool4 and fc7. Half
+    the layers of the slim VGG16, for what costs per layer (the ONNX exporter)."""
+
+    classifier_name = "fc8"
+
+    def __init__(self, *, geometry: str = "caffe", in_channels: int = 3) -> None:
+        super().__init__()
+        self.geometry = check_geometry(geometry)
+        self.normalization = CAFFE_VOC
+        channels = in_channels
+        for block in range(1, 6):
+            pad = 100 if block == 1 and geometry == "caffe" else 1
+            self.add_module(f"conv{block}", nn.Conv2d(channels, 4, 3, padding=pad))
+            self.add_module(f"relu{block}", nn.ReLU(inplace=True))
+            self.add_module(f"pool{block}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
+            channels = 4
+        self.fc6 = nn.Conv2d(channels, 8, 7, padding=0 if geometry == "caffe" else 3)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.fc7 = nn.Conv2d(8, 8, 1)
+        self.taps = (
+            FeatureTap("pool3", 8, 4),
+            FeatureTap("pool4", 16, 4),
+            FeatureTap("fc7", 32, 8),
+        )
 
 
 def register_slim(monkeypatch: pytest.MonkeyPatch) -> str:
@@ -73,3 +106,22 @@ def model_inputs(
 
 def first_convolution(module: nn.Module) -> nn.Conv2d:
     return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def fcn_on(
+    backbone: nn.Module, classes: int, variant: str = "8s", *, name: str | None = None
+) -> FCN:
+    """A single-input FCN on a backbone built by hand (a width the registry lacks), with
+    a zero-initialised head as ``build_model`` makes it. Its spec names the registered
+    backbone of the same class (``vgg16`` for a narrow VGG16): run it, do not rebuild it
+    from its spec."""
+    registered = next(key for key, make in BACKBONES.items() if make is type(backbone))
+    spec = ModelSpec(
+        registered,
+        variant,
+        tasks={"semantic": classes},
+        inputs=(InputSpec("image", 3, backbone.normalization),),
+        geometry=backbone.geometry,
+        name=name,
+    )
+    return FCN(spec, backbone, {"semantic": FCNHead(backbone, classes, variant=variant)})

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from slim_models import fcn_on
 from torch import nn
 
 import fcnseg
 from fcnseg.dense import CoarseScores, output_stride_of, rarefy, shift_and_stitch
-from fcnseg.models import FCN, FCNHead
 from fcnseg.models.backbones import VGG16
 
 SLIM = {"widths": (4, 8, 16, 16, 16), "fc_channels": 8}  # VGG16's geometry, few channels
@@ -87,7 +87,7 @@ def test_fcn32s_coarse_scores_equal_in_the_interior(size):
     """FCN-32s without its upsampling, in the reference's caffe geometry (pad 100)."""
     torch.manual_seed(0)
     backbone = VGG16(geometry="caffe", **SLIM)
-    model = FCN(backbone, FCNHead(backbone, 5, variant="32s")).eval()
+    model = fcn_on(backbone, 5, "32s").eval()
     nn.init.normal_(model.head.score_fr.weight)
     coarse = CoarseScores(model)
     assert not coarse.backbone.training, "the FCN's eval mode carries over"
@@ -136,7 +136,7 @@ def test_bad_arguments_get_clear_errors():
             nn.Conv2d(3, 2, 3), nn.AvgPool2d(2), nn.AvgPool2d(2), nn.Conv2d(2, 2, 3)
         )
         rarefy(pooled, 1)
-    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+    with pytest.raises(ValueError, match="output_stride = 4 is not allowed: choose one of 8, 16, 32"):
         fcnseg.build_model("fcn8s_resnet18", num_classes=2, output_stride=4)
 
 

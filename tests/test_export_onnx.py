@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from slim_models import fcn_on
 
 import fcnseg
-from fcnseg.models import FCN, FCNHead
+from fcnseg.models import FCN
 from fcnseg.models.backbones import VGG16
 
 pytest.importorskip("onnx")
@@ -42,9 +43,9 @@ def randomise_scores(model: FCN, seed: int) -> FCN:
 
 def slim_fcn8s_vgg16() -> FCN:
     backbone = VGG16(widths=(8, 8, 16, 16, 16), fc_channels=32)  # caffe geometry
-    head = FCNHead(backbone, 3, variant="8s")
-    assert head.crop_offsets() == {"score_pool4c": 5, "score_pool3c": 9, "score": 31}
-    return randomise_scores(FCN(backbone, head, name="fcn8s_vgg16"), seed=1)
+    model = fcn_on(backbone, 3, "8s", name="fcn8s_vgg16")
+    assert model.head.crop_offsets() == {"score_pool4c": 5, "score_pool3c": 9, "score": 31}
+    return randomise_scores(model, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_runner_reads_the_metadata_and_any_batch(resnet_export) -> None:
     assert runner.name == "fcn8s_resnet18" and runner.num_classes == 3
     assert runner.normalization == model.normalization
     images = np.random.default_rng(0).standard_normal((3, 3, 50, 70)).astype(np.float32)
-    logits = runner(images)
+    logits = runner(images)["semantic"]  # logits by task
     assert logits.shape == (3, 3, 50, 70)
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(images)).numpy()

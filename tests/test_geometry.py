@@ -5,7 +5,7 @@ from fractions import Fraction
 import pytest
 from torch import nn
 
-from fcnseg.models import build_model
+from fcnseg import build_model
 from fcnseg.models import geometry as geo
 
 # The reference prototxts crop at these offsets (voc-fcn32s/16s/8s, voc-fcn-alexnet).

@@ -16,6 +16,7 @@ from fcnseg.surgery import (
     fc_to_conv,
     transplant,
 )
+from fcnseg.weights import load_backbone_weights
 
 
 def _unpadded_classifier() -> nn.Sequential:
@@ -132,7 +133,9 @@ def test_vgg16_loads_torchvision_weights(vgg16_classifier):
     reads exactly the 7 x 7 features the Linear fc6 reads: it must give the logits.
     """
     backbone = VGG16(geometry="aligned", classifier=True).eval()
-    report = backbone.load_torchvision(_torchvision_keys(vgg16_classifier))
+    report = load_backbone_weights(
+        backbone, _torchvision_keys(vgg16_classifier), source="torchvision"
+    )
     assert set(report.coerced) == {"fc6.weight", "fc7.weight", "fc8.weight"}
     assert not report.missing and not report.dropped
     x = torch.randn(1, 3, 224, 224)
@@ -143,20 +146,20 @@ def test_vgg16_loads_torchvision_weights(vgg16_classifier):
 
 def test_load_torchvision_file_errors(tmp_path, vgg16_classifier):
     backbone = VGG16(geometry="aligned")
-    with pytest.raises(FileNotFoundError, match="no such weight file"):
-        backbone.load_torchvision(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_backbone_weights(backbone, tmp_path / "missing.pth", source="torchvision")
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="broken.pth: not a readable PyTorch weights file"):
-        backbone.load_torchvision(broken)
+    with pytest.raises(ValueError, match="broken.pth is damaged, truncated or not a PyTorch file"):
+        load_backbone_weights(backbone, broken, source="torchvision")
     weights = _torchvision_keys(vgg16_classifier)
     weights["features.0.weight"] = torch.zeros(64, 3, 5, 5)
     with pytest.raises(ValueError, match=r"'conv1_1.weight'.*\(64, 3, 5, 5\).*\(64, 3, 3, 3\)"):
-        backbone.load_torchvision(weights)
+        load_backbone_weights(backbone, weights, source="torchvision")
     weights["features.0.weight"] = torch.zeros(64, 3, 3, 3)
     del weights["features.2.weight"]
     with pytest.raises(KeyError, match="missing from the weights: conv1_2.weight"):
-        backbone.load_torchvision(weights)
+        load_backbone_weights(backbone, weights, source="torchvision")
 
 
 def test_bilinear_kernel_reference_values():

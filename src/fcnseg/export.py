@@ -223,6 +223,13 @@ class OnnxSegmenter:
         return self.spec.label
 
     @property
+    def normalization(self):
+        """The input normalisation the file records, or a dict by input for a multi-input
+        model (the graph takes normalised inputs, as the model does)."""
+        norms = {item.name: item.normalization for item in self.spec.inputs}
+        return next(iter(norms.values())) if len(norms) == 1 else norms
+
+    @property
     def num_classes(self) -> int | dict[str, int]:
         classes = self.spec.task_classes
         return next(iter(classes.values())) if len(classes) == 1 else classes

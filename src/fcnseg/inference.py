@@ -25,6 +25,7 @@ from .data.base import image_to_tensor, open_image, read_depth, read_image
 from .data.palettes import flat_palette, voc_palette
 from .engine.distributed import resolve_device
 from .export import OnnxSegmenter, load_onnx
+from .fileio import atomic_write
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
@@ -399,5 +400,7 @@ def save_mask(
     pnginfo: PngInfo | None = None,
 ) -> None:
     """An index PNG (mode P): pixel values are the class indices, shown in ``palette``;
-    ``pnginfo`` adds text chunks (what ``fcnseg predict`` records of its run)."""
-    mask_image(labels, palette).save(path, pnginfo=pnginfo)
+    ``pnginfo`` adds text chunks (what ``fcnseg predict`` records of its run). Written
+    atomically: a failed write leaves no half-written file."""
+    image = mask_image(labels, palette)
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=pnginfo))

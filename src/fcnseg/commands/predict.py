@@ -48,11 +48,10 @@ from PIL.PngImagePlugin import PngInfo
 
 from .. import __version__
 from ..data import DatasetError
-from ..data.palettes import flat_palette
 from ..engine.checkpoint import WriteError, writing
 from ..engine.distributed import resolve_device
 from ..fileio import atomic_write
-from ..inference import Segmenter, load_input
+from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import figure_pixels, overlay_figure
@@ -238,15 +237,6 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         atomic_write(path, save)
 
 
-def _mask_image(labels: np.ndarray, palette) -> Image.Image:
-    """An index PNG image (mode P): pixel values are the class indices, shown in ``palette``."""
-    if labels.max(initial=0) > 255:
-        raise ValueError("an index PNG holds at most 256 classes: save the labels as .npy")
-    mask = Image.fromarray(labels.astype(np.uint8))
-    mask.putpalette(flat_palette([tuple(color) for color in palette]))
-    return mask
-
-
 def _write(
     args,
     rgb,
@@ -259,7 +249,7 @@ def _write(
     """``<stem>.png``, its overlay (with a legend) and probabilities, as the options ask;
     ``task`` picks the palette and class names."""
     palette, classes = segmenter.task_palettes[task], segmenter.task_classes[task]
-    _save_png(_mask_image(labels, palette), args.out / f"{stem}.png")
+    _save_png(mask_image(labels, palette), args.out / f"{stem}.png")
     if not args.no_overlay:
         image = rgb.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
         ignore = segmenter.ignore_index

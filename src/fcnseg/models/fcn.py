@@ -33,8 +33,6 @@ _SCORE = ("score_pool4", "score_pool3")
 _SCALE = ("scale_pool4", "scale_pool3")
 _FUSE_UPSAMPLE = ("upscore2", "upscore_pool4")
 _FINAL = {"32s": "upscore", "16s": "upscore16", "8s": "upscore8"}
-# FCN-8s at-once: fixed scalings that bring pool4 and pool3 to the scale of the scores.
-ATONCE_SCALES = (0.01, 0.0001)
 
 
 @dataclass(frozen=True)

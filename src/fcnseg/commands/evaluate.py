@@ -19,6 +19,7 @@ from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.distributed import Context, resolve_device
 from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics, task_metrics
 from ..metrics import json_safe
+from .options import add_threads, apply_threads
 from .table import print_table
 
 
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
+    add_threads(parser)
     parser.add_argument("--out", type=Path, help="JSON file (default: beside the checkpoint)")
     parser.set_defaults(run=run)
 
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             f"--max-images {args.max_images} would evaluate nothing: give 1 or more, or leave "
             "it out to evaluate every image"
         )
+    apply_threads(args)
     record = load_checkpoint(args.checkpoint)
     model = record.build()
     try:

@@ -55,6 +55,7 @@ from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import figure_pixels, overlay_figure
+from .options import add_threads, apply_threads
 
 # The PNG text chunk that marks predict's outputs (masks and overlays).
 MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
@@ -93,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-overlay", action="store_true", help="masks only")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    add_threads(parser)
     parser.add_argument(
         "--tile",
         type=_positive,
@@ -261,6 +263,7 @@ def _write(
 
 def run(args: argparse.Namespace) -> int:
     tiling = _tiling(args)
+    apply_threads(args)
     check_writable(args.out)
     segmenter = Segmenter.from_checkpoint(
         args.checkpoint, device=resolve_device(args.device), tiling=tiling

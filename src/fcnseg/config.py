@@ -130,6 +130,9 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps
     overlays: int = 4  # validation images drawn with their predictions
     time_limit_minutes: float = 0.0  # stop (evaluate, save) after this long; 0: no limit
+    # plan the run's length to end inside this many minutes (fcnseg.engine.budget): after a
+    # few timed steps the schedule is sized to fit; epochs / max_iters become a cap; 0: off
+    time_budget_minutes: float = 0.0
     deterministic: bool = False
     # DDP: seconds a rank waits in a collective (or for the others to join) before giving up
     # with an error; torch's default is 30 minutes, long to wait on a frozen rank
@@ -308,6 +311,7 @@ _MINIMUM: dict[str, float] = {
     "class_weight_images": 1,
     "max_val_images": 1,
     "time_limit_minutes": 0.0,
+    "time_budget_minutes": 0.0,
     "momentum": 0.0,
     "weight_decay": 0.0,
     "bias_lr_mult": 0.0,

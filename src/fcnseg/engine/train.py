@@ -61,6 +61,7 @@ from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
 from ..surgery import transplant
 from . import checkpoint as ckpt
+from .budget import Budget, Costs, minutes, plan_steps
 from .distributed import (
     Context,
     all_mean,
@@ -153,10 +154,11 @@ class _Run:
     amp: torch.dtype | None
     sampler: DistributedSampler
     steps_per_epoch: int
-    total_iters: int
+    total_iters: int  # as configured; a time budget's plan may shorten it (_total)
     log: RunLog
     callbacks: Sequence[Callback]
     interrupt: _Interrupt
+    budget: Budget | None  # time_budget_minutes: the schedule's length is planned by time
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -178,6 +180,8 @@ class _Position:
     best_mean_iu: float = -1.0
     best_iteration: int = -1
     finished: bool = False
+    planned_iters: int = 0  # with a time budget: the steps planned to fit it (0: not yet)
+    seconds: float = 0.0  # with a time budget: wall time spent training so far
 
 
 @dataclass
@@ -261,8 +265,9 @@ def _train_stages(
     previous, result = config.init_from, None
     for index, model in enumerate(stage_models(config.model)):
         lr = None if config.lr is None else config.lr * config.stage_lr_factor**index
+        budget = config.time_budget_minutes / 3  # each stage a third of the run's budget
         stage = dataclasses.replace(
-            config, model=model, staged=False, init_from=previous, lr=lr
+            config, model=model, staged=False, init_from=previous, lr=lr, time_budget_minutes=budget
         ).resolved()
         stage_dir = run_dir / f"stage{index + 1}-{model_variant(model)}"
         stage_resume = resume and (stage_dir / "last.pt").is_file()
@@ -292,12 +297,12 @@ def _train_one(
     run = _setup(config, run_dir, context, callbacks, init=resumed is None)
     progress = _Progress() if resumed is None else _restore(run, resumed)
     position = progress.position
-    if position.iteration >= run.total_iters:  # nothing to do: the folder stays as it is
+    if position.iteration >= _total(run, position):  # nothing to do: the folder stays
         if context.is_main:
             print(
-                f"{run_dir} has finished already ({position.iteration} of {run.total_iters} "
-                "steps): nothing to resume; to train on, raise epochs or max_iters "
-                f"(fcnseg train --resume {run_dir} epochs=N)"
+                f"{run_dir} has finished already ({position.iteration} of "
+                f"{_total(run, position)} steps): nothing to resume; to train on, raise "
+                f"epochs or max_iters (fcnseg train --resume {run_dir} epochs=N)"
             )
         return _result(run, progress, "finished")
     extended = position.finished
@@ -401,6 +406,7 @@ def _setup(
         ),
         callbacks=callbacks,
         interrupt=_Interrupt(),
+        budget=Budget(config.time_budget_minutes * 60) if config.time_budget_minutes else None,
     )
 
 
@@ -685,10 +691,10 @@ def _loop(run: _Run, progress: _Progress) -> str:
     A run stopped early (time limit, callback) is evaluated and saved at the step where it
     stopped, and is not marked finished: resuming it trains on to ``total_iters``."""
     position = progress.position
-    while position.iteration < run.total_iters:
+    while position.iteration < _total(run, position):
         stop = train_one_epoch(run, progress)
         if stop == "interrupted":
-            if position.iteration < run.total_iters:
+            if position.iteration < _total(run, position):
                 _save(run, progress, finished=False)  # no validation: the user is waiting
                 return stop
             stop = None  # that was the last step: finish as usual
@@ -697,7 +703,7 @@ def _loop(run: _Run, progress: _Progress) -> str:
             progress.epoch_done()
             if stop is None and _time_up(run):
                 stop = "time limit"  # no new epoch
-        complete = position.iteration >= run.total_iters
+        complete = position.iteration >= _total(run, position)
         due = epoch_done and position.epoch % run.config.eval_every == 0
         if complete or stop is not None or due:
             _validate(run, progress)
@@ -720,7 +726,9 @@ def train_one_epoch(run: _Run, progress: _Progress) -> str | None:
     run.model.train()
     bar, window = _progress_bar(run, position), _Window()
     try:
-        while position.step_in_epoch < run.steps_per_epoch and position.iteration < run.total_iters:
+        while position.step_in_epoch < run.steps_per_epoch and position.iteration < _total(
+            run, position
+        ):
             started = time.perf_counter()
             lr = run.optimizer.param_groups[0]["lr"]  # this step's (the schedule then moves)
             micro = [next(batches) for _ in range(config.accumulate)]
@@ -741,6 +749,8 @@ def train_one_epoch(run: _Run, progress: _Progress) -> str | None:
                 _log_train(run, position, window, lr)
             if _checkpoint_due(run, position):
                 _save(run, progress, finished=False)
+            if run.budget is not None:
+                _follow_budget(run, progress, info)
             stop = _should_stop(run, info)
             if stop is not None:
                 return stop
@@ -831,9 +841,82 @@ def _should_stop(run: _Run, info: StepInfo) -> str | None:
 
 
 def _time_up(run: _Run, *, reduce: bool = True) -> bool:
+    """Past ``time_limit_minutes``, or so near the time budget's end that only the closing
+    validation and checkpoint still fit."""
+    since_start = time.monotonic() - run.started
     limit = run.config.time_limit_minutes
-    up = bool(limit) and time.monotonic() - run.started > limit * 60
+    up = bool(limit) and since_start > limit * 60
+    if run.budget is not None:
+        up = up or run.budget.up(since_start)
     return all_reduce_max(float(up), run.context) > 0 if reduce else up
+
+
+def _total(run: _Run, position: _Position) -> int:
+    """The optimizer steps this run takes: as configured, or as a time budget planned."""
+    return position.planned_iters or run.total_iters
+
+
+def _follow_budget(run: _Run, progress: _Progress, info: StepInfo) -> None:
+    """Time the probe steps; after the last of them, plan the run's length."""
+    budget, position = run.budget, progress.position
+    assert budget is not None
+    budget.observe(info.seconds)
+    if position.planned_iters or not budget.probe_done():
+        return
+    costs = Costs(step=budget.step_cost(), validation=_validation_cost(run), save=0.0)
+    began = time.perf_counter()
+    _save(run, progress, finished=False)  # timed, and a checkpoint to resume from
+    budget.costs = costs = dataclasses.replace(costs, save=time.perf_counter() - began)
+    planned = plan_steps(
+        budget.seconds,
+        budget.spent(time.monotonic() - run.started),
+        position.iteration,
+        costs,
+        steps_per_epoch=run.steps_per_epoch,
+        eval_every=run.config.eval_every,
+        checkpoint_every=run.config.checkpoint_every,
+        upper=run.total_iters,
+    )
+    position.planned_iters = int(all_reduce_max(float(planned), run.context))  # rank 0's
+    _stretch_schedule(run.scheduler, position.planned_iters)
+    run.model.train()
+    _announce_plan(run, position, costs)
+
+
+def _validation_cost(run: _Run, images: int = 4) -> float:
+    """Seconds of one validation pass, from timing its first few images (after one
+    untimed image: the first allocates)."""
+    val = run.data.val
+    count = min(images, len(val))
+    _evaluate(run, Subset(val, range(1)), progress=False)
+    began = time.perf_counter()
+    _evaluate(run, Subset(val, range(count)), progress=False)
+    per_image = (time.perf_counter() - began) / count
+    return per_image * math.ceil(len(val) / run.context.world_size)
+
+
+def _announce_plan(run: _Run, position: _Position, costs: Costs) -> None:
+    planned = position.planned_iters
+    run.log.write(
+        {
+            "event": "plan",
+            "iteration": position.iteration,
+            "planned_iters": planned,
+            "step_s": costs.step,
+            "validation_s": costs.validation,
+            "save_s": costs.save,
+        }
+    )
+    if not run.context.is_main:
+        return
+    assert run.budget is not None
+    capped = " (capped by epochs / max_iters)" if planned == run.total_iters else ""
+    print(
+        f"time budget {minutes(run.budget.seconds)}: a step takes {costs.step:.2f} s, a "
+        f"validation {minutes(costs.validation)}, a checkpoint {costs.save:.1f} s; planned "
+        f"{planned} steps ({planned / run.steps_per_epoch:.1f} epochs){capped}",
+        flush=True,
+    )
 
 
 class _Window:
@@ -877,7 +960,7 @@ def _progress_bar(run: _Run, position: _Position):
     from tqdm import tqdm
 
     quiet = not (run.context.is_main and sys.stdout.isatty())
-    epochs = math.ceil(run.total_iters / run.steps_per_epoch)
+    epochs = math.ceil(_total(run, position) / run.steps_per_epoch)
     return tqdm(
         total=run.steps_per_epoch,
         initial=position.step_in_epoch,
@@ -910,18 +993,8 @@ def _diverged(run: _Run, position: _Position, what: str) -> None:
 
 def _validate(run: _Run, progress: _Progress) -> None:
     """Evaluate on the validation set (every rank its shard) and log the summed metrics."""
-    config, context = run.config, run.context
-    loader = eval_loader(
-        run.data.val, context, batch_size=config.val_batch_size, num_workers=config.num_workers
-    )
-    confusion = evaluate(
-        run.net,
-        loader,
-        ignore_index=run.data.ignore_index,
-        device=context.device,
-        amp_dtype=run.amp,
-        progress=context.is_main and sys.stdout.isatty(),
-    )
+    context = run.context
+    confusion = _evaluate(run, run.data.val, progress=context.is_main and sys.stdout.isatty())
     metrics = task_metrics(confusion)
     tasks = run.spec.task_names
     if len(tasks) == 1:
@@ -940,12 +1013,30 @@ def _validate(run: _Run, progress: _Progress) -> None:
         print(f"iteration {position.iteration}: {text}", flush=True)
 
 
+def _evaluate(run: _Run, dataset: Dataset, *, progress: bool):
+    """The confusion of the model on ``dataset`` (this rank's shard), as validation runs."""
+    config, context = run.config, run.context
+    loader = eval_loader(
+        dataset, context, batch_size=config.val_batch_size, num_workers=config.num_workers
+    )
+    return evaluate(
+        run.net,
+        loader,
+        ignore_index=run.data.ignore_index,
+        device=context.device,
+        amp_dtype=run.amp,
+        progress=progress,
+    )
+
+
 def _save(run: _Run, progress: _Progress, *, finished: bool) -> None:
     """last.pt always (every rank's generator states gathered into it); best.pt when the
     latest validation beat the best so far."""
     if all_reduce_max(0.0 if _finite_weights(run.net) else 1.0, run.context) > 0:
         _diverged(run, progress.position, "weights became NaN or infinite")  # keep last.pt
     progress.position.finished = finished
+    if run.budget is not None:
+        progress.position.seconds = run.budget.spent(time.monotonic() - run.started)
     rng: Any = ckpt.rng_state()
     if run.context.distributed:
         import torch.distributed as dist
@@ -1003,12 +1094,14 @@ def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
         )
     load_state(run.model, checkpoint.state_dict, where=path)
     training = checkpoint.training
-    run.optimizer.load_state_dict(training["optimizer"])
-    run.scheduler.load_state_dict(training["scheduler"])
-    _stretch_schedule(run.scheduler, run.total_iters)
-    run.scaler.load_state_dict(training["scaler"])
     saved = {f.name for f in dataclasses.fields(_Position)}
     position = _Position(**{k: v for k, v in training.items() if k in saved})
+    if run.budget is not None:
+        run.budget.spent_before = position.seconds
+    run.optimizer.load_state_dict(training["optimizer"])
+    run.scheduler.load_state_dict(training["scheduler"])
+    _stretch_schedule(run.scheduler, _total(run, position))
+    run.scaler.load_state_dict(training["scaler"])
     run.log.truncate_after(position.iteration)
     states = training["rng"]  # a list under DDP: one per rank; last, as they are left
     rank = run.context.rank

@@ -1,0 +1,126 @@
+"""A training schedule sized by wall time: ``time_budget_minutes``.
+
+A practitioner on a CPU knows how long they can wait, not how many steps fit in it. With a
+time budget the run takes its first ``PROBE_STEPS`` steps as the config says, then measures
+what a step, a validation and a checkpoint cost on this machine, and fixes the number of
+optimizer steps (``plan_steps``) so that training, every validation the config asks for, the
+checkpoints and the final report end inside the budget. The learning-rate schedule (poly,
+cosine) is stretched or shrunk to end at that step, so the run is a whole schedule and not a
+long one cut off. ``epochs`` / ``max_iters`` stay an upper bound.
+
+The planned length is saved in every checkpoint, so a resumed run keeps it (and stays
+bit-exact); the time already spent is saved too and counts against the budget. Should the
+machine slow down after the plan, the budget is also a hard limit: the run stops early
+(evaluated and saved, as with ``time_limit_minutes``) rather than overrun.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+__all__ = ["PROBE_STEPS", "Costs", "plan_steps", "Budget", "minutes"]
+
+PROBE_STEPS = 12  # steps timed before the plan; the first few (allocations) are left out
+_SKIP = 2  # probe steps not counted: the first steps allocate and warm caches
+RESERVE = 0.03  # of the budget, kept for what the plan cannot see (loader start-up, report)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds each part of a run costs on this machine, measured by the probe."""
+
+    step: float  # one optimizer step, data loading included
+    validation: float  # one whole validation pass
+    save: float  # one checkpoint (last.pt, and best.pt beside it at worst)
+
+
+def _validations(done: int, total: int, steps_per_epoch: int, eval_every: int) -> int:
+    """Validations the loop runs from step ``done`` to ``total``: at the end of every
+    ``eval_every``-th epoch, and once at the end when ``total`` is not such an epoch end."""
+    period = steps_per_epoch * eval_every
+    count = total // period - done // period
+    return count + (0 if total % period == 0 else 1)
+
+
+def _saves(done: int, total: int, steps_per_epoch: int, checkpoint_every: int) -> int:
+    """Checkpoints written from step ``done`` to ``total``: every epoch end, every
+    ``checkpoint_every`` steps, and at the end."""
+    count = total // steps_per_epoch - done // steps_per_epoch + 1
+    if checkpoint_every:
+        count += total // checkpoint_every - done // checkpoint_every
+    return count
+
+
+def plan_steps(
+    budget: float,
+    spent: float,
+    done: int,
+    costs: Costs,
+    *,
+    steps_per_epoch: int,
+    eval_every: int = 1,
+    checkpoint_every: int = 0,
+    upper: int,
+) -> int:
+    """The most optimizer steps (at least ``done``, at most ``upper``) whose remaining
+    training, validations and checkpoints end within ``budget`` seconds, ``spent`` of them
+    gone with ``done`` steps taken. The budget keeps a reserve of ``RESERVE``."""
+    left = budget * (1.0 - RESERVE) - spent
+
+    def cost(total: int) -> float:
+        return (
+            (total - done) * costs.step
+            + _validations(done, total, steps_per_epoch, eval_every) * costs.validation
+            + _saves(done, total, steps_per_epoch, checkpoint_every) * costs.save
+        )
+
+    low, high = done, max(done, upper)  # cost grows with total: the largest that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= left:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@dataclass
+class Budget:
+    """The budget of one run: step times seen so far, the time spent before this process
+    (a resumed run's), and the deadline for the hard stop."""
+
+    seconds: float
+    spent_before: float = 0.0
+    step_times: list[float] = field(default_factory=list)
+    costs: Costs | None = None  # once the probe has measured them
+
+    def observe(self, seconds: float) -> None:
+        self.step_times.append(seconds)
+
+    def probe_done(self) -> bool:
+        return len(self.step_times) >= PROBE_STEPS
+
+    def step_cost(self) -> float:
+        """The median step after the first few: robust to a slow step now and then."""
+        return statistics.median(self.step_times[_SKIP:] or self.step_times)
+
+    def spent(self, since_start: float) -> float:
+        return self.spent_before + since_start
+
+    def up(self, since_start: float) -> bool:
+        """Whether the run must stop now to finish inside the budget: what is left would
+        not hold the closing validation and checkpoint."""
+        closing = self.costs.validation + self.costs.save if self.costs else 0.0
+        return self.spent(since_start) + closing >= self.seconds
+
+
+def minutes(seconds: float) -> str:
+    """A duration for people: ``1 h 05 min``, ``12.5 min``, ``40 s`` or ``0.3 s``."""
+    if seconds >= 3600:
+        hours, rest = divmod(math.ceil(seconds / 60), 60)
+        return f"{hours} h {rest:02d} min"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"

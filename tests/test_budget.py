@@ -1,0 +1,77 @@
+"""Time-budgeted schedules: the plan's arithmetic by hand, and a run that ends in its budget."""
+
+import json
+import time
+
+import pytest
+import torch
+from test_engine_train import tiny
+
+from fcnseg.engine import checkpoint as ckpt
+from fcnseg.engine.budget import PROBE_STEPS, RESERVE, Budget, Costs, plan_steps
+from fcnseg.engine.train import train
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_plan_counts_steps_validations_and_checkpoints():
+    # 100 s, 3 % kept back, 10 s and 10 steps gone: 87 s left. Ending at step 61 costs 51
+    # steps, validations after epochs 2..6 and at the end (6 x 5 s) and checkpoints at the
+    # same places (6 x 1 s): 87 s. Step 62 would cost 88 s.
+    assert RESERVE == 0.03
+    costs = Costs(step=1.0, validation=5.0, save=1.0)
+    plan = dict(steps_per_epoch=10, upper=1000)
+    assert plan_steps(100, 10, 10, costs, **plan) == 61
+    # validating every second epoch: at 70 the validations are after epochs 2, 4, 6 and at
+    # the end (4 x 5 s), checkpoints at 7 epoch ends (7 x 1 s), 60 steps: 87 s again
+    assert plan_steps(100, 10, 10, costs, **plan, eval_every=2) == 70
+
+
+def test_plan_is_capped_and_never_goes_back():
+    costs = Costs(step=0.5, validation=1.0, save=0.1)
+    assert plan_steps(3600, 5, 12, costs, steps_per_epoch=10, upper=100) == 100
+    assert plan_steps(10, 20, 12, costs, steps_per_epoch=10, upper=100) == 12  # overspent
+
+
+def test_budget_stops_before_the_closing_work_no_longer_fits():
+    budget = Budget(seconds=60.0, spent_before=20.0)
+    assert not budget.up(30.0)
+    budget.costs = Costs(step=1.0, validation=8.0, save=3.0)
+    assert not budget.up(28.9) and budget.up(29.0)  # 20 + 29 + 11 = 60
+
+
+def test_step_cost_leaves_out_the_first_steps():
+    budget = Budget(seconds=60.0)
+    for seconds in (9.0, 5.0, 1.0, 1.2, 0.8):
+        budget.observe(seconds)
+    assert budget.step_cost() == 1.0
+
+
+def test_a_budgeted_run_plans_its_length_and_ends_inside_the_budget(tmp_path):
+    budget_minutes = 0.3
+    config = tiny(tmp_path, epochs=1000, time_budget_minutes=budget_minutes, overlays=0)
+    began = time.monotonic()
+    result = train(config)
+    elapsed = time.monotonic() - began
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    (plan,) = [r for r in records if r["event"] == "plan"]
+    assert plan["iteration"] == PROBE_STEPS and plan["planned_iters"] > PROBE_STEPS
+    last = ckpt.load_checkpoint(run / "last.pt")
+    assert last.training["planned_iters"] == plan["planned_iters"]
+    assert last.training["seconds"] <= budget_minutes * 60  # training, validations, saves
+    # the whole call adds set-up (data, model) and the report, outside the budget's clock
+    assert elapsed < budget_minutes * 60 + 20
+    assert result.stopped in ("finished", "time limit")  # the hard limit, on a machine that
+    if result.stopped == "time limit":  # slowed down after the plan
+        return
+    assert result.iterations == plan["planned_iters"]  # the schedule was sized to the plan
+    final_lr = [r["lr"] for r in records if r["event"] == "train"][-1]
+    assert final_lr < 0.1 * config.resolved().lr  # ... and ran out there
+    again = train(config, resume=True)  # a resumed run keeps the plan: nothing left to do
+    assert again.iterations == result.iterations and again.stopped == "finished"

@@ -1,12 +1,17 @@
 """Training and evaluation throughput of the engine on CPU (or CUDA), synthetic data.
 
 Runs ``fcnseg.engine.train`` for a fixed number of steps and reads images/s from its log,
-then times whole-image evaluation, for each thread count asked. On a machine shared with
+then times whole-image evaluation, for each thread count asked: once with the plain
+(contiguous NCHW) layout, the library's default before 0.3, and once with today's defaults
+(channels-last), so the speed-up is measured in the same run. On a machine shared with
 other processes, compare thread counts: OpenMP threads that wait for each other can make more
 threads much slower than one (see ``fcnseg.engine.threads``).
 
     python benchmarks/train_throughput.py                       # the demo's setting
+    python benchmarks/train_throughput.py --size 352 --batch-size 8 --threads 1 2
     python benchmarks/train_throughput.py --model fcn8s_resnet18 --size 256 --threads 1 2
+
+benchmarks/train_step.py splits a step into data, forward, backward and optimizer.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from fcnseg.engine.train import train
 from fcnseg.inference import Segmenter
 
 
-def _train_rate(args: argparse.Namespace, threads: int, folder: Path) -> tuple[float, Path]:
+def _train_rate(
+    args: argparse.Namespace, threads: int, folder: Path, channels_last: bool
+) -> tuple[float, Path]:
     config = TrainConfig(
         model=args.model,
         dataset="synthetic",
@@ -42,11 +49,12 @@ def _train_rate(args: argparse.Namespace, threads: int, folder: Path) -> tuple[f
         amp=args.amp,
         num_workers=0,
         threads=threads,
+        channels_last=channels_last,
         log_every=1,
         overlays=0,
         device=args.device,
         output=str(folder),
-        name=f"threads{threads}",
+        name=f"threads{threads}-{'nhwc' if channels_last else 'nchw'}",
     )
     result = train(config)
     records = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
@@ -80,11 +88,18 @@ def main() -> None:
     print(
         f"{args.model}, {args.batch_size} x {args.size}^2 per step, {args.device}, amp {args.amp}"
     )
-    print("threads  train images/s  eval ms/image")
+    print("threads  layout          train images/s  ratio  eval ms/image")
     with tempfile.TemporaryDirectory() as folder:
         for threads in sorted(set(args.threads)):
-            rate, checkpoint = _train_rate(args, threads, Path(folder))
-            print(f"{threads:7d}  {rate:14.1f}  {_eval_ms(args, checkpoint, threads):13.1f}")
+            baseline = None
+            for channels_last in (False, True):
+                rate, checkpoint = _train_rate(args, threads, Path(folder), channels_last)
+                baseline = baseline or rate
+                layout = "channels-last" if channels_last else "plain (NCHW)"
+                print(
+                    f"{threads:7d}  {layout:14s}  {rate:14.1f}  {rate / baseline:4.2f}x  "
+                    f"{_eval_ms(args, checkpoint, threads):13.1f}"
+                )
 
 
 if __name__ == "__main__":

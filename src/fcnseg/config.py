@@ -115,6 +115,9 @@ class TrainConfig:
     jitter: bool | None = None
     amp: str | None = None  # off, bf16, fp16, auto
     activation_checkpointing: bool = False  # backbone recomputes activations: less memory
+    # weights and activations stored channels-last (NHWC): the CPU's convolution kernels run
+    # faster on it (benchmarks/train_step.py); results equal the plain layout's to rounding
+    channels_last: bool = True
 
     # -- the run
     output: str = "runs"

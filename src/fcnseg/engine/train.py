@@ -373,6 +373,8 @@ def _setup(
     spec = model_spec(config, data)
     _check_inputs(config, data, spec)
     model = _build_model(config, spec, init=init).to(context.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     _set_transforms(data.train, _train_transforms(config, model.normalization))
     _set_transforms(data.val, eval_transforms(model.normalization))
     if config.class_weights == "median":  # computed once, then kept in config.json

@@ -49,7 +49,7 @@ from .base import (
 )
 from .palettes import Color, voc_palette
 
-__all__ = ["ClassList", "read_classes", "FolderDataset"]
+__all__ = ["ClassList", "read_classes", "has_split", "FolderDataset"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
@@ -138,6 +138,13 @@ def _by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Pa
     return files
 
 
+def has_split(root: Path | str, split: str) -> bool:
+    """Whether the folder dataset at ``root`` has ``split``: ``images/<split>/`` or
+    ``<split>.txt``."""
+    root = Path(root)
+    return (root / "images" / split).is_dir() or (root / f"{split}.txt").is_file()
+
+
 def _refuse_lossy_masks(folder: Path) -> None:
     """JPEG masks are refused: lossy compression blurs the edges between regions
     into values of neither class (or of a third one), labels nobody drew."""
@@ -220,7 +227,7 @@ class FolderDataset(SegmentationDataset):
             if (images_dir / self.split).is_dir():
                 images_dir, masks_dir = images_dir / self.split, masks_dir / self.split
                 require_dir(masks_dir, "masks folder", f"put the {self.split} masks there")
-            elif (self.root / f"{self.split}.txt").is_file():
+            elif has_split(self.root, self.split):
                 wanted = read_split_file(self.root / f"{self.split}.txt", "list one stem per line")
             else:
                 raise DatasetError(

@@ -38,7 +38,8 @@ def test_train_without_config_on_a_flat_folder(tmp_path, fcnseg_cli, file_hashes
     assert run.name.startswith("street-")  # named after the data folder
     # the announcement: what was chosen, then steps, epochs, warm-up, weights, data, folder
     assert "has no 'train' split: training on its images" in out
-    assert "validating on a random 20% of them (split_seed=0; listed in val_images.txt)" in out
+    assert "no 'val' split either: validating on a random 20% of the training images" in out
+    assert "(split_seed=0; listed in val_images.txt)" in out
     assert "warm-up: 100 steps would take all of this 4-step run" in out
     assert "5 train / 1 val images (a random 20% held out, split_seed 0)" in out
     assert "4 steps = 2 epoch(s) of 2 steps" in out and "warm-up 0 steps" in out
@@ -123,3 +124,20 @@ def test_a_run_on_a_terminal_shows_one_bar_over_every_epoch(tmp_path, capsys, mo
     out = capsys.readouterr().out
     assert "3/3" in out and "epoch=3/3" in out
     assert "1/1 [" not in out  # no bar of one epoch's single step
+
+
+@needs_camvid
+def test_a_folder_with_a_train_split_only_holds_out_from_it(tmp_path):
+    """train.txt but no val split: the train list is kept, val drawn from it, said so."""
+    from fcnseg.engine.splits import fit_folder_splits
+
+    data = make_folder_dataset(tmp_path / "d", "index", count=3)
+    (data / "train.txt").write_text("".join(f"{p.stem}\n" for p in (data / "images").iterdir()))
+    config, notes = fit_folder_splits(load_config(None, ["dataset=folder", f"root={data}"]))
+    assert (config.train_split, config.val_split) == ("train", "random")
+    assert notes == [
+        "no 'val' split: validating on a random 20% of the training images (split_seed=0; "
+        "listed in val_images.txt)"
+    ]
+    explicit = load_config(None, ["dataset=folder", f"root={data}", "val_split=none"])
+    assert fit_folder_splits(explicit) == (explicit, [])  # none is a choice, kept

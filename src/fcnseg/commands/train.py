@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train an FCN. Settings come from --config (flat TOML or JSON), then "
         "from KEY=VALUE overrides; docs/training.md lists every key. Without --config it "
         "trains on a folder dataset: fcnseg train root=DIR (images/, masks/, classes.txt; "
-        "defaults: " + " ".join(FOLDER_DEFAULTS) + "; a random 20%% of the images validate "
+        "defaults: " + " ".join(FOLDER_DEFAULTS) + "; a random 20 percent of the images validate "
         "when DIR has no val split).",
     )
     parser.add_argument("--config", type=Path, help="a .toml or .json config file")

@@ -33,9 +33,10 @@ def fit_folder_splits(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     val = config.val_split
     if own_val and val not in (None, RANDOM_SPLIT) and not has_split(config.root, val):
         changes["val_split"] = RANDOM_SPLIT
+        either = " either" if notes else ""
         notes.append(
-            f"no {val!r} split either: validating on a random {config.val_fraction:.0%} of "
-            f"them (split_seed={config.split_seed}; listed in {VAL_LIST})"
+            f"no {val!r} split{either}: validating on a random {config.val_fraction:.0%} of "
+            f"the training images (split_seed={config.split_seed}; listed in {VAL_LIST})"
         )
     return dataclasses.replace(config, **changes), notes
 

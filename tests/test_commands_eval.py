@@ -88,6 +88,7 @@ def test_max_images_below_one_is_refused(tmp_path, count, fcnseg_cli, file_hashe
 
 
 @needs_camvid
+@pytest.mark.filterwarnings("ignore:.*never occurs")
 def test_per_image_csv_scores_each_image_and_lists_the_worst(
     tmp_path, make_checkpoint, fcnseg_cli, file_hashes
 ):

@@ -41,8 +41,8 @@ def test_plan_is_capped_and_never_goes_back():
 def test_budget_stops_before_the_closing_work_no_longer_fits():
     budget = Budget(seconds=60.0, spent_before=20.0)
     assert not budget.up(30.0)
-    budget.costs = Costs(step=1.0, validation=8.0, save=3.0)
-    assert not budget.up(28.9) and budget.up(29.0)  # 20 + 29 + 11 = 60
+    budget.costs = Costs(step=1.0, validation=6.0, save=2.0)
+    assert not budget.up(24.9) and budget.up(25.0)  # 20 + 25 + 1.5 x (6 + 2 x 2) = 60
 
 
 def test_step_cost_leaves_out_the_first_steps():

@@ -1,14 +1,21 @@
 """``fcnseg eval``: the four metrics, a per-class table and a JSON file."""
 
+import csv
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
+from own_data import CLASSES, make_folder_dataset, needs_camvid
+from PIL import Image
 
 import fcnseg
 from fcnseg.cli import main
-from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
+from fcnseg.data import SYNTHETIC_CLASSES, FolderDataset, voc_palette
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.inference import Segmenter
+from fcnseg.metrics import ConfusionMatrix, metrics_from_matrix
 from fcnseg.modelfile import record_of
 
 
@@ -75,3 +82,58 @@ def test_max_images_below_one_is_refused(tmp_path, count, fcnseg_cli, file_hashe
     assert result.returncode == 2
     assert f"--max-images {count}" in one_line_error(result)
     assert file_hashes(tmp_path) == before
+
+
+# ------------------------------------------------------------------ per-image scores (issue 14)
+
+
+@needs_camvid
+@pytest.mark.filterwarnings("ignore:.*never occurs")
+def test_per_image_csv_scores_each_image_and_lists_the_worst(
+    tmp_path, make_checkpoint, fcnseg_cli, file_hashes
+):
+    """Each row's numbers equal the metrics of that image's own confusion matrix (prediction
+    by Segmenter, labels as the folder reader reads them); the 5 worst are printed lowest
+    first; the user's files are unchanged."""
+    data = make_folder_dataset(tmp_path / "data", "index", count=5)
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(data)
+    out_csv = tmp_path / "scores.csv"
+    result = fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", data, "--split",
+        "none", "--workers", "0", "--threads", "1", "--per-image", out_csv,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with out_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:4] == ["image", "path", "pixel_acc", "mean_iu"]
+    assert list(rows[0])[4:] == [f"iu_{name}" for name in CLASSES]
+    dataset = FolderDataset(data)
+    segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu")
+    assert [row["image"] for row in rows] == [sample.id for sample in dataset.samples]
+    for index, row in enumerate(rows):
+        _, label = dataset.load(index)
+        image = np.array(Image.open(dataset.samples[index].image))
+        predicted = torch.as_tensor(segmenter.predict(image))
+        matrix = ConfusionMatrix(len(CLASSES))
+        matrix.update(predicted, label)
+        expected = metrics_from_matrix(matrix.matrix)
+        assert float(row["pixel_acc"]) == pytest.approx(expected["pixel_acc"], abs=1e-5)
+        assert float(row["mean_iu"]) == pytest.approx(expected["mean_iu"], abs=1e-5)
+        for name, iu in zip(CLASSES, expected["iu"], strict=True):
+            assert row[f"iu_{name}"] == ("" if math.isnan(iu) else f"{iu:.6f}")
+    worst = sorted(rows, key=lambda row: float(row["mean_iu"]))[:5]
+    printed = result.stdout.split("the 5 worst images by mean IU")[1].splitlines()[3:8]
+    assert [line.split()[0] for line in printed] == [row["path"] for row in worst]
+    assert file_hashes(data) == before
+
+
+def test_per_image_into_a_missing_folder_is_one_line(tmp_path, fcnseg_cli, one_line_error):
+    checkpoint = _save(tmp_path / "best.pt")
+    result = fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "synthetic", "--option", "size=32",
+        "--per-image", tmp_path / "missing" / "scores.csv",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "the folder" in one_line_error(result) and "does not exist" in result.stderr
+    assert not (tmp_path / "missing").exists()

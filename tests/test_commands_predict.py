@@ -175,3 +175,18 @@ def test_a_full_disk_is_reported_per_image_and_the_others_are_written(
     assert f"b.png: could not write {out / 'b.png'} (no space left on the disk)" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png", "c.png", "c_overlay.png"]  # fmt: skip
     assert file_hashes(tmp_path / "in") == before
+
+
+def test_a_progress_bar_over_many_images_on_a_terminal_only(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
+    for seed in range(3):
+        _image(tmp_path / "photos" / f"{seed}.png", 24, 32, seed=seed)
+    args = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "photos"), "--no-overlay"]
+    assert main([*args, "--out", str(tmp_path / "piped")]) == 0
+    piped = capsys.readouterr()
+    assert "predict:" not in piped.out + piped.err and piped.out.count(" -> ") == 3
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main([*args, "--out", str(tmp_path / "shown")]) == 0
+    shown = capsys.readouterr().out
+    assert "predict: 100%" in shown and "3/3" in shown and shown.count(" -> ") == 3

@@ -59,7 +59,7 @@ def test_config_errors_are_one_line(config_file, capsys):
     err = capsys.readouterr().err
     assert "unknown key 'lerning_rate': did you mean 'lr'?" in err and err.count("\n") == 1
     assert main(["train"]) == 2
-    assert "needs --config FILE" in capsys.readouterr().err
+    assert "needs root=DIR" in capsys.readouterr().err
     assert main(["train", "--config", str(config_file), "optimizer=adam"]) == 2
     assert "choose one of sgd, adamw" in capsys.readouterr().err
 

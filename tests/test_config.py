@@ -303,3 +303,14 @@ def test_every_float_key_must_be_finite(override, named):
 def test_none_splits_are_accepted():
     config = load_config(None, ["train_split=none", "val_split=none"])
     assert (config.train_split, config.val_split) == (None, None)
+
+
+def test_folder_config_holds_the_defaults_of_train_without_a_config():
+    """configs/folder.toml, which the README offers to edit, is what ``fcnseg train root=DIR``
+    runs: pretrained backbone on."""
+    from fcnseg.commands.train import FOLDER_DEFAULTS
+
+    from_file = load_config(CONFIGS[0].parent / "folder.toml").resolved()
+    without = load_config(None, [*FOLDER_DEFAULTS, "root=my-data"]).resolved()
+    assert from_file == without
+    assert from_file.model_options == {"pretrained_backbone": True}

@@ -217,7 +217,7 @@ def test_progress_bar_shows_loss_lr_and_speed_on_a_terminal_only(tmp_path, monke
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     train(tiny(tmp_path, name="bars", epochs=1, overlays=0))
     shown = capsys.readouterr().out
-    assert "loss=" in shown and "lr=" in shown and "img_s=" in shown and "epoch 1/1" in shown
+    assert "loss=" in shown and "lr=" in shown and "img_s=" in shown and "epoch=1/1" in shown
 
 
 def test_activation_checkpointing_trains_to_the_same_weights(tmp_path, monkeypatch):

@@ -44,6 +44,7 @@ __all__ = [
     "TrainConfig",
     "RECIPES",
     "PAPER_LR",
+    "RANDOM_SPLIT",
     "load_config",
     "parse_overrides",
     "parse_literal",
@@ -80,7 +81,12 @@ class TrainConfig:
     dataset: str = "synthetic"
     root: str | None = None
     train_split: str | None = "train"  # None ("none"): a reader without splits, all images
+    # "random": hold out val_fraction of the training images (drawn with split_seed; the run
+    # folder lists them in val_images.txt). A folder dataset without train/val splits gets
+    # train_split = none and val_split = "random" (written so into the run's config.json).
     val_split: str | None = "val"
+    val_fraction: float = 0.2
+    split_seed: int = 0
     val_dataset: str | None = None  # None: the training dataset
     val_root: str | None = None  # None: root
     train_options: dict[str, Any] = field(default_factory=dict)  # reader keyword options
@@ -180,6 +186,16 @@ class TrainConfig:
             )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"{source}: lr must be positive, got {self.lr}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(
+                f"{source}: val_fraction is the share of training images held out for "
+                f"validation: use 0 < val_fraction < 1 (0.2 is usual), got {self.val_fraction}"
+            )
+        if self.val_split == RANDOM_SPLIT and self.val_dataset not in (None, self.dataset):
+            raise ConfigError(
+                f"{source}: val_split = {RANDOM_SPLIT!r} holds out training images, but "
+                f"val_dataset is {self.val_dataset!r}: name a val_split of that dataset"
+            )
         if not 0.0 <= self.loss_sampling < 1.0:
             raise ConfigError(
                 f"{source}: loss_sampling is the drop probability p: use 0 <= p < 1, "
@@ -250,6 +266,11 @@ class TrainConfig:
         atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
+# val_split = "random": validate on val_fraction of the training images, drawn with split_seed
+RANDOM_SPLIT = "random"
+# keys whose value "none" (any case; also as a TOML string) means no split: every image
+SPLIT_KEYS = ("train_split", "val_split")
+
 # The paper's learning rates for the summed loss (fcn.berkeleyvision.org solver.prototxt).
 PAPER_LR = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14, "8s-atonce": 1e-10}
 
@@ -312,6 +333,7 @@ _MINIMUM: dict[str, float] = {
     "crop_size": 1,
     "sampling_cell": 1,
     "class_weight_images": 1,
+    "split_seed": 0,
     "max_val_images": 1,
     "time_limit_minutes": 0.0,
     "time_budget_minutes": 0.0,
@@ -393,7 +415,7 @@ def load_config(
         source = str(path)
         values = _read_file(path)
     config = from_dict(values, source)
-    for key, value in parse_overrides(overrides).items():
+    for key, value in _expand_split(parse_overrides(overrides)).items():
         if key not in MODEL_OPTIONS:
             setattr(config, key, _coerce(key, value, "command line"))
         elif value is None:  # the default
@@ -411,7 +433,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     if not isinstance(options, Mapping):
         raise ConfigError(f"{source}: model_options = {options!r} should be a table of options")
     checked: dict[str, Any] = {"model_options": dict(options)}
-    for key, value in values.items():
+    for key, value in _expand_split(values).items():
         if key in MODEL_OPTIONS:
             if key in options and options[key] != value:
                 raise ConfigError(
@@ -439,6 +461,18 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         _check_key(key, "command line")
         parsed[key] = parse_literal(text.strip())
     return parsed
+
+
+def _expand_split(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``split = X`` sets train_split and val_split at once (``split=none``: a folder without
+    splits, training and validating on every image); a split key's "none" string is None."""
+    expanded: dict[str, Any] = {}
+    for key, value in values.items():
+        keys = SPLIT_KEYS if key == "split" else (key,)
+        for name in keys:
+            none = name in SPLIT_KEYS and isinstance(value, str) and value.lower() == "none"
+            expanded[name] = None if none else value
+    return expanded
 
 
 def parse_literal(text: str) -> Any:
@@ -488,7 +522,7 @@ _SYNONYMS = {
 
 
 def _check_key(key: str, source: str) -> None:
-    if key in _FIELDS or key in MODEL_OPTIONS:
+    if key in _FIELDS or key in MODEL_OPTIONS or key == "split":
         return
     if key in _NAMED_BY_MODEL:
         raise ConfigError(f"{source}: {_named_by_model(key)}")

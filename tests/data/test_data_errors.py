@@ -94,6 +94,21 @@ def test_folder_image_without_mask_and_mask_without_image(tmp_path, make):
     one_line(error, tmp_path / "masks" / "d.png", "no image")
 
 
+def test_folder_refuses_jpeg_masks_saying_why_and_what_to_do(tmp_path, make):
+    """A JPEG mask is refused by name, with the reason (lossy edges) and the fix (PNG), even
+    beside a valid PNG mask of the same stem."""
+    make.folder(tmp_path)
+    jpeg = tmp_path / "masks" / "a.jpg"
+    make.save_rgb(jpeg, np.stack([make.labels(0, 3)] * 3, axis=-1), quality=90)
+    with pytest.raises(DatasetError) as error:
+        FolderDataset(tmp_path)
+    one_line(error, jpeg, "lossy compression invents labels")
+    assert "save the masks as PNG" in str(error.value)
+    (tmp_path / "masks" / "a.png").unlink()
+    with pytest.raises(DatasetError, match="lossy"):
+        FolderDataset(tmp_path)
+
+
 def test_cityscapes_image_without_label_and_reverse(tmp_path, make):
     make.cityscapes(tmp_path)
     label = tmp_path / "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png"

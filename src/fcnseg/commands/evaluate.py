@@ -2,6 +2,7 @@
 
 fcnseg eval --checkpoint runs/x/best.pt --data camvid --root data/CamVid --split test
 fcnseg eval --checkpoint best.pt --data synthetic --option size=96 --out metrics.json
+fcnseg eval --checkpoint best.pt --data folder --root my-data --split none --per-image scores.csv
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..data import DatasetError, build_dataset, eval_transforms
 from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.distributed import Context, resolve_device
 from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics, task_metrics
+from ..engine.perimage import evaluate_per_image, worst, write_per_image_csv
 from ..metrics import json_safe
 from .options import add_threads, apply_threads
 from .table import print_table
@@ -53,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
     add_threads(parser)
     parser.add_argument("--out", type=Path, help="JSON file (default: beside the checkpoint)")
+    parser.add_argument(
+        "--per-image",
+        type=Path,
+        metavar="FILE.csv",
+        help="also write one row per image (pixel acc, mean IU, IU per class) and list the "
+        "5 worst images by mean IU: where bad labels hide (single-task models)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -94,14 +103,23 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None:
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
     device = resolve_device(args.device)
-    loader = eval_loader(dataset, Context(device=device), num_workers=args.workers)
-    confusion = evaluate(
-        model,
-        loader,
-        ignore_index=record.ignore_index,
-        device=device,
-        progress=sys.stdout.isatty(),  # quiet when piped or logged
-    )
+    progress = sys.stdout.isatty()  # quiet when piped or logged
+    scores = None
+    if args.per_image is not None:
+        _check_csv(args.per_image)
+        confusion, scores = evaluate_per_image(
+            model,
+            dataset,
+            ignore_index=record.ignore_index,
+            device=device,
+            num_workers=args.workers,
+            progress=progress,
+        )
+    else:
+        loader = eval_loader(dataset, Context(device=device), num_workers=args.workers)
+        confusion = evaluate(
+            model, loader, ignore_index=record.ignore_index, device=device, progress=progress
+        )
     metrics = task_metrics(confusion)
     split = args.split or "all images"
     print(f"{record.spec.label} on {args.data} {split} ({len(dataset)} images)")
@@ -109,7 +127,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{task}: {format_metrics(values)}\n" if len(metrics) > 1 else format_metrics(values))
         print_table(class_table(values, classes[task]))
     _write_report(args, record, dataset, classes, metrics, confusion)
+    if scores is not None:
+        _report_images(args.per_image, scores, next(iter(classes.values())))
     return 0
+
+
+def _check_csv(path: Path) -> None:
+    """Before evaluating: a folder to write the CSV into (the model's tasks are checked by
+    ``evaluate_per_image`` before its first image)."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"--per-image {path}: the folder {path.parent} does not exist; create it"
+        )
+
+
+def _report_images(path: Path, scores, classes) -> None:
+    """The CSV, then the worst images by mean IU, the first to look at for bad labels."""
+    write_per_image_csv(path, scores, classes)
+    print(f"wrote {path} ({len(scores)} images)")
+    lowest = worst(scores)
+    if lowest:
+        print(f"the {len(lowest)} worst images by mean IU (check their labels first):")
+        rows = [("image", "mean IU", "pixel acc")]
+        rows += [
+            (score.path or score.image, f"{100 * score.mean_iu:.1f}", f"{100 * score.pixel_acc:.1f}")
+            for score in lowest
+        ]
+        print_table(rows)
 
 
 def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, ...]]:

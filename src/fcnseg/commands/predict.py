@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -271,8 +272,9 @@ def run(args: argparse.Namespace) -> int:
     jobs, failed = collect_inputs(args, segmenter.spec)
     tasks = list(segmenter.tasks) if len(segmenter.tasks) > 1 else None
     names = OutputNames(args, tasks, [file for _, files in jobs for file in files.values()])
-    written = 0
+    written, bar = 0, _progress_bar(len(jobs))
     for path, files in jobs:
+        bar.update(1)
         try:
             images = _load(files, segmenter.spec)
         except (DatasetError, OSError, ValueError) as error:
@@ -297,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
             failed.append((source, str(error)))
             continue
         written += 1
-        print(f"{source} -> {', '.join(str(args.out / name) for name in masks)}")
+        bar.write(f"{source} -> {', '.join(str(args.out / name) for name in masks)}")
+    bar.close()
     print(f"{written} image(s) predicted into {args.out}{os.sep}")
     if failed:
         print(f"{len(failed)} input(s) failed:")
@@ -305,6 +308,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {item}: {reason}")
         return 1
     return 0
+
+
+def _progress_bar(total: int):
+    """A bar over the images on a terminal (with more than one image), the per-image lines
+    written above it; a plain printer of those lines otherwise."""
+    from tqdm import tqdm
+
+    shown = sys.stdout.isatty() and total > 1
+    return tqdm(total=total, desc="predict", unit="image", disable=not shown, file=sys.stdout)
 
 
 # ---------------------------------------------------------------------------------------------

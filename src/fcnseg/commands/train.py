@@ -1,5 +1,7 @@
-"""``fcnseg train``: train from a flat config file with ``key=value`` overrides.
+"""``fcnseg train``: train from a flat config file with ``key=value`` overrides, or from
+overrides alone on a folder dataset (the defaults of ``FOLDER_DEFAULTS``).
 
+fcnseg train root=data/my-photos epochs=20
 fcnseg train --config configs/synthetic.toml epochs=3 lr=0.02
 fcnseg train --resume runs/synthetic-20250101-120000
 torchrun --nproc_per_node 2 -m fcnseg.cli train --config configs/camvid.toml
@@ -13,19 +15,32 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, TrainConfig, load_config
 from ..engine.checkpoint import WriteError
 from ..engine.distributed import CollectiveTimeoutError
 from ..engine.runfolder import clear_run, holds_run
 from ..engine.train import NonFiniteLossError, default_run_dir, train
 
+# Without --config: a folder dataset (images/, masks/, classes.txt) trained as most users
+# want, from ImageNet weights with AdamW and 512-pixel crops (any image size fits a batch);
+# every key may still be overridden, and config.json records them all.
+FOLDER_DEFAULTS = (
+    "dataset=folder",
+    "pretrained_backbone=true",
+    "optimizer=adamw",
+    "crop_size=512",
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train an FCN from a config file",
+        help="train an FCN on a folder of images and masks, or from a config file",
         description="Train an FCN. Settings come from --config (flat TOML or JSON), then "
-        "from KEY=VALUE overrides; docs/training.md lists every key.",
+        "from KEY=VALUE overrides; docs/training.md lists every key. Without --config it "
+        "trains on a folder dataset: fcnseg train root=DIR (images/, masks/, classes.txt; "
+        "defaults: " + " ".join(FOLDER_DEFAULTS) + "; a random 20 percent of the images validate "
+        "when DIR has no val split).",
     )
     parser.add_argument("--config", type=Path, help="a .toml or .json config file")
     parser.add_argument(
@@ -47,14 +62,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.config is None and args.resume is None:
-        raise ConfigError("fcnseg train needs --config FILE (or --resume RUN_DIR)")
     config_path = args.config
-    if config_path is None:
+    if config_path is None and args.resume is not None:
         config_path = args.resume / "config.json"
         if not config_path.is_file():
             raise ConfigError(f"{args.resume} holds no config.json: is it a run folder?")
-    config = load_config(config_path, args.overrides)
+    if config_path is None:
+        config = _without_config(args.overrides)
+        stem = Path(config.root).name if config.root else config.dataset
+    else:
+        config = load_config(config_path, args.overrides)
+        stem = config_path.stem
     if args.resume is not None:
         if args.overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
@@ -62,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.run_dir is not None:
         run_dir = args.run_dir
     else:
-        run_dir = default_run_dir(config, stem=config_path.stem)
+        run_dir = default_run_dir(config, stem=stem)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
     if args.resume is None and holds_run(run_dir):
         if not args.overwrite:
@@ -105,6 +123,17 @@ def run(args: argparse.Namespace) -> int:
         f"{100 * best:.1f}; run folder {result.run_dir}"
     )
     return 0
+
+
+def _without_config(overrides: list[str]) -> TrainConfig:
+    """The folder defaults, then the user's overrides; a folder dataset needs its root."""
+    config = load_config(None, [*FOLDER_DEFAULTS, *overrides])
+    if config.dataset == "folder" and config.root is None:
+        raise ConfigError(
+            "fcnseg train needs root=DIR, a folder with images/, masks/ and classes.txt (see "
+            "README, Train on your own data), or --config FILE, or --resume RUN_DIR"
+        )
+    return config
 
 
 def _quote(path: Path) -> str:

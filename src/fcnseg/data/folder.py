@@ -8,7 +8,8 @@
                        colour that means 255 (ignored) in colour masks; '#' starts a comment
       images/<stem>.jpg|png|...
       masks/<stem>.png index PNGs (mode P/L/16-bit: the values are the classes, 255 ignored)
-                       or colour PNGs (mapped through the colours of classes.txt)
+                       or colour PNGs (mapped through the colours of classes.txt);
+                       JPEG masks are refused: lossy compression invents labels at edges
 
 Splits: ``split=None`` takes every image (``train_split = none`` / ``val_split = none`` in a
 config, ``--split none`` on ``fcnseg eval``); otherwise ``images/<split>/`` + ``masks/<split>/``
@@ -48,10 +49,11 @@ from .base import (
 )
 from .palettes import Color, voc_palette
 
-__all__ = ["ClassList", "read_classes", "FolderDataset"]
+__all__ = ["ClassList", "read_classes", "has_split", "FolderDataset"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 _HEX = re.compile(r"#[0-9a-fA-F]{6}")
 
 
@@ -136,6 +138,25 @@ def _by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Pa
     return files
 
 
+def has_split(root: Path | str, split: str) -> bool:
+    """Whether the folder dataset at ``root`` has ``split``: ``images/<split>/`` or
+    ``<split>.txt``."""
+    root = Path(root)
+    return (root / "images" / split).is_dir() or (root / f"{split}.txt").is_file()
+
+
+def _refuse_lossy_masks(folder: Path) -> None:
+    """JPEG masks are refused: lossy compression blurs the edges between regions
+    into values of neither class (or of a third one), labels nobody drew."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in LOSSY_MASK_SUFFIXES:
+            raise DatasetError(
+                f"mask {path} is {path.suffix.lstrip('.').upper()}: lossy compression invents "
+                "labels at the edges between regions; save the masks as PNG (lossless), e.g. "
+                "convert them from the original label images, not from these files"
+            )
+
+
 @register_dataset("folder")
 class FolderDataset(SegmentationDataset):
     """images/ + masks/ with matching stems and a classes file (see the module docstring)."""
@@ -206,7 +227,7 @@ class FolderDataset(SegmentationDataset):
             if (images_dir / self.split).is_dir():
                 images_dir, masks_dir = images_dir / self.split, masks_dir / self.split
                 require_dir(masks_dir, "masks folder", f"put the {self.split} masks there")
-            elif (self.root / f"{self.split}.txt").is_file():
+            elif has_split(self.root, self.split):
                 wanted = read_split_file(self.root / f"{self.split}.txt", "list one stem per line")
             else:
                 raise DatasetError(
@@ -216,6 +237,7 @@ class FolderDataset(SegmentationDataset):
                     "--split none on fcnseg eval)"
                 )
         images = _by_stem(images_dir, IMAGE_SUFFIXES, "images")
+        _refuse_lossy_masks(masks_dir)
         masks = _by_stem(masks_dir, MASK_SUFFIXES, "masks")
         stems = wanted if wanted is not None else sorted(images.keys() | masks.keys())
         for stem in stems:

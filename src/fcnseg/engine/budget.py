@@ -111,8 +111,9 @@ class Budget:
 
     def up(self, since_start: float) -> bool:
         """Whether the run must stop now to finish inside the budget: what is left would
-        not hold the closing validation and checkpoint."""
-        closing = self.costs.validation + self.costs.save if self.costs else 0.0
+        not hold the closing validation and checkpoints (last.pt and best.pt), with half
+        as much again for a machine busier than when they were timed."""
+        closing = 1.5 * (self.costs.validation + 2 * self.costs.save) if self.costs else 0.0
         return self.spent(since_start) + closing >= self.seconds
 
 

@@ -8,6 +8,7 @@ decay after a linear warm-up.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,23 @@ class LRSchedule:
         if step < self.warmup:
             factor *= self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup
         return factor
+
+
+def fit_warmup(config: TrainConfig, total_iters: int) -> tuple[TrainConfig, str | None]:
+    """A warm-up longer than half the run is scaled to a tenth of it, with a note saying so:
+    100 warm-up steps in a 40-step run left the lr at a tenth of the one set (1.07e-4 for
+    lr = 1e-3) and never let the schedule decay."""
+    warmup = config.warmup_iters or 0
+    if 2 * warmup <= total_iters:
+        return config, None
+    fitted = total_iters // 10
+    share = "all" if warmup >= total_iters else "most"
+    note = (
+        f"warm-up: {warmup} steps would take {share} of this {total_iters}-step run (lr "
+        f"{config.lr:g} barely reached): scaled to {fitted} steps, a tenth of the run; set "
+        f"warmup_iters (at most {total_iters // 2}) to choose"
+    )
+    return dataclasses.replace(config, warmup_iters=fitted), note
 
 
 def build_scheduler(

@@ -12,6 +12,7 @@
     curves.png      loss, learning rate and validation metrics against iterations
     confusion.png   the row-normalised confusion matrix of the best weights
     overlays/       a few validation images with their labels and predictions
+    val_images.txt  with val_split = "random": the ids of the held-out validation images
 
 A run is two things: ``_Run``, what it works with (config, data, model, criterion,
 optimizer, schedule, ...), built once by ``_setup`` and never replaced; and ``_Progress``,
@@ -50,7 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..builder import build_model, resolve_spec
-from ..config import ConfigError, TrainConfig, model_variant, stage_models
+from ..config import RANDOM_SPLIT, ConfigError, TrainConfig, model_variant, stage_models
 from ..data import build_dataset, eval_transforms, pad_collate, train_transforms
 from ..losses import MultiTaskLoss, median_frequency_weights
 from ..metrics import METRIC_NAMES
@@ -61,7 +62,7 @@ from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
 from ..surgery import transplant
 from . import checkpoint as ckpt
-from .budget import Budget, Costs, minutes, plan_steps
+from .budget import PROBE_STEPS, Budget, Costs, minutes, plan_steps
 from .distributed import (
     Context,
     all_mean,
@@ -81,8 +82,10 @@ from .evaluate import (
     task_metrics,
     to_device,
 )
-from .optim import amp_dtype, build_optimizer, build_scheduler
+from .feedback import Feedback
+from .optim import amp_dtype, build_optimizer, build_scheduler, fit_warmup
 from .runfolder import RunLog, write_report
+from .splits import fit_folder_splits, hold_out, write_val_list
 
 __all__ = [
     "train",
@@ -159,6 +162,8 @@ class _Run:
     callbacks: Sequence[Callback]
     interrupt: _Interrupt
     budget: Budget | None  # time_budget_minutes: the schedule's length is planned by time
+    feedback: Feedback
+    notes: tuple[str, ...] = ()  # what the run chose for the user (splits, warm-up), announced
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -369,6 +374,7 @@ def _setup(
 ) -> _Run:
     """Data, model, criterion, optimizer and schedule. ``init`` starts the weights as
     configured; else (resuming) the checkpoint will."""
+    config, notes = fit_folder_splits(config)
     data = _build_data(config)
     spec = model_spec(config, data)
     _check_inputs(config, data, spec)
@@ -384,6 +390,8 @@ def _setup(
     )
     steps_per_epoch = _steps_per_epoch(config, len(sampler))
     total_iters = config.max_iters or config.epochs * steps_per_epoch
+    config, warmup_note = fit_warmup(config, total_iters)
+    notes += [warmup_note] if warmup_note else []
     optimizer = build_optimizer(model, config)
     amp = amp_dtype(config.amp, context.device)
     if context.distributed:
@@ -409,6 +417,13 @@ def _setup(
         callbacks=callbacks,
         interrupt=_Interrupt(),
         budget=Budget(config.time_budget_minutes * 60) if config.time_budget_minutes else None,
+        feedback=Feedback(
+            total_iters,
+            math.ceil(total_iters / steps_per_epoch),
+            every=config.log_every,
+            enabled=context.is_main,
+        ),
+        notes=tuple(notes),
     )
 
 
@@ -421,6 +436,9 @@ def _start_folder(run: _Run) -> None:
     path = run.run_dir / "config.json"
     with ckpt.writing(path):
         run.config.save(path)
+    if run.config.val_split == RANDOM_SPLIT:
+        with ckpt.writing(run.run_dir / "val_images.txt"):
+            write_val_list(run.run_dir, run.data.val)
 
 
 class _Interrupt:
@@ -557,7 +575,11 @@ def _dataset(config: TrainConfig, part: str) -> Dataset:
 
 def _build_data(config: TrainConfig) -> _Data:
     train_set = _dataset(config, "train")
-    val_set = _dataset(config, "val")
+    if config.val_split == RANDOM_SPLIT:  # the same images read twice: each its transforms
+        val_set = _dataset(config, "train")
+        train_set, val_set = hold_out(train_set, val_set, config.val_fraction, config.split_seed)
+    else:
+        val_set = _dataset(config, "val")
     classes, palettes = _label_sets(train_set)
     if not classes:
         raise ConfigError(f"dataset {config.dataset} names no classes: it cannot be trained on")
@@ -567,7 +589,7 @@ def _build_data(config: TrainConfig) -> _Data:
             "validate on a dataset with the same label set"
         )
     if config.max_val_images is not None and len(val_set) > config.max_val_images:
-        val_set = Subset(val_set, range(config.max_val_images))
+        val_set = _first(val_set, config.max_val_images)
     return _Data(train_set, val_set, classes, palettes, getattr(train_set, "ignore_index", 255))
 
 
@@ -591,8 +613,17 @@ def _base(dataset: Dataset) -> Dataset:
     return dataset.dataset if isinstance(dataset, Subset) else dataset
 
 
+def _first(dataset: Dataset, count: int) -> Subset:
+    """The first ``count`` items, a subset of the base dataset (never nested)."""
+    if isinstance(dataset, Subset):
+        return Subset(dataset.dataset, list(dataset.indices)[:count])
+    return Subset(dataset, range(count))
+
+
 def _raw_sample(dataset: Dataset, index: int) -> tuple[Any, Any]:
     """Item ``index`` as read, before any transform."""
+    if isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
     load = getattr(dataset, "load", None)
     return load(index) if load else dataset[index]
 
@@ -693,6 +724,15 @@ def _loop(run: _Run, progress: _Progress) -> str:
     A run stopped early (time limit, callback) is evaluated and saved at the step where it
     stopped, and is not marked finished: resuming it trains on to ``total_iters``."""
     position = progress.position
+    run.feedback.open(position.iteration)
+    try:
+        return _epochs(run, progress)
+    finally:
+        run.feedback.close()
+
+
+def _epochs(run: _Run, progress: _Progress) -> str:
+    position = progress.position
     while position.iteration < _total(run, position):
         stop = train_one_epoch(run, progress)
         if stop == "interrupted":
@@ -726,38 +766,34 @@ def train_one_epoch(run: _Run, progress: _Progress) -> str | None:
     config, position = run.config, progress.position
     batches = _epoch_batches(run, position)
     run.model.train()
-    bar, window = _progress_bar(run, position), _Window()
-    try:
-        while position.step_in_epoch < run.steps_per_epoch and position.iteration < _total(
-            run, position
-        ):
-            started = time.perf_counter()
-            lr = run.optimizer.param_groups[0]["lr"]  # this step's (the schedule then moves)
-            micro = [next(batches) for _ in range(config.accumulate)]
-            loss, images = _train_step(run, position, micro)
-            progress.step_done()
-            info = StepInfo(
-                iteration=position.iteration,
-                epoch=position.epoch,
-                loss=loss,
-                lr=lr,
-                images=images * run.context.world_size,
-                seconds=time.perf_counter() - started,
-            )
-            window.add(info)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}", img_s=f"{window.rate():.1f}")
-            if position.iteration % config.log_every == 0:
-                _log_train(run, position, window, lr)
-            if _checkpoint_due(run, position):
-                _save(run, progress, finished=False)
-            if run.budget is not None:
-                _follow_budget(run, progress, info)
-            stop = _should_stop(run, info)
-            if stop is not None:
-                return stop
-    finally:
-        bar.close()
+    window = _Window()
+    while position.step_in_epoch < run.steps_per_epoch and position.iteration < _total(
+        run, position
+    ):
+        started = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]  # this step's (the schedule then moves)
+        micro = [next(batches) for _ in range(config.accumulate)]
+        loss, images = _train_step(run, position, micro)
+        progress.step_done()
+        info = StepInfo(
+            iteration=position.iteration,
+            epoch=position.epoch,
+            loss=loss,
+            lr=lr,
+            images=images * run.context.world_size,
+            seconds=time.perf_counter() - started,
+        )
+        window.add(info)
+        run.feedback.step(position.iteration, position.epoch, loss, lr, window.rate())
+        if position.iteration % config.log_every == 0:
+            _log_train(run, position, window, lr)
+        if _checkpoint_due(run, position):
+            _save(run, progress, finished=False)
+        if run.budget is not None:
+            _follow_budget(run, progress, info)
+        stop = _should_stop(run, info)
+        if stop is not None:
+            return stop
     return None
 
 
@@ -881,6 +917,7 @@ def _follow_budget(run: _Run, progress: _Progress, info: StepInfo) -> None:
     )
     position.planned_iters = int(all_reduce_max(float(planned), run.context))  # rank 0's
     _stretch_schedule(run.scheduler, position.planned_iters)
+    run.feedback.retotal(planned, math.ceil(planned / run.steps_per_epoch))
     run.model.train()
     _announce_plan(run, position, costs)
 
@@ -909,15 +946,12 @@ def _announce_plan(run: _Run, position: _Position, costs: Costs) -> None:
             "save_s": costs.save,
         }
     )
-    if not run.context.is_main:
-        return
     assert run.budget is not None
     capped = " (capped by epochs / max_iters)" if planned == run.total_iters else ""
-    print(
+    run.feedback.write(
         f"time budget {minutes(run.budget.seconds)}: a step takes {costs.step:.2f} s, a "
         f"validation {minutes(costs.validation)}, a checkpoint {costs.save:.1f} s; planned "
-        f"{planned} steps ({planned / run.steps_per_epoch:.1f} epochs){capped}",
-        flush=True,
+        f"{planned} steps ({planned / run.steps_per_epoch:.1f} epochs){capped}"
     )
 
 
@@ -958,22 +992,6 @@ def _log_train(run: _Run, position: _Position, window: _Window, lr: float) -> No
     window.reset()
 
 
-def _progress_bar(run: _Run, position: _Position):
-    from tqdm import tqdm
-
-    quiet = not (run.context.is_main and sys.stdout.isatty())
-    epochs = math.ceil(_total(run, position) / run.steps_per_epoch)
-    return tqdm(
-        total=run.steps_per_epoch,
-        initial=position.step_in_epoch,
-        desc=f"epoch {position.epoch + 1}/{epochs}",
-        disable=quiet,
-        dynamic_ncols=True,
-        leave=False,
-        file=sys.stdout,
-    )
-
-
 def _diverged(run: _Run, position: _Position, what: str) -> None:
     """Stop with a message saying what went wrong and which checkpoint is kept."""
     last = run.run_dir / "last.pt"
@@ -1011,8 +1029,7 @@ def _validate(run: _Run, progress: _Progress) -> None:
     run.log.write(
         {"event": "val", "epoch": position.epoch, "iteration": position.iteration, **summary}
     )
-    if context.is_main:
-        print(f"iteration {position.iteration}: {text}", flush=True)
+    run.feedback.write(f"iteration {position.iteration}: {text}")
 
 
 def _evaluate(run: _Run, dataset: Dataset, *, progress: bool):
@@ -1103,6 +1120,9 @@ def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
     run.optimizer.load_state_dict(training["optimizer"])
     run.scheduler.load_state_dict(training["scheduler"])
     _stretch_schedule(run.scheduler, _total(run, position))
+    if position.planned_iters:  # a time budget planned the run's length
+        total = position.planned_iters
+        run.feedback.retotal(total, math.ceil(total / run.steps_per_epoch))
     run.scaler.load_state_dict(training["scaler"])
     run.log.truncate_after(position.iteration)
     states = training["rng"]  # a list under DDP: one per rank; last, as they are left
@@ -1130,15 +1150,31 @@ def _stretch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, total: int) 
 
 
 def _announce(run: _Run, progress: _Progress, *, resumed: bool, extended: bool = False) -> None:
+    """What the run will do, before it does it: the notes of what it chose (splits, warm-up),
+    then data, steps and epochs, schedule, where the weights start, and the run folder."""
     config, position = run.config, progress.position
+    for note in run.notes:
+        print(note)
     verb = f"resuming at iteration {position.iteration}" if resumed else "training"
     if extended:
         verb = f"training on from iteration {position.iteration} (the run had finished)"
+    total = _total(run, position)
+    epochs = math.ceil(total / run.steps_per_epoch)
+    steps = f"{total} steps = {epochs} epoch(s)"
+    if run.budget is not None and not position.planned_iters:
+        steps = (
+            f"steps planned after {PROBE_STEPS} to fit the time budget of "
+            f"{minutes(run.budget.seconds)} (at most {total} = {epochs} epoch(s))"
+        )
     print(
         f"{verb} {config.model} ({config.recipe} recipe) on {config.dataset}: "
-        f"{len(run.data.train)} train / {len(run.data.val)} val images, "
-        f"{run.total_iters} steps of {config.batch_size * config.accumulate} x "
-        f"{run.context.world_size} images; run folder {run.run_dir}",
+        f"{len(run.data.train)} train / {len(run.data.val)} val images{_val_source(config)}\n"
+        f"  {steps} of {run.steps_per_epoch} steps, "
+        f"{config.batch_size * config.accumulate} x {run.context.world_size} images a step; "
+        f"{config.optimizer} lr {config.lr:g}, {config.schedule} schedule, warm-up "
+        f"{config.warmup_iters or 0} steps\n"
+        f"  weights: {_weights_source(config)}\n"
+        f"  run folder {run.run_dir}",
         flush=True,
     )
     run.log.write(
@@ -1149,6 +1185,26 @@ def _announce(run: _Run, progress: _Progress, *, resumed: bool, extended: bool =
             "device": str(run.context.device),
         }
     )
+
+
+def _val_source(config: TrainConfig) -> str:
+    if config.val_split == RANDOM_SPLIT:
+        return f" (a random {config.val_fraction:.0%} held out, split_seed {config.split_seed})"
+    same = config.val_dataset in (None, config.dataset) and config.val_root == config.root
+    if same and config.val_split == config.train_split:
+        return " (the training images: val measures fit, not generalisation)"
+    return ""
+
+
+def _weights_source(config: TrainConfig) -> str:
+    """Where the weights start, in words."""
+    if config.init_from:
+        return f"from {config.init_from}"
+    if config.init_streams:
+        return "fused from " + ", ".join(config.init_streams.values())
+    if config.model_options.get("pretrained_backbone"):
+        return "ImageNet-pretrained backbone (pretrained_backbone = true)"
+    return "random, trained from scratch (pretrained_backbone = true starts from ImageNet)"
 
 
 def _report(run: _Run, progress: _Progress) -> None:

@@ -97,7 +97,7 @@ def main() -> None:
                 baseline = baseline or rate
                 layout = "channels-last" if channels_last else "plain (NCHW)"
                 print(
-                    f"{threads:7d}  {layout:14s}  {rate:14.1f}  {rate / baseline:4.2f}x  "
+                    f"{threads:7d}  {layout:14s}  {rate:14.2f}  {rate / baseline:4.2f}x  "
                     f"{_eval_ms(args, checkpoint, threads):13.1f}"
                 )
 

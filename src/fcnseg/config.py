@@ -122,7 +122,9 @@ class TrainConfig:
     amp: str | None = None  # off, bf16, fp16, auto
     activation_checkpointing: bool = False  # backbone recomputes activations: less memory
     # weights and activations stored channels-last (NHWC): the CPU's convolution kernels run
-    # faster on it (benchmarks/train_step.py); results equal the plain layout's to rounding
+    # faster on it (benchmarks/train_step.py); results equal the plain layout's to rounding.
+    # Not under DDP: two gloo ranks with channels-last weights validated a few pixels apart
+    # from one process evaluating the saved weights (tests/test_engine_distributed.py)
     channels_last: bool = True
 
     # -- the run

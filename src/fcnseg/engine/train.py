@@ -379,7 +379,7 @@ def _setup(
     spec = model_spec(config, data)
     _check_inputs(config, data, spec)
     model = _build_model(config, spec, init=init).to(context.device)
-    if config.channels_last:
+    if config.channels_last and not context.distributed:  # DDP: see TrainConfig
         model = model.to(memory_format=torch.channels_last)
     _set_transforms(data.train, _train_transforms(config, model.normalization))
     _set_transforms(data.val, eval_transforms(model.normalization))

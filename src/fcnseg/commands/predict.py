@@ -55,7 +55,7 @@ from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import figure_pixels, overlay_figure
-from .options import add_threads, apply_threads
+from .options import add_engine, add_threads, add_tta, apply_threads, check_engine, tta_of
 
 # The PNG text chunk that marks predict's outputs (masks and overlays).
 MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
@@ -95,6 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-overlay", action="store_true", help="masks only")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     add_threads(parser)
+    add_engine(parser)
+    add_tta(parser)
     parser.add_argument(
         "--tile",
         type=_positive,
@@ -263,10 +265,16 @@ def _write(
 
 def run(args: argparse.Namespace) -> int:
     tiling = _tiling(args)
+    check_engine(args)
     apply_threads(args)
     check_writable(args.out)
     segmenter = Segmenter.from_checkpoint(
-        args.checkpoint, device=resolve_device(args.device), tiling=tiling
+        args.checkpoint,
+        device=resolve_device(args.device),
+        tiling=tiling,
+        tta=tta_of(args),
+        engine=args.engine,
+        threads=args.threads,
     )
     jobs, failed = collect_inputs(args, segmenter.spec)
     tasks = list(segmenter.tasks) if len(segmenter.tasks) > 1 else None

@@ -33,7 +33,15 @@ from .export import RECORD_KEY, _require
 from .fileio import atomic_write
 from .metrics import MultiTaskConfusion
 
-__all__ = ["METHODS", "Comparison", "compare", "head_nodes", "quantize_onnx"]
+__all__ = [
+    "METHODS",
+    "CalibrationImages",
+    "Comparison",
+    "compare",
+    "head_nodes",
+    "labelled_samples",
+    "quantize_onnx",
+]
 
 METHODS = ("minmax", "percentile", "entropy")
 MAX_CALIBRATION = 200
@@ -208,6 +216,34 @@ def compare(
     return Comparison(
         count, float(np.mean(agreements)), float(np.min(agreements)), metrics[0], metrics[1]
     )
+
+
+class CalibrationImages:
+    """The first ``count`` items of a dataset as normalised numpy batches of one, by input
+    name, read when asked (what ``quantize_onnx`` calibrates on)."""
+
+    def __init__(self, dataset, spec, count: int) -> None:
+        self.dataset, self.spec, self.count = dataset, spec, min(count, len(dataset))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        from .engine.evaluate import model_inputs
+
+        image, _ = self.dataset[index]
+        return {k: v[None].numpy() for k, v in model_inputs(image, self.spec).items()}
+
+
+def labelled_samples(dataset, spec, limit: int | None = None):
+    """(normalised batch of one by input, labels by task) for the first ``limit`` items."""
+    from .engine.evaluate import model_inputs, model_targets
+
+    for index in range(min(limit or len(dataset), len(dataset))):
+        image, label = dataset[index]
+        inputs = {k: v[None] for k, v in model_inputs(image, spec).items()}
+        targets = {k: torch.as_tensor(v)[None] for k, v in model_targets(label, spec).items()}
+        yield inputs, targets
 
 
 def numpy_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -18,12 +18,19 @@ from pathlib import Path
 import torch
 
 from ..data import DatasetError, build_dataset, eval_transforms
-from ..engine.evaluate import model_inputs, model_targets
 from ..engines import cached_onnx
 from ..export import load_onnx
 from ..metrics import json_safe
 from ..modelfile import read_record
-from ..quantize import MAX_CALIBRATION, METHODS, compare, numpy_batch, quantize_onnx
+from ..quantize import (
+    MAX_CALIBRATION,
+    METHODS,
+    CalibrationImages,
+    compare,
+    labelled_samples,
+    numpy_batch,
+    quantize_onnx,
+)
 from .evaluate import _options, _split
 from .options import add_threads, apply_threads
 
@@ -70,29 +77,6 @@ def _dataset(args, split, normalization):
     return dataset
 
 
-def _samples(dataset, spec, limit: int | None = None):
-    """(normalised batch of one by input, labels by task) for the first ``limit`` items."""
-    for index in range(min(limit or len(dataset), len(dataset))):
-        image, label = dataset[index]
-        inputs = {k: v[None] for k, v in model_inputs(image, spec).items()}
-        targets = {k: torch.as_tensor(v)[None] for k, v in model_targets(label, spec).items()}
-        yield inputs, targets
-
-
-class _Batches:
-    """The first ``count`` items of a dataset as normalised numpy batches, read when asked."""
-
-    def __init__(self, dataset, spec, count: int) -> None:
-        self.dataset, self.spec, self.count = dataset, spec, count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int):
-        image, _ = self.dataset[index]
-        return {k: v[None].numpy() for k, v in model_inputs(image, self.spec).items()}
-
-
 def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise ValueError(f"--images {args.images}: calibrate on 1 image or more")
@@ -105,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     fp32 = cached_onnx(args.checkpoint, record)
     count = min(args.images, len(calibration))
     print(f"calibrating on {count} {args.data} {args.split} images ({args.calibration})")
-    batches = _Batches(calibration, record.spec, count)
+    batches = CalibrationImages(calibration, record.spec, count)
     quantize_onnx(fp32, args.out, batches, keep_head=not args.int8_head, method=args.calibration)
     print(f"wrote {args.out}")
     if args.val_split is None:
@@ -134,7 +118,7 @@ def _report(args, record, normalization, fp32: Path):
     return compare(
         scoring(runners[0]),
         scoring(runners[1]),
-        _samples(val, record.spec),
+        labelled_samples(val, record.spec),
         record.spec,
         record.ignore_index,
     )

@@ -9,6 +9,11 @@ indices shown in the dataset's palette, and ``<name>_overlay.png``; ``--probabil
 image; ``fcnseg.tiling``). An input that cannot be read is reported at the end; the others
 are still processed.
 
+``--engine`` runs the model on onnxruntime or OpenVINO (``auto``: the fastest measured),
+from an export cached beside the checkpoint; ``--tta`` / ``--tta-scales`` average the
+scores of mirrored / rescaled copies (docs/deploy.md). A ``.onnx`` file (``fcnseg export
+onnx``, ``fcnseg quantize``) runs as ``--checkpoint`` too.
+
 A two-headed checkpoint (SIFT Flow) writes one map per task: ``<name>_semantic.png``,
 ``<name>_geometric.png`` (and ``<name>_semantic_overlay.png``, ``<name>_semantic_probs.npy``
 ...).

@@ -117,7 +117,8 @@ class Segmenter:
             engine = engine or "auto"
             return cls.from_onnx(path, tiling=tiling, tta=tta, engine=engine, threads=threads)
         record = read_record(path, what="checkpoint")
-        chosen = choose_engine(engine or "torch", record.spec, threads, str(resolve_device(device)))
+        where = device if isinstance(device, torch.device) else resolve_device(device)
+        chosen = choose_engine(engine or "torch", record.spec, threads, str(where))
         if chosen != "torch":
             exported = cached_onnx(path, record)
             return cls.from_onnx(exported, tiling=tiling, tta=tta, engine=chosen, threads=threads)

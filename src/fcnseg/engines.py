@@ -12,11 +12,14 @@ does not match. Every model of the library runs on every engine: the export has 
 per model input and one output per task, so multi-input, multi-task and tiled prediction
 work the same way on each.
 
-``auto`` picks by what benchmarks/engines.py measured (docs/BENCHMARKS.md): OpenVINO was
-the fastest fp32 engine for FCN-8s VGG16 at 1 and 2 threads and for EfficientNet-Lite0 at
-1 thread; for EfficientNet-Lite0 at 2 or more threads PyTorch (batch norms folded,
-channels-last) was. So: a GPU, or an EfficientNet backbone on more than one thread, gets
-``torch``; otherwise ``openvino`` when installed, else ``onnxruntime``, else ``torch``.
+``auto`` picks by what benchmarks/engines.py measured (docs/BENCHMARKS.md, "Engines"): at
+1 thread OpenVINO was the fastest fp32 engine for FCN-8s VGG16 (500 x 500) and
+EfficientNet-Lite0 (360 x 480), in the earlier measurement and again in this one; at 2
+threads the earlier, quieter measurement found OpenVINO level with onnxruntime for VGG16
+and PyTorch (batch norms folded, channels-last) fastest for Lite0, while the 2-thread runs
+on the shared machine since gave no stable order. So: a GPU, or an EfficientNet backbone
+on more than one thread, gets ``torch``; otherwise ``openvino`` when installed, else
+``onnxruntime``, else ``torch``.
 
 OpenVINO runs in fp32 (``INFERENCE_PRECISION_HINT f32``): on a CPU with bf16 arithmetic it
 would otherwise choose bf16, whose scores differ from the other engines' by far more than

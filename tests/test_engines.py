@@ -183,3 +183,23 @@ def test_predict_engine_errors_are_one_line(tmp_path, fcnseg_cli, cli_environmen
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_predict_and_eval_run_on_the_engine_with_tta(engine, tmp_path, capsys):
+    _needs(engine)
+    from PIL import Image
+
+    from fcnseg.cli import main
+
+    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    image = tmp_path / "photo.png"
+    Image.fromarray(raw_images(Segmenter.from_checkpoint(path).spec, 45, 61)["image"]).save(image)
+    tta = ["--tta", "--tta-scales", "0.75,1"]
+    assert main(["predict", "--checkpoint", str(path), str(image), "--out", str(tmp_path / "o"),
+                 "--engine", engine, "--no-overlay", *tta]) == 0  # fmt: skip
+    assert (tmp_path / "o" / "photo.png").is_file()
+    assert main(["eval", "--checkpoint", str(path), "--data", "synthetic", "--option", "size=48",
+                 "--option", "num_images=2", "--workers", "0", "--engine", engine, *tta,
+                 "--out", str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    assert f"engine {engine}, TTA scales [0.75, 1.0] + flip" in capsys.readouterr().out

@@ -110,14 +110,18 @@ def onnx_record(
     classes: Mapping[str, Any] | None = None,
     palette: Mapping[str, Any] | None = None,
     ignore_index: int = 255,
+    source: str | None = None,
 ) -> dict[str, str]:
-    """The metadata an exported file carries: spec, class names and palette by task."""
+    """The metadata an exported file carries: spec, class names and palette by task, and
+    the sha256 of the checkpoint it came from when known (``fcnseg.engines``' cache)."""
     record = {
         "spec": model.spec.to_dict(),
         "classes": {task: list(names) for task, names in (classes or {}).items()},
         "palette": {task: [list(map(int, c)) for c in p] for task, p in (palette or {}).items()},
         "ignore_index": int(ignore_index),
     }
+    if source:
+        record["source_sha256"] = source
     return {RECORD_KEY: json.dumps(record)}
 
 
@@ -130,7 +134,9 @@ class _Positional(nn.Module):
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        scores = self.model(dict(zip(self.model.spec.input_names, inputs, strict=True)), by_task=True)
+        scores = self.model(
+            dict(zip(self.model.spec.input_names, inputs, strict=True)), by_task=True
+        )
         return tuple(scores[task] for task in self.model.spec.task_names)
 
 
@@ -143,6 +149,7 @@ def export_onnx(
     classes: Mapping[str, Any] | None = None,
     palette: Mapping[str, Any] | None = None,
     ignore_index: int = 255,
+    source: str | None = None,
 ) -> Path:
     """Write ``model`` as one ONNX file with dynamic batch, height and width.
 
@@ -150,7 +157,8 @@ def export_onnx(
     statistics) whatever mode the model is in: the model is traced in eval mode and
     put back in its mode afterwards. ``example_size`` is the traced input's height and
     width; any other size runs as well. ``classes`` and ``palette`` (by task) go into the
-    file's metadata. The file is written atomically, with ordinary permissions.
+    file's metadata, with ``source``, the checkpoint's sha256. The file is written
+    atomically, with ordinary permissions.
     """
     _require("onnxscript")  # the exporter's own dependency: fail with the install line
     parameter = next(model.parameters(), None)
@@ -185,7 +193,7 @@ def export_onnx(
             f"the ONNX exporter cannot write opset {opset} for {model.name} (it wrote "
             f"{written}); pass --opset 17 or later"
         )
-    program.model.metadata_props.update(onnx_record(model, classes, palette, ignore_index))
+    program.model.metadata_props.update(onnx_record(model, classes, palette, ignore_index, source))
     return atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
 
 
@@ -197,14 +205,24 @@ class OnnxSegmenter:
     fcnseg 0.1 recorded the model name, class count and normalisation only).
     """
 
-    def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
         ort = _require("onnxruntime")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
+        options = ort.SessionOptions()
+        if threads:  # else onnxruntime's default: one thread per physical core
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(
-                str(path), providers=list(providers or ["CPUExecutionProvider"])
+                str(path), options, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as error:  # onnxruntime raises its own types for bad files
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -272,9 +290,11 @@ def _read_record(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
     )
 
 
-def load_onnx(path: str | Path, *, providers: Sequence[str] | None = None) -> OnnxSegmenter:
+def load_onnx(
+    path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None
+) -> OnnxSegmenter:
     """An onnxruntime session for an exported FCN, callable on numpy batches."""
-    return OnnxSegmenter(path, providers=providers)
+    return OnnxSegmenter(path, providers=providers, threads=threads)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ An FCN takes any input size (Section 3: "fully convolutional networks ... take i
 arbitrary size and produce correspondingly-sized output"), so images are predicted whole,
 never resized or tiled: the label map has the image's height and width.
 
+``engine`` picks what runs the model: PyTorch, or its ONNX export in ONNX Runtime or
+OpenVINO (``fcnseg.engines``; ``"auto"`` picks the fastest measured). ``tta``
+(``fcnseg.tta.TTA``) averages the scores of flipped and rescaled copies, on any engine.
+
 A multi-input model (NYUDv2 RGB-D, RGB-HHA) predicts from a dict of its inputs
 (``{"color": ..., "depth": ...}``), each normalised as the model says; a multi-task model
 (SIFT Flow) gives one label map per task, as a dict.
@@ -24,12 +28,20 @@ from PIL.PngImagePlugin import PngInfo
 from .data.base import image_to_tensor, open_image, read_depth, read_image
 from .data.palettes import flat_palette, voc_palette
 from .engine.distributed import resolve_device
-from .export import OnnxSegmenter, load_onnx
+from .engines import (
+    EngineError,
+    EngineModule,
+    cached_onnx,
+    choose_engine,
+    file_record,
+    onnx_runner,
+)
 from .fileio import atomic_write
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, sliding_window
+from .tta import TTA, tta_forward
 
 __all__ = ["Segmenter", "load_rgb", "load_input", "save_mask", "mask_image"]
 
@@ -49,7 +61,8 @@ class Segmenter:
     ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster,
     ``InferenceOptions(compile=True)`` compiles it (worth it for many images of one size).
     ``tiling`` (``fcnseg.tiling.Tiling``) scores images larger than a tile in overlapping
-    tiles, bounding memory by the tile size instead of the image size.
+    tiles, bounding memory by the tile size instead of the image size. ``tta`` averages
+    the scores of flipped and rescaled copies of each image (``fcnseg.tta``).
 
     ``classes`` and ``palette`` are lists for a single-task model, or dicts by task; left
     out, classes are named "class 0", "class 1", ... and drawn in the VOC palette.
@@ -66,8 +79,11 @@ class Segmenter:
         ignore_index: int = 255,
         speed: InferenceOptions | None = None,
         tiling: Tiling | None = None,
+        tta: TTA | None = None,
     ) -> None:
         self.spec: ModelSpec = model.spec
+        self.engine = getattr(model, "engine", "torch")
+        self.tta = tta
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.speed = speed or InferenceOptions()
         self.tiling = tiling
@@ -85,14 +101,27 @@ class Segmenter:
         device: torch.device | str = "cpu",
         speed: InferenceOptions | None = None,
         tiling: Tiling | None = None,
+        tta: TTA | None = None,
+        engine: str | None = None,
+        threads: int | None = None,
     ) -> Segmenter:
         """Load a checkpoint or weights file of fcnseg (weights only; no code is run).
 
-        A ``.onnx`` file from ``fcnseg export onnx`` runs in onnxruntime instead.
+        ``engine``: ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (``fcnseg.engines``);
+        the ONNX engines run the checkpoint's export, cached beside it. None: ``torch`` for
+        a checkpoint, ``auto`` for an ONNX file. ``threads``: the
+        ONNX engines' compute threads (default: torch's count). A ``.onnx`` file from
+        ``fcnseg export onnx`` or ``fcnseg quantize`` runs on an ONNX engine.
         """
         if Path(path).suffix.lower() == ".onnx":
-            return cls.from_onnx(path, tiling=tiling)
+            engine = engine or "auto"
+            return cls.from_onnx(path, tiling=tiling, tta=tta, engine=engine, threads=threads)
         record = read_record(path, what="checkpoint")
+        where = device if isinstance(device, torch.device) else resolve_device(device)
+        chosen = choose_engine(engine or "torch", record.spec, threads, str(where))
+        if chosen != "torch":
+            exported = cached_onnx(path, record)
+            return cls.from_onnx(exported, tiling=tiling, tta=tta, engine=chosen, threads=threads)
         return cls(
             record.build(),
             classes=record.classes,
@@ -101,20 +130,37 @@ class Segmenter:
             ignore_index=record.ignore_index,
             speed=speed,
             tiling=tiling,
+            tta=tta,
         )
 
     @classmethod
-    def from_onnx(cls, path: Path | str, *, tiling: Tiling | None = None) -> Segmenter:
-        """A model exported by ``fcnseg export onnx``, run by onnxruntime on the CPU, with
-        the class names and palette the file records."""
-        runner = load_onnx(path)
+    def from_onnx(
+        cls,
+        path: Path | str,
+        *,
+        tiling: Tiling | None = None,
+        tta: TTA | None = None,
+        engine: str = "auto",
+        threads: int | None = None,
+    ) -> Segmenter:
+        """A model exported by ``fcnseg export onnx`` (or ``fcnseg quantize``), run on the
+        CPU by onnxruntime or OpenVINO (``auto``: OpenVINO when installed), with the class
+        names and palette the file records."""
+        if engine == "torch":
+            raise EngineError(f"{path}: an .onnx file runs on onnxruntime or openvino, not torch")
+        engine = choose_engine(engine, None, threads)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        record = file_record(path)
+        runner = onnx_runner(engine, path, record["spec"], threads or torch.get_num_threads())
         return cls(
-            _OnnxModule(runner),
-            classes=runner.classes,
-            palette=runner.palette,
-            ignore_index=runner.ignore_index,
+            EngineModule(runner, record["spec"], engine),
+            classes=record.get("classes") or None,
+            palette=record.get("palette") or None,
+            ignore_index=int(record.get("ignore_index", 255)),
             speed=InferenceOptions(channels_last=False, bf16=False, fold_batch_norm=False),
             tiling=tiling,
+            tta=tta,
         )
 
     # -- what it predicts
@@ -207,11 +253,13 @@ class Segmenter:
 
     def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's float32 scores by task for a normalised batch (inputs by name),
-        whole or tile by tile."""
+        whole or tile by tile, averaged over the TTA copies when asked."""
         forward = partial(fast_forward, self._by_task, options=self.speed)
-        if self.tiling is None:
-            return forward(batch)
-        return sliding_window(forward, batch, self.tiling)
+        if self.tiling is not None:
+            forward = partial(sliding_window, forward, tiling=self.tiling)
+        if self.tta is not None:
+            return tta_forward(forward, batch, self.tta)
+        return forward(batch)
 
     def _by_task(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self._runner(batch, by_task=True)
@@ -282,18 +330,6 @@ def _palettes_by_task(palette: Any, spec: ModelSpec) -> dict[str, list[tuple[int
         colors = _colors(given.get(task.name) if palette is not None else None)
         palettes[task.name] = colors if len(colors) >= task.classes else voc_palette(task.classes)
     return palettes
-
-
-class _OnnxModule(torch.nn.Module):
-    """An onnxruntime session behind the model interface Segmenter uses."""
-
-    def __init__(self, runner: OnnxSegmenter) -> None:
-        super().__init__()
-        self.runner, self.spec = runner, runner.spec
-
-    def forward(self, x: Mapping[str, torch.Tensor], *, by_task: bool = True):
-        outputs = self.runner({name: tensor.cpu().numpy() for name, tensor in x.items()})
-        return {task: torch.from_numpy(scores) for task, scores in outputs.items()}
 
 
 def _colors(palette: Palette | None) -> list[tuple[int, ...]]:

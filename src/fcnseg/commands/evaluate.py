@@ -3,6 +3,12 @@
 fcnseg eval --checkpoint runs/x/best.pt --data camvid --root data/CamVid --split test
 fcnseg eval --checkpoint best.pt --data synthetic --option size=96 --out metrics.json
 fcnseg eval --checkpoint best.pt --data folder --root my-data --split none --per-image scores.csv
+fcnseg eval --checkpoint best.pt --data camvid --root data/CamVid --engine openvino --tta
+fcnseg eval --checkpoint best.pt --onnx best.int8.onnx --data camvid --root data/CamVid
+
+``--engine`` runs the model on another engine (``fcnseg.engines``), ``--tta`` /
+``--tta-scales`` average flipped / rescaled copies (``fcnseg.tta``), ``--onnx FILE``
+evaluates an exported or int8 file made from the checkpoint (refused if made from another).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from torch import nn
 from torch.utils.data import Subset
 
 from ..config import parse_literal
@@ -20,8 +27,10 @@ from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.distributed import Context, resolve_device
 from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics, task_metrics
 from ..engine.perimage import evaluate_per_image, worst, write_per_image_csv
+from ..engines import check_source
+from ..inference import Segmenter
 from ..metrics import json_safe
-from .options import add_threads, apply_threads
+from .options import add_engine, add_threads, add_tta, apply_threads, check_engine, tta_of
 from .table import print_table
 
 
@@ -54,6 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
     add_threads(parser)
+    add_engine(parser)
+    add_tta(parser)
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        metavar="FILE",
+        help="evaluate this .onnx file (fcnseg export onnx / fcnseg quantize) of the checkpoint",
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default: beside the checkpoint)")
     parser.add_argument(
         "--per-image",
@@ -86,9 +103,11 @@ def run(args: argparse.Namespace) -> int:
             f"--max-images {args.max_images} would evaluate nothing: give 1 or more, or leave "
             "it out to evaluate every image"
         )
+    check_engine(args)
     apply_threads(args)
     record = load_checkpoint(args.checkpoint)
     model = record.build()
+    runner = _runner(args, model)
     try:
         dataset = build_dataset(
             args.data,
@@ -108,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_image is not None:
         _check_csv(args.per_image)
         confusion, scores = evaluate_per_image(
-            model,
+            runner,
             dataset,
             ignore_index=record.ignore_index,
             device=device,
@@ -118,11 +137,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         loader = eval_loader(dataset, Context(device=device), num_workers=args.workers)
         confusion = evaluate(
-            model, loader, ignore_index=record.ignore_index, device=device, progress=progress
+            runner, loader, ignore_index=record.ignore_index, device=device, progress=progress
         )
     metrics = task_metrics(confusion)
     split = args.split or "all images"
-    print(f"{record.spec.label} on {args.data} {split} ({len(dataset)} images)")
+    how = f", {runner.how}" if isinstance(runner, _Scoring) else ""
+    print(f"{record.spec.label} on {args.data} {split} ({len(dataset)} images{how})")
     for task, values in metrics.items():
         print(f"\n{task}: {format_metrics(values)}\n" if len(metrics) > 1 else format_metrics(values))
         print_table(class_table(values, classes[task]))
@@ -154,6 +174,35 @@ def _report_images(path: Path, scores, classes) -> None:
             for score in lowest
         ]
         print_table(rows)
+
+
+class _Scoring(nn.Module):
+    """A Segmenter's scores (its engine, TTA) behind the model interface evaluate uses."""
+
+    def __init__(self, segmenter: Segmenter, how: str) -> None:
+        super().__init__()
+        self.segmenter, self.spec, self.how = segmenter, segmenter.spec, how
+
+    def forward(self, inputs, *, by_task: bool = True):
+        return self.segmenter.scores(inputs)
+
+
+def _runner(args: argparse.Namespace, model) -> nn.Module:
+    """The model itself, or a Segmenter when an engine, an ONNX file or TTA is asked for."""
+    tta = tta_of(args)
+    if args.engine in (None, "torch") and args.onnx is None and tta is None:
+        return model
+    options = {"tta": tta, "engine": args.engine, "threads": args.threads}
+    if args.onnx is not None:
+        check_source(args.onnx, args.checkpoint)
+        segmenter = Segmenter.from_onnx(args.onnx, **{**options, "engine": args.engine or "auto"})
+    else:
+        device = resolve_device(args.device)
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, device=device, **options)
+    how = f"engine {segmenter.engine}" + (f", {args.onnx}" if args.onnx else "")
+    if tta is not None:
+        how += f", TTA scales {list(tta.scales)}{' + flip' if tta.flip else ''}"
+    return _Scoring(segmenter, how)
 
 
 def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, ...]]:

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-__all__ = ["add_threads", "apply_threads"]
+__all__ = ["add_engine", "add_threads", "add_tta", "apply_threads", "check_engine", "tta_of"]
 
 
 def _threads(text: str) -> int:
@@ -30,3 +30,59 @@ def apply_threads(args: argparse.Namespace) -> None:
     """Set the compute threads ``--threads`` asks for (nothing when it was not given)."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``--engine``: what runs the model (``fcnseg.engines``)."""
+    parser.add_argument(
+        "--engine",
+        metavar="NAME",
+        help="torch, onnxruntime, openvino or auto (the fastest measured: docs/deploy.md); "
+        "default: torch for a checkpoint, auto for an .onnx file",
+    )
+
+
+def check_engine(args: argparse.Namespace) -> None:
+    """Refuse an unknown or missing engine in one line, before any file is read."""
+    if args.engine is not None:
+        from ..engines import require
+
+        require(args.engine)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of scales like 0.75,1,1.25"
+        ) from None
+    if not scales:
+        raise argparse.ArgumentTypeError("give one scale or more, like 0.75,1,1.25")
+    return scales
+
+
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    """``--tta`` (mirrored copies) and ``--tta-scales`` (rescaled copies)."""
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the scores of the image and its mirror image "
+        "(twice the time)",
+    )
+    parser.add_argument(
+        "--tta-scales",
+        type=_scales,
+        metavar="S,S,...",
+        help="test-time augmentation: average the scores of the image resized by each scale "
+        "(e.g. 0.75,1,1.25; with --tta, of each mirror image too)",
+    )
+
+
+def tta_of(args: argparse.Namespace):
+    """The ``fcnseg.tta.TTA`` the options ask for, or None."""
+    if not args.tta and args.tta_scales is None:
+        return None
+    from ..tta import TTA
+
+    return TTA.of(args.tta_scales, flip=args.tta)

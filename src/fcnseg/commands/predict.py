@@ -9,6 +9,11 @@ indices shown in the dataset's palette, and ``<name>_overlay.png``; ``--probabil
 image; ``fcnseg.tiling``). An input that cannot be read is reported at the end; the others
 are still processed.
 
+``--engine`` runs the model on onnxruntime or OpenVINO (``auto``: the fastest measured),
+from an export cached beside the checkpoint; ``--tta`` / ``--tta-scales`` average the
+scores of mirrored / rescaled copies (docs/deploy.md). A ``.onnx`` file (``fcnseg export
+onnx``, ``fcnseg quantize``) runs as ``--checkpoint`` too.
+
 A two-headed checkpoint (SIFT Flow) writes one map per task: ``<name>_semantic.png``,
 ``<name>_geometric.png`` (and ``<name>_semantic_overlay.png``, ``<name>_semantic_probs.npy``
 ...).
@@ -56,7 +61,7 @@ from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import figure_pixels, overlay_figure
-from .options import add_threads, apply_threads
+from .options import add_engine, add_threads, add_tta, apply_threads, check_engine, tta_of
 
 # The PNG text chunk that marks predict's outputs (masks and overlays).
 MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
@@ -96,6 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-overlay", action="store_true", help="masks only")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     add_threads(parser)
+    add_engine(parser)
+    add_tta(parser)
     parser.add_argument(
         "--tile",
         type=_positive,
@@ -264,10 +271,16 @@ def _write(
 
 def run(args: argparse.Namespace) -> int:
     tiling = _tiling(args)
+    check_engine(args)
     apply_threads(args)
     check_writable(args.out)
     segmenter = Segmenter.from_checkpoint(
-        args.checkpoint, device=resolve_device(args.device), tiling=tiling
+        args.checkpoint,
+        device=resolve_device(args.device),
+        tiling=tiling,
+        tta=tta_of(args),
+        engine=args.engine,
+        threads=args.threads,
     )
     jobs, failed = collect_inputs(args, segmenter.spec)
     tasks = list(segmenter.tasks) if len(segmenter.tasks) > 1 else None

@@ -1,0 +1,242 @@
+"""Inference engines side by side: torch eager, torch compiled, onnxruntime, OpenVINO, int8.
+
+Speed: FCN-8s VGG16 at 500 x 500 and FCN-8s EfficientNet-Lite0 at 360 x 480 (random
+weights: speed does not depend on them), batch of one, at 1 and 2 threads; each row in a
+fresh process (its peak RSS is its own), median of the timed calls after a warm-up; ratios
+over torch eager of the same run. The int8 files are calibrated on a few random images
+(their speed holds, their accuracy says nothing); OpenVINO runs the same QDQ file.
+
+Accuracy (``--camvid``): a CamVid-trained FCN-8s Lite0 checkpoint on the val split: mean IU
+of fp32, of int8 (onnxruntime's quantizer, 200 training images, with the head in fp32 and
+quantized too) with its label agreement, and of TTA (flip; flip and 0.75/1/1.25) with its
+time per image.
+
+    python benchmarks/engines.py                                 # speed (about 10 minutes)
+    python benchmarks/engines.py --only accuracy --camvid runs/x/best.pt --root data/CamVid
+
+Files (checkpoints, ONNX, int8) go to ``--work`` (default /tmp/fcnseg-engines): delete it
+after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _fresh import in_fresh_process
+
+import fcnseg
+from fcnseg.engine import checkpoint as ckpt
+from fcnseg.engines import cached_onnx, choose_engine, installed
+from fcnseg.inference import Segmenter
+from fcnseg.modelfile import record_of
+from fcnseg.speed import InferenceOptions
+
+NETS = {"vgg16": ("fcn8s_vgg16", 21, (500, 500)), "lite0": ("fcn8s_efficientnet_lite0", 11, (360, 480))}
+ROWS = ("torch", "torch compiled", "onnxruntime", "openvino", "int8 onnxruntime", "int8 openvino")
+MIN_SECONDS = 4.0
+
+
+def _checkpoint(net: str, work: Path) -> Path:
+    path = work / f"{net}.pt"
+    if not path.is_file():
+        name, classes, _ = NETS[net]
+        torch.manual_seed(0)
+        model = fcnseg.build_model(name, num_classes=classes)
+        with torch.no_grad():  # score layers start at zero: vary them
+            for key, parameter in model.head.named_parameters():
+                if key.startswith("score"):
+                    parameter.normal_(0, 0.01)
+        ckpt.save_checkpoint(record_of(model), path)
+    return path
+
+
+def _int8(net: str, path: Path, work: Path) -> Path:
+    """The int8 file, calibrated on 4 random 224 x 224 images (speed only)."""
+    from fcnseg.quantize import quantize_onnx
+
+    out = work / f"{net}.int8.onnx"
+    if not out.is_file():
+        spec = Segmenter.from_checkpoint(path).spec
+        rng = np.random.default_rng(0)
+        batches = [{spec.input_names[0]: rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32)}
+                   for _ in range(4)]  # fmt: skip
+        quantize_onnx(cached_onnx(path), out, batches)
+    return out
+
+
+def _segmenter(row: str, net: str, work: Path, threads: int) -> Segmenter:
+    path = work / f"{net}.pt"
+    if row == "torch":
+        return Segmenter.from_checkpoint(path, engine="torch")
+    if row == "torch compiled":
+        return Segmenter.from_checkpoint(path, speed=InferenceOptions(compile=True))
+    if row.startswith("int8"):
+        return Segmenter.from_onnx(work / f"{net}.int8.onnx", engine=row.split()[1], threads=threads)
+    return Segmenter.from_checkpoint(path, engine=row, threads=threads)
+
+
+def _measure(row: str, net: str, work: Path, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    height, width = NETS[net][2]
+    start = time.perf_counter()
+    segmenter = _segmenter(row, net, work, threads)
+    batch = segmenter.batch(np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8))
+    segmenter.scores(batch)  # warm-up (compiles, for torch compiled)
+    segmenter.scores(batch)
+    ready = time.perf_counter() - start
+    times: list[float] = []
+    while len(times) < 3 or (sum(times) < MIN_SECONDS and len(times) < 30):
+        tick = time.perf_counter()
+        segmenter.scores(batch)
+        times.append(time.perf_counter() - tick)
+    queue.put((statistics.median(times), len(times), peak_rss_mib(), ready))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (VmHWM: getrusage's ru_maxrss carries
+    the parent's peak into a spawned child, which would floor every row at the parent's)."""
+    with open("/proc/self/status") as file:
+        line = next(line for line in file if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def _load() -> str:
+    with open("/proc/loadavg") as file:
+        return " ".join(file.read().split()[:3])
+
+
+def speed(args: argparse.Namespace) -> None:
+    for net in args.nets:
+        path = _checkpoint(net, args.work)
+        tick = time.perf_counter()
+        cached_onnx(path)
+        print(f"{net}: export {time.perf_counter() - tick:.0f} s", flush=True)
+        tick = time.perf_counter()
+        _int8(net, path, args.work)
+        print(f"{net}: int8 quantization {time.perf_counter() - tick:.0f} s", flush=True)
+        spec = Segmenter.from_checkpoint(path).spec
+        for threads in args.threads:
+            _speed_table(args, net, spec, threads)
+
+
+def _speed_table(args, net: str, spec, threads: int) -> None:
+    height, width = NETS[net][2]
+    print(f"\n{NETS[net][0]} {height} x {width}, {threads} thread(s); load before: {_load()}")
+    print(f"{'engine':18} {'median':>9} {'img/s':>7} {'vs torch':>8} {'peak MiB':>8} {'ready s':>7}")
+    results = {}
+    for row in args.rows:
+        if row.endswith("openvino") and not installed("openvino"):
+            print(f"{row:18} not installed")
+            continue
+        median, count, peak, ready = in_fresh_process(_measure, row, net, args.work, threads)
+        results[row] = median
+        base = results.get("torch", median)
+        print(f"{row:18} {1000 * median:7.1f}ms {1 / median:7.2f} {base / median:7.2f}x "
+              f"{peak:8.0f} {ready:7.1f}   ({count} calls)", flush=True)  # fmt: skip
+    fp32 = {row: t for row, t in results.items() if not row.startswith(("int8", "torch comp"))}
+    auto = choose_engine("auto", spec, threads)
+    if fp32 and auto in fp32:
+        fastest = min(fp32, key=fp32.get)
+        print(f"auto picks {auto}: {fp32[fastest] / fp32[auto]:.2f} of the fastest fp32 "
+              f"({fastest}); load after: {_load()}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy on CamVid val
+
+
+def _mean_iu(segmenter: Segmenter, dataset, spec) -> tuple[float, float]:
+    """Mean IU over ``dataset`` and the median seconds per image."""
+    from fcnseg.engine.evaluate import task_metrics
+    from fcnseg.metrics import MultiTaskConfusion
+    from fcnseg.quantize import labelled_samples
+
+    confusion = MultiTaskConfusion(spec.task_classes, 255)
+    times = []
+    for batch, targets in labelled_samples(dataset, spec):
+        tick = time.perf_counter()
+        scores = segmenter.scores(batch)
+        times.append(time.perf_counter() - tick)
+        confusion.update({task: s.argmax(1) for task, s in scores.items()}, targets)
+    return task_metrics(confusion)["semantic"]["mean_iu"], statistics.median(times)
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    from fcnseg.data import build_dataset, eval_transforms
+    from fcnseg.export import load_onnx
+    from fcnseg.modelfile import read_record
+    from fcnseg.quantize import CalibrationImages, compare, labelled_samples, quantize_onnx
+    from fcnseg.tta import TTA
+
+    torch.set_num_threads(args.threads[0])
+    record = read_record(args.camvid)
+    model = record.build()
+    data = {split: build_dataset("camvid", root=args.root, split=split,
+                                 transforms=eval_transforms(model.normalization))
+            for split in ("train", "val")}  # fmt: skip
+    fp32 = cached_onnx(args.camvid, record)
+    engine = choose_engine("auto", None, args.threads[0])
+    print(f"\nCamVid val ({len(data['val'])} images), {args.camvid}, {args.threads[0]} thread(s), "
+          f"TTA on {engine}; load: {_load()}")  # fmt: skip
+    runner = load_onnx(fp32, threads=args.threads[0])
+
+    def scoring(runner):
+        return lambda b: {k: torch.from_numpy(v) for k, v in runner({n: t.numpy() for n, t in b.items()}).items()}  # noqa: E501
+
+    for method, keep_head in args.int8:
+        out = args.work / f"camvid-{method}-{'fp32head' if keep_head else 'int8head'}.int8.onnx"
+        tick = time.perf_counter()
+        images = CalibrationImages(data["train"], record.spec, 200)
+        quantize_onnx(fp32, out, images, keep_head=keep_head, method=method)
+        took = time.perf_counter() - tick
+        result = compare(scoring(runner), scoring(load_onnx(out, threads=args.threads[0])),
+                         labelled_samples(data["val"], record.spec), record.spec, 255)  # fmt: skip
+        head = "head fp32" if keep_head else "head int8"
+        print(f"int8 {method}, {head} (200 images, {took:.0f} s): " + "; ".join(result.lines()),
+              flush=True)  # fmt: skip
+    for tta in (None, TTA.of([1.0], flip=True), TTA.of([0.75, 1.0, 1.25], flip=True)):
+        segmenter = Segmenter.from_onnx(fp32, engine=engine, threads=args.threads[0], tta=tta)
+        mean_iu, seconds = _mean_iu(segmenter, data["val"], record.spec)
+        name = "none" if tta is None else f"scales {list(tta.scales)} + flip"
+        print(f"TTA {name:28} mean IU {100 * mean_iu:.2f}  {1000 * seconds:.0f} ms/image", flush=True)
+
+
+def _machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                     if line.startswith("Model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return f"{model}; {torch.__version__}; load {_load()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("speed", "accuracy"))
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--camvid", type=Path, help="a CamVid-trained FCN-8s Lite0 checkpoint")
+    parser.add_argument("--root", type=Path, help="the CamVid folder")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fcnseg-engines"))
+    parser.add_argument("--calibrations", nargs="+", default=["minmax"])
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.int8 = [(m, keep) for m in args.calibrations for keep in (True, False)]
+    print(_machine())
+    if args.only != "accuracy":
+        speed(args)
+    if args.only != "speed" and args.camvid is not None:
+        accuracy(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""``fcnseg quantize``: an int8 ONNX file of a checkpoint, and what int8 changes on val.
+
+    fcnseg quantize --checkpoint best.pt --data camvid --root data/CamVid --out model.int8.onnx
+
+Calibrates on up to ``--images`` (200) training images run whole, writes the int8 (QDQ)
+file, then runs fp32 and int8 over ``--val-split`` (val; ``none`` skips it) and prints
+the share of labels int8 keeps and both mean IUs; the numbers also go to
+``<out>.json``. ``fcnseg predict`` and ``fcnseg eval`` run the file (``fcnseg.quantize``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from ..data import DatasetError, build_dataset, eval_transforms
+from ..engines import cached_onnx
+from ..export import load_onnx
+from ..metrics import json_safe
+from ..modelfile import read_record
+from ..quantize import (
+    MAX_CALIBRATION,
+    METHODS,
+    CalibrationImages,
+    compare,
+    labelled_samples,
+    numpy_batch,
+    quantize_onnx,
+)
+from .evaluate import _options, _split
+from .options import add_threads, apply_threads
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "quantize",
+        help="int8 ONNX file of a checkpoint, calibrated on training images",
+        description="Post-training static int8 quantization (onnxruntime, QDQ, per-channel "
+        "weights), with a report of label agreement and mean IU against fp32.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
+    parser.add_argument("--data", required=True, help="dataset to calibrate on (camvid, ...)")
+    parser.add_argument("--root", type=Path, help="the dataset's folder (not for synthetic)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a reader option (repeatable)")  # fmt: skip
+    parser.add_argument("--split", default="train", type=_split, help="calibration split")
+    parser.add_argument("--val-split", default="val", type=_split,
+                        help="split the report compares fp32 and int8 on (none: no report)")  # fmt: skip
+    parser.add_argument("--images", type=int, default=MAX_CALIBRATION, metavar="N",
+                        help=f"calibration images (default {MAX_CALIBRATION})")  # fmt: skip
+    parser.add_argument("--calibration", default="minmax", choices=METHODS,
+                        help="how activation ranges are set (default minmax)")  # fmt: skip
+    parser.add_argument("--int8-head", action="store_true",
+                        help="quantize the head too (score layers, upsampling, fusions)")  # fmt: skip
+    parser.add_argument("--out", type=Path, required=True, help="the int8 .onnx file to write")
+    add_threads(parser)
+    parser.set_defaults(run=run)
+
+
+def _dataset(args, split, normalization):
+    try:
+        dataset = build_dataset(
+            args.data,
+            root=args.root,
+            split=split,
+            transforms=eval_transforms(normalization),
+            **_options(args.option),
+        )
+    except TypeError as error:
+        raise DatasetError(f"dataset {args.data!r}: {error}") from None
+    if len(dataset) == 0:
+        raise DatasetError(f"{args.data} {split or ''} at {args.root}: no images to calibrate on")
+    return dataset
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.images < 1:
+        raise ValueError(f"--images {args.images}: calibrate on 1 image or more")
+    if args.out.suffix.lower() != ".onnx":
+        raise ValueError(f"--out {args.out}: name the int8 file .onnx")
+    apply_threads(args)
+    record = read_record(args.checkpoint, what="checkpoint")
+    model = record.build()
+    calibration = _dataset(args, args.split, model.normalization)
+    fp32 = cached_onnx(args.checkpoint, record)
+    count = min(args.images, len(calibration))
+    print(f"calibrating on {count} {args.data} {args.split} images ({args.calibration})")
+    batches = CalibrationImages(calibration, record.spec, count)
+    quantize_onnx(fp32, args.out, batches, keep_head=not args.int8_head, method=args.calibration)
+    print(f"wrote {args.out}")
+    if args.val_split is None:
+        return 0
+    report = _report(args, record, model.normalization, fp32)
+    for line in report.lines():
+        print(line)
+    summary = {"checkpoint": str(args.checkpoint), "int8": str(args.out),
+               "calibration": args.calibration, "calibration_images": count,
+               **dataclasses.asdict(report)}  # fmt: skip
+    report_path = args.out.with_suffix(".json")
+    report_path.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+    print(f"wrote {report_path}")
+    return 0
+
+
+def _report(args, record, normalization, fp32: Path):
+    val = _dataset(args, args.val_split, normalization)
+    threads = args.threads or torch.get_num_threads()
+    runners = [load_onnx(path, threads=threads) for path in (fp32, args.out)]
+
+    def scoring(runner):
+        return lambda batch: {k: torch.from_numpy(v) for k, v in runner(numpy_batch(batch)).items()}
+
+    print(f"comparing fp32 and int8 on {len(val)} {args.data} {args.val_split} images")
+    return compare(
+        scoring(runners[0]),
+        scoring(runners[1]),
+        labelled_samples(val, record.spec),
+        record.spec,
+        record.ignore_index,
+    )

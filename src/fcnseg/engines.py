@@ -1,0 +1,263 @@
+"""Inference engines: the same model run by PyTorch, ONNX Runtime or OpenVINO.
+
+    segmenter = Segmenter.from_checkpoint("best.pt", engine="auto")
+
+``torch`` runs the checkpoint's model itself (``fcnseg.speed``). ``onnxruntime`` and
+``openvino`` run its ONNX export: exported once per checkpoint *contents* into
+``.fcnseg-cache/`` beside the checkpoint (``$XDG_CACHE_HOME/fcnseg/onnx`` when that folder
+cannot be written), named by the checkpoint's sha256, written atomically, with dynamic
+batch, height and width. A changed checkpoint has another digest, so it is exported anew;
+each cached file also records the digest it came from and is exported again when that
+does not match. Every model of the library runs on every engine: the export has one input
+per model input and one output per task, so multi-input, multi-task and tiled prediction
+work the same way on each.
+
+``auto`` picks by what benchmarks/engines.py measured (docs/BENCHMARKS.md, "Engines"): at
+1 thread OpenVINO was the fastest fp32 engine for FCN-8s VGG16 (500 x 500) and
+EfficientNet-Lite0 (360 x 480), in the earlier measurement and again in this one; at 2
+threads the earlier, quieter measurement found OpenVINO level with onnxruntime for VGG16
+and PyTorch (batch norms folded, channels-last) fastest for Lite0, while the 2-thread runs
+on the shared machine since gave no stable order. So: a GPU, or an EfficientNet backbone
+on more than one thread, gets ``torch``; otherwise ``openvino`` when installed, else
+``onnxruntime``, else ``torch``.
+
+OpenVINO runs in fp32 (``INFERENCE_PRECISION_HINT f32``): on a CPU with bf16 arithmetic it
+would otherwise choose bf16, whose scores differ from the other engines' by far more than
+rounding. An int8 (QDQ) file from ``fcnseg quantize`` runs on either ONNX engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .export import RECORD_KEY, OnnxSegmenter, export_onnx
+from .modelfile import ModelRecord, read_record
+from .models import ModelSpec
+
+__all__ = [
+    "ENGINES",
+    "EngineError",
+    "EngineModule",
+    "cached_onnx",
+    "choose_engine",
+    "file_digest",
+    "installed",
+    "onnx_runner",
+]
+
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+ONNX_ENGINES = ("openvino", "onnxruntime")  # auto's order of preference
+_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
+CACHE_FOLDER = ".fcnseg-cache"
+SOURCE_KEY = "source_sha256"  # in the exported record: the checkpoint it came from
+
+
+class EngineError(ValueError):
+    """An engine that cannot run: unknown, not installed, or given a file it cannot use."""
+
+
+@functools.cache
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:  # absent, or broken (a missing shared library)
+        return False
+    return True
+
+
+def installed(engine: str) -> bool:
+    """Whether ``engine`` can run here (the ONNX engines also need the exporter)."""
+    if engine == "torch":
+        return True
+    return all(_importable(name) for name in (engine, "onnx", "onnxscript"))
+
+
+def require(engine: str) -> str:
+    """``engine`` if it is known and installed; else one line saying what to do."""
+    if engine not in ENGINES:
+        raise EngineError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine in _PACKAGES and not installed(engine):
+        package, extra = _PACKAGES[engine]
+        raise EngineError(
+            f"engine {engine!r} is not installed: pip install 'fcnseg[{extra}]' (the {package} "
+            "package and the ONNX exporter)"
+        )
+    return engine
+
+
+def choose_engine(
+    engine: str, spec: ModelSpec | None, threads: int | None = None, device: str = "cpu"
+) -> str:
+    """The engine to run: ``engine`` itself, or what ``auto`` picks (module docstring).
+
+    ``spec`` None is an ONNX file: only the ONNX engines run it."""
+    require(engine)
+    if engine != "auto":
+        return engine
+    threads = threads or torch.get_num_threads()
+    if spec is not None:
+        if torch.device(device).type != "cpu":
+            return "torch"
+        if spec.backbone.startswith("efficientnet") and threads > 1:
+            return "torch"  # benchmarks/engines.py: eager beat both ONNX engines there
+    for name in ONNX_ENGINES:
+        if installed(name):
+            return name
+    if spec is None:
+        raise EngineError("an .onnx file needs onnxruntime or openvino: pip install 'fcnseg[onnx]'")
+    return "torch"
+
+
+# ---------------------------------------------------------------------------------------------
+# The export cache
+
+
+def file_digest(path: Path | str) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fcnseg-probe-"):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+def user_cache() -> Path:
+    """Where exports go when the checkpoint's folder cannot be written."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fcnseg" / "onnx"
+
+
+def recorded_source(path: Path) -> str | None:
+    """The checkpoint digest an exported file records (None: none, or unreadable)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        meta = {prop.key: prop.value for prop in model.metadata_props}
+        return json.loads(meta[RECORD_KEY]).get(SOURCE_KEY)
+    except Exception:  # a half-written or foreign file: export again
+        return None
+
+
+def cached_onnx(checkpoint: Path | str, record: ModelRecord | None = None) -> Path:
+    """The ONNX export of ``checkpoint``, made once per checkpoint contents.
+
+    Looked for beside the checkpoint, then in the user cache; exported into the first of
+    the two that can be written when missing or made from other contents."""
+    checkpoint = Path(checkpoint)
+    digest = file_digest(checkpoint)
+    name = f"{checkpoint.stem}-{digest[:16]}.onnx"
+    folders = [checkpoint.resolve().parent / CACHE_FOLDER, user_cache()]
+    for folder in folders:
+        if (folder / name).is_file() and recorded_source(folder / name) == digest:
+            return folder / name
+    target = next((folder for folder in folders if _writable(folder)), None)
+    if target is None:
+        raise EngineError(
+            f"no folder to cache the ONNX export of {checkpoint} in: make "
+            f"{folders[0]} or {folders[1]} writable, or use --engine torch"
+        )
+    record = record or read_record(checkpoint, what="checkpoint")
+    export_onnx(
+        record.build(),
+        target / name,
+        classes=record.classes,
+        palette=record.palette,
+        ignore_index=record.ignore_index,
+        source=digest,
+    )
+    return target / name
+
+
+def check_source(onnx_file: Path | str, checkpoint: Path | str) -> None:
+    """Refuse an ONNX file made from another checkpoint than ``checkpoint``."""
+    recorded = recorded_source(Path(onnx_file))
+    if recorded is not None and recorded != file_digest(checkpoint):
+        raise EngineError(
+            f"{onnx_file} was made from another checkpoint than {checkpoint} (sha256 "
+            f"{recorded[:12]}...): export or quantize it again from {checkpoint}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners: normalised numpy batches by input name in, float32 scores by task out
+
+
+class OpenVinoRunner:
+    """An ONNX file compiled by OpenVINO for the CPU, in fp32."""
+
+    def __init__(self, path: Path | str, spec: ModelSpec, threads: int | None = None) -> None:
+        import openvino
+
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise EngineError(f"{path}: OpenVINO cannot compile it ({first})") from None
+        self.request = self.compiled.create_infer_request()
+        self.spec = spec
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {
+            name: np.ascontiguousarray(inputs[name], np.float32) for name in self.spec.input_names
+        }
+        results = self.request.infer(feed)
+        by_name = {output.get_any_name(): value for output, value in results.items()}
+        return {task: np.asarray(by_name[task]) for task in self.spec.task_names}
+
+
+def file_record(path: Path | str) -> dict[str, Any]:
+    """The spec, classes and palette an fcnseg ONNX file records (read without running it)."""
+    import onnx
+
+    from .export import _read_record
+
+    model = onnx.load(str(path), load_external_data=False)
+    return _read_record({prop.key: prop.value for prop in model.metadata_props}, Path(path))
+
+
+def onnx_runner(engine: str, path: Path | str, spec: ModelSpec, threads: int | None = None):
+    """A runner of the ONNX file on ``engine`` (onnxruntime or openvino)."""
+    if engine == "openvino":
+        return OpenVinoRunner(path, spec, threads)
+    if engine == "onnxruntime":
+        return OnnxSegmenter(path, threads=threads)
+    raise EngineError(f"engine {engine!r} does not run ONNX files: use onnxruntime or openvino")
+
+
+class EngineModule(nn.Module):
+    """A runner behind the model interface Segmenter and evaluation use
+    (``module(inputs_by_name, by_task=True)`` -> scores by task, torch tensors)."""
+
+    def __init__(self, runner, spec: ModelSpec, engine: str) -> None:
+        super().__init__()
+        self.runner, self.spec, self.engine = runner, spec, engine
+
+    def forward(self, x: Mapping[str, torch.Tensor], *, by_task: bool = True):
+        outputs = self.runner({name: tensor.detach().cpu().numpy() for name, tensor in x.items()})
+        return {task: torch.from_numpy(np.asarray(scores)) for task, scores in outputs.items()}

@@ -1,0 +1,250 @@
+"""Post-training int8 quantization of an exported FCN, and how far its labels move.
+
+    fcnseg quantize --checkpoint best.pt --data camvid --root data/CamVid --out model.int8.onnx
+
+onnxruntime's static quantizer writes a QDQ graph (QuantizeLinear / DequantizeLinear pairs
+around each quantized operation), which onnxruntime and OpenVINO both run with int8
+kernels: weights int8 per output channel, activations uint8 per tensor, their ranges
+calibrated on training images run whole (up to 200). The toolkit: onnxruntime's quantizer,
+as it is already a dependency of the ONNX engines and its QDQ file runs on both; OpenVINO's
+NNCF would add a package and give a file only OpenVINO runs.
+
+By default the FCN head stays in fp32 (``keep_head``): the score layers, the upsampling
+deconvolutions, the crops and the skip fusions, every operation downstream of a score
+layer. They are a sliver of the compute (the backbone's convolutions are nearly all of
+it), and their outputs are the class scores themselves, whose small differences decide the
+label at every pixel near a class border: quantizing them cost label agreement on CamVid
+(docs/BENCHMARKS.md). ``compare`` measures what int8 changes on a labelled split.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .export import RECORD_KEY, _require
+from .fileio import atomic_write
+from .metrics import MultiTaskConfusion
+
+__all__ = [
+    "METHODS",
+    "CalibrationImages",
+    "Comparison",
+    "compare",
+    "head_nodes",
+    "labelled_samples",
+    "quantize_onnx",
+]
+
+METHODS = ("minmax", "percentile", "entropy")
+MAX_CALIBRATION = 200
+
+
+class _Reader:
+    """Calibration batches for onnxruntime's calibrator (its CalibrationDataReader protocol,
+    with the ``set_range`` its strided calibration calls). ``batches`` is a sequence, read
+    lazily: the calibrator keeps every activation of the batches of one range, so ranges
+    of ``stride`` batches bound its memory (each range's min/max are merged as it goes)."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self.batches = batches
+        self._indices: Iterator[int] = iter(range(len(batches)))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._indices = iter(range(start_index, min(end_index, len(self.batches))))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        index = next(self._indices, None)
+        if index is None:
+            return None
+        return {k: np.asarray(v, np.float32) for k, v in self.batches[index].items()}
+
+
+def _stride(count: int, most: int = 8) -> int:
+    """The largest number of batches up to ``most`` that divides ``count`` (onnxruntime
+    wants whole ranges)."""
+    return next(size for size in range(min(most, count), 0, -1) if count % size == 0)
+
+
+def head_nodes(model) -> list[str]:
+    """The names of the head's nodes: each score layer (a Conv whose weights are a head's)
+    and every node downstream of one."""
+    weights = {init.name for init in model.graph.initializer if "head" in init.name}
+    heads = {node.name for node in model.graph.node if node.op_type == "Conv"
+             and any(name in weights and "score" in name for name in node.input)}  # fmt: skip
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    by_name = {node.name: node for node in model.graph.node}
+    found, stack = set(heads), list(heads)
+    while stack:
+        for output in by_name[stack.pop()].output:
+            for node in consumers.get(output, []):
+                if node.name not in found:
+                    found.add(node.name)
+                    stack.append(node.name)
+    return sorted(found)
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if name not in methods:
+        raise ValueError(f"unknown calibration {name!r}: choose one of {', '.join(METHODS)}")
+    return methods[name]
+
+
+def quantize_onnx(
+    fp32: Path | str,
+    out: Path | str,
+    batches: Sequence[Mapping[str, np.ndarray]],
+    *,
+    keep_head: bool = True,
+    method: str = "minmax",
+) -> Path:
+    """Write the int8 (QDQ, per-channel weights) version of the fp32 file ``fp32``, its
+    activation ranges calibrated on ``batches`` (a sequence of normalised N x C x H x W
+    arrays by input name, read lazily). The fcnseg record (spec, classes, palette) is carried over. Atomic."""
+    _require("onnxruntime")
+    if not len(batches):
+        raise ValueError("no calibration images: give one or more")
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    source = onnx.load(str(fp32))
+    exclude = head_nodes(source) if keep_head else []
+    record = {prop.key: prop.value for prop in source.metadata_props}
+    with tempfile.TemporaryDirectory(prefix="fcnseg-quantize-") as folder:
+        written = Path(folder) / "int8.onnx"
+        quantize_static(
+            str(fp32),
+            str(written),
+            _Reader(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=_method(method),
+            nodes_to_exclude=exclude,
+            # ranges of a few batches at a time; onnxruntime's CalibMaxIntermediateOutputs
+            # drops what it collected instead of merging it (onnxruntime 1.32)
+            extra_options={"CalibStridedMinMax": _stride(len(batches))},
+        )
+        model = onnx.load(str(written))
+    _mark(model, record, method, keep_head)
+    return atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def _mark(model, record: Mapping[str, str], method: str, keep_head: bool) -> None:
+    """The source's metadata, with how it was quantized in the fcnseg record."""
+    del model.metadata_props[:]
+    for key, value in record.items():
+        if key == RECORD_KEY:
+            data = json.loads(value)
+            data["quantization"] = {"int8": "qdq per-channel", "calibration": method,
+                                    "head": "fp32" if keep_head else "int8"}  # fmt: skip
+            value = json.dumps(data)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+# ---------------------------------------------------------------------------------------------
+# What int8 changes
+
+
+@dataclass
+class Comparison:
+    """fp32 against int8 on a labelled split: the share of pixels given the same label,
+    the worst image's share, and each file's metrics by task."""
+
+    images: int
+    agreement: float
+    worst_agreement: float
+    fp32: dict[str, dict[str, Any]]
+    int8: dict[str, dict[str, Any]]
+
+    def lines(self) -> list[str]:
+        rows = [
+            f"{self.images} images: {100 * self.agreement:.2f}% of labels equal to fp32's "
+            f"(worst image {100 * self.worst_agreement:.2f}%)"
+        ]
+        for task in self.fp32:
+            a, b = self.fp32[task]["mean_iu"], self.int8[task]["mean_iu"]
+            rows.append(
+                f"{task}: mean IU fp32 {100 * a:.2f}, int8 {100 * b:.2f} ({100 * (b - a):+.2f})"
+            )
+        return rows
+
+
+def compare(
+    fp32_scores, int8_scores, samples: Iterable[tuple[dict, dict]], spec, ignore_index: int
+) -> Comparison:
+    """Run both scoring functions (normalised batch by input -> scores by task) over
+    ``samples`` (batch, labels by task) and compare their labels."""
+    from .engine.evaluate import task_metrics
+
+    confusions = [MultiTaskConfusion(spec.task_classes, ignore_index) for _ in range(2)]
+    agreements, count = [], 0
+    for batch, targets in samples:
+        labels = []
+        for scores, confusion in zip((fp32_scores, int8_scores), confusions, strict=True):
+            predicted = {task: s.argmax(1) for task, s in scores(batch).items()}
+            confusion.update(predicted, targets)
+            labels.append(predicted)
+        for task in labels[0]:
+            agreements.append((labels[0][task] == labels[1][task]).float().mean().item())
+        count += 1
+    if not count:
+        raise ValueError("no images to compare fp32 and int8 on")
+    metrics = [task_metrics(confusion) for confusion in confusions]
+    return Comparison(
+        count, float(np.mean(agreements)), float(np.min(agreements)), metrics[0], metrics[1]
+    )
+
+
+class CalibrationImages:
+    """The first ``count`` items of a dataset as normalised numpy batches of one, by input
+    name, read when asked (what ``quantize_onnx`` calibrates on)."""
+
+    def __init__(self, dataset, spec, count: int) -> None:
+        self.dataset, self.spec, self.count = dataset, spec, min(count, len(dataset))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        from .engine.evaluate import model_inputs
+
+        image, _ = self.dataset[index]
+        return {k: v[None].numpy() for k, v in model_inputs(image, self.spec).items()}
+
+
+def labelled_samples(dataset, spec, limit: int | None = None):
+    """(normalised batch of one by input, labels by task) for the first ``limit`` items."""
+    from .engine.evaluate import model_inputs, model_targets
+
+    for index in range(min(limit or len(dataset), len(dataset))):
+        image, label = dataset[index]
+        inputs = {k: v[None] for k, v in model_inputs(image, spec).items()}
+        targets = {k: torch.as_tensor(v)[None] for k, v in model_targets(label, spec).items()}
+        yield inputs, targets
+
+
+def numpy_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: tensor.detach().cpu().numpy() for name, tensor in batch.items()}

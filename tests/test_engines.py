@@ -1,0 +1,205 @@
+"""Engines: onnxruntime and OpenVINO give torch's scores; the export cache is made once per
+checkpoint contents; bad engines and mismatched files are one-line errors.
+
+Models are the tiny VGG16 (``slim_models.TINY``, caffe geometry: pad 100, ceil-mode pools,
+crops) as a plain net, an RGB-D net (two inputs) and a SIFT Flow net (two tasks), so
+multi-input and multi-task models are checked on every engine. Tolerance: 1e-4 of the
+largest logit (or 1e-4 absolute below 1), what ``fcnseg export``'s own check allows; fp32
+reordered sums differ by ~1e-6 here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+from slim_models import TINY, TinyVGG, randomise_scores, raw_images
+
+import fcnseg
+from fcnseg import engines
+from fcnseg.engine import checkpoint as ckpt
+from fcnseg.inference import Segmenter
+from fcnseg.modelfile import record_of
+from fcnseg.models import registered_spec
+from fcnseg.models.backbones import BACKBONES
+from fcnseg.tiling import Tiling
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZES = ((45, 61), (33, 50), (64, 64))
+KINDS = {"plain": "fcn8s_vgg16", "rgbd": "fcn16s_vgg16_rgbd", "siftflow": "fcn8s_vgg16_siftflow"}
+ONNX_ENGINES = ("onnxruntime", "openvino")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_backbone():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(BACKBONES, TINY, TinyVGG)
+        yield
+
+
+def tiny_checkpoint(path, kind: str = "plain", seed: int = 0, classes: int = 5):
+    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers (register
+    ``TINY`` first: the ``tiny_backbone`` fixture)."""
+    spec = registered_spec(KINDS[kind])
+    fields = {} if spec.tasks else {"tasks": {"semantic": classes}}
+    spec = dataclasses.replace(spec, backbone=TINY, name=None, **fields)
+    torch.manual_seed(seed)
+    model = randomise_scores(fcnseg.build_model(spec), seed=seed)
+    return ckpt.save_checkpoint(record_of(model), path)
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def kind_checkpoint(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    return tiny_checkpoint(folder / "model.pt", request.param)
+
+
+def _needs(engine: str) -> None:
+    if not engines.installed(engine):
+        pytest.skip(f"engine {engine} is not installed (pip install 'fcnseg[{engine}]')")
+
+
+def _single(spec, images):
+    return images if len(spec.inputs) > 1 else images[spec.input_names[0]]
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_engine_scores_equal_torch(engine, kind_checkpoint):
+    _needs(engine)
+    reference = Segmenter.from_checkpoint(kind_checkpoint, engine="torch")
+    segmenter = Segmenter.from_checkpoint(kind_checkpoint, engine=engine)
+    assert segmenter.engine == engine and segmenter.tasks == reference.tasks
+    for seed, (height, width) in enumerate(SIZES):
+        batch = reference.batch(
+            _single(reference.spec, raw_images(reference.spec, height, width, seed))
+        )
+        expected, got = reference.scores(batch), segmenter.scores(batch)
+        for task, scores in expected.items():
+            assert got[task].shape == scores.shape == (1, scores.shape[1], height, width)
+            scale = max(1.0, float(scores.abs().max()))
+            assert float((got[task] - scores).abs().max()) < 1e-4 * scale, (engine, task)
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_engine_tiled_prediction_matches_torch_tiled(engine, tmp_path):
+    _needs(engine)
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    tiling = Tiling.of((48, 40), overlap=(16, 10))
+    image = raw_images(Segmenter.from_checkpoint(path).spec, 45, 61)["image"]
+    reference = Segmenter.from_checkpoint(path, tiling=tiling).predict(image, probabilities=True)
+    got = Segmenter.from_checkpoint(path, engine=engine, tiling=tiling).predict(
+        image, probabilities=True
+    )
+    np.testing.assert_allclose(got[1], reference[1], atol=1e-5)
+
+
+def test_export_cache_is_reused_and_follows_the_checkpoint(tmp_path):
+    _needs("onnxruntime")
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    first = engines.cached_onnx(path)
+    assert first.parent == tmp_path / engines.CACHE_FOLDER
+    assert engines.recorded_source(first) == engines.file_digest(path)
+    stamp = first.stat().st_mtime_ns
+    assert engines.cached_onnx(path) == first and first.stat().st_mtime_ns == stamp  # reused
+    tiny_checkpoint(path, seed=1)  # new weights, same file name
+    second = engines.cached_onnx(path)
+    assert second != first and engines.recorded_source(second) == engines.file_digest(path)
+    assert not [p for p in second.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_export_cache_falls_back_to_the_user_cache(tmp_path, monkeypatch):
+    _needs("onnxruntime")
+    path = tiny_checkpoint(tmp_path / "model.pt")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    beside = tmp_path / engines.CACHE_FOLDER
+    writable = engines._writable
+    monkeypatch.setattr(engines, "_writable", lambda folder: folder != beside and writable(folder))
+    exported = engines.cached_onnx(path)
+    assert exported.parent == tmp_path / "xdg" / "fcnseg" / "onnx"
+
+
+def test_an_onnx_file_of_another_checkpoint_is_refused(tmp_path):
+    _needs("onnxruntime")
+    exported = engines.cached_onnx(tiny_checkpoint(tmp_path / "a.pt"))
+    other = tiny_checkpoint(tmp_path / "b.pt", seed=3)
+    with pytest.raises(engines.EngineError, match="another checkpoint"):
+        engines.check_source(exported, other)
+
+
+def test_unknown_and_missing_engines_are_one_line(monkeypatch):
+    with pytest.raises(engines.EngineError, match="unknown engine 'tensorrt'") as error:
+        engines.choose_engine("tensorrt", None)
+    assert "\n" not in str(error.value)
+    monkeypatch.setattr(engines, "installed", lambda engine: engine == "torch")
+    with pytest.raises(engines.EngineError, match=r"pip install 'fcnseg\[openvino\]'"):
+        engines.choose_engine("openvino", None)
+
+
+def test_auto_follows_the_documented_rule(monkeypatch):
+    lite0 = registered_spec("fcn8s_efficientnet_lite0")
+    vgg = registered_spec("fcn8s_vgg16")
+    monkeypatch.setattr(engines, "installed", lambda engine: True)
+    assert engines.choose_engine("auto", vgg, threads=2) == "openvino"
+    assert engines.choose_engine("auto", lite0, threads=1) == "openvino"
+    assert engines.choose_engine("auto", lite0, threads=2) == "torch"
+    monkeypatch.setattr(engines, "installed", lambda engine: engine != "openvino")
+    assert engines.choose_engine("auto", vgg, threads=1) == "onnxruntime"
+    monkeypatch.setattr(engines, "installed", lambda engine: engine == "torch")
+    assert engines.choose_engine("auto", vgg, threads=1) == "torch"
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_predict_engine_errors_are_one_line(tmp_path, fcnseg_cli, cli_environment):
+    hidden = tmp_path / "hide"
+    (hidden / "openvino").mkdir(parents=True)
+    (hidden / "openvino" / "__init__.py").write_text("raise ImportError('hidden for a test')\n")
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"")  # the engine is checked before the file is read
+    env = {"PYTHONPATH": f"{hidden}{os.pathsep}{cli_environment['PYTHONPATH']}"}
+    for engine, expected, extra in (
+        ("tensorrt", "unknown engine 'tensorrt'", {}),
+        ("openvino", "engine 'openvino' is not installed", env),
+    ):
+        result = fcnseg_cli(
+            "predict",
+            "--checkpoint",
+            path,
+            "x.png",
+            "--out",
+            tmp_path / "o",
+            "--engine",
+            engine,
+            env=extra,
+        )
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_predict_and_eval_run_on_the_engine_with_tta(engine, tmp_path, capsys):
+    _needs(engine)
+    from PIL import Image
+
+    from fcnseg.cli import main
+
+    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    image = tmp_path / "photo.png"
+    Image.fromarray(raw_images(Segmenter.from_checkpoint(path).spec, 45, 61)["image"]).save(image)
+    tta = ["--tta", "--tta-scales", "0.75,1"]
+    assert main(["predict", "--checkpoint", str(path), str(image), "--out", str(tmp_path / "o"),
+                 "--engine", engine, "--no-overlay", *tta]) == 0  # fmt: skip
+    assert (tmp_path / "o" / "photo.png").is_file()
+    assert main(["eval", "--checkpoint", str(path), "--data", "synthetic", "--option", "size=48",
+                 "--option", "num_images=2", "--workers", "0", "--engine", engine, *tta,
+                 "--out", str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    assert f"engine {engine}, TTA scales [0.75, 1.0] + flip" in capsys.readouterr().out

@@ -1,0 +1,117 @@
+"""int8: the QDQ file keeps the head in fp32, carries the record, runs on both ONNX engines
+and agrees with fp32; ``fcnseg quantize`` writes it with a report; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from slim_models import TINY, TinyVGG, model_inputs
+from test_engines import tiny_checkpoint
+
+import fcnseg
+from fcnseg import engines
+from fcnseg.cli import main
+from fcnseg.engine import checkpoint as ckpt
+from fcnseg.inference import Segmenter
+from fcnseg.modelfile import record_of
+from fcnseg.models.backbones import BACKBONES
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from fcnseg.quantize import head_nodes, quantize_onnx  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+AGREEMENT = 0.95  # tiny random net on random images: int8 kept 99% of labels when written
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_backbone():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(BACKBONES, TINY, TinyVGG)
+        yield
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    path = tiny_checkpoint(folder / "model.pt", classes=7)
+    fp32 = engines.cached_onnx(path)
+    spec = Segmenter.from_checkpoint(path).spec
+    batches = [{k: v.numpy() for k, v in model_inputs(spec, 1, 64, 80, seed).items()}
+               for seed in range(8)]  # fmt: skip
+    return path, fp32, quantize_onnx(fp32, folder / "model.int8.onnx", batches)
+
+
+def test_the_head_stays_fp32_and_the_backbone_is_int8(quantized):
+    _, fp32, int8 = quantized
+    source = onnx.load(str(fp32))
+    head = set(head_nodes(source))
+    assert {n.name for n in source.graph.node if n.op_type == "ConvTranspose"} <= head
+    assert "node_Conv_0" not in head and len(head) < len(source.graph.node)
+    model = onnx.load(str(int8))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    record = json.loads({p.key: p.value for p in model.metadata_props}["fcnseg.record"])
+    assert record["quantization"]["head"] == "fp32" and record["spec"]["backbone"] == TINY
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_int8_agrees_with_fp32(quantized, engine):
+    if not engines.installed(engine):
+        pytest.skip(f"engine {engine} is not installed")
+    path, _, int8 = quantized
+    reference = Segmenter.from_checkpoint(path)
+    segmenter = Segmenter.from_checkpoint(int8, engine=engine)
+    assert segmenter.classes == reference.classes
+    agreements = []
+    for seed in range(100, 104):  # not the calibration images
+        batch = {k: v for k, v in model_inputs(reference.spec, 1, 64, 80, seed).items()}
+        expected = reference.scores(batch)["semantic"].argmax(1)
+        got = segmenter.scores(batch)["semantic"].argmax(1)
+        agreements.append(float((got == expected).float().mean()))
+    assert np.mean(agreements) > AGREEMENT, agreements
+
+
+def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    out = tmp_path / "model.int8.onnx"
+    status = main(["quantize", "--checkpoint", str(path), "--data", "synthetic",
+                   "--option", "size=48", "--option", "num_images=6", "--images", "4",
+                   "--out", str(out)])  # fmt: skip
+    assert status == 0 and out.is_file()
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["calibration_images"] == 4 and report["images"] == 6
+    assert 0.0 <= report["agreement"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "of labels equal to fp32's" in printed and "mean IU fp32" in printed
+    status = main(["eval", "--checkpoint", str(path), "--onnx", str(out), "--data", "synthetic",
+                   "--option", "size=48", "--option", "num_images=2", "--workers", "0",
+                   "--out", str(tmp_path / "eval.json")])  # fmt: skip
+    assert status == 0 and "engine" in capsys.readouterr().out
+
+
+def test_an_empty_calibration_folder_is_one_line(tmp_path, fcnseg_cli):
+    model = fcnseg.build_model("fcn32s_resnet18", num_classes=2)
+    path = ckpt.save_checkpoint(record_of(model), tmp_path / "model.pt")
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\nthing\n")
+    result = fcnseg_cli("quantize", "--checkpoint", path, "--data", "folder", "--root", root,
+                        "--split", "none", "--out", tmp_path / "x.onnx")  # fmt: skip
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "image" in lines[0], result.stderr
+
+
+def test_eval_refuses_an_onnx_file_of_another_checkpoint(quantized, tmp_path, capsys):
+    _, _, int8 = quantized
+    other = tiny_checkpoint(tmp_path / "other.pt", seed=5, classes=7)
+    status = main(["eval", "--checkpoint", str(other), "--onnx", str(int8), "--data", "synthetic",
+                   "--option", "size=48"])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status != 0 and len(lines) == 1 and "another checkpoint" in lines[0], lines

@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("modelfile",),
     ("data.*", "losses", "metrics", "hha", "config", "viz"),
     ("engine.*",),
-    ("speed", "tiling", "export", "inference"),
+    ("speed", "tiling", "tta", "export", "engines", "quantize", "inference"),
     ("cli", "commands.*", "__main__", ""),  # "": the fcnseg package itself
 )
 

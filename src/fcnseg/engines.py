@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import RECORD_KEY, OnnxSegmenter, export_onnx
+from .export import RECORD_KEY, OnnxSegmenter, _read_record, export_onnx
 from .modelfile import ModelRecord, read_record
 from .models import ModelSpec
 
@@ -234,8 +234,6 @@ class OpenVinoRunner:
 def file_record(path: Path | str) -> dict[str, Any]:
     """The spec, classes and palette an fcnseg ONNX file records (read without running it)."""
     import onnx
-
-    from .export import _read_record
 
     model = onnx.load(str(path), load_external_data=False)
     return _read_record({prop.key: prop.value for prop in model.metadata_props}, Path(path))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .engine.evaluate import model_inputs, model_targets, task_metrics
 from .export import RECORD_KEY, _require
 from .fileio import atomic_write
 from .metrics import MultiTaskConfusion
@@ -197,8 +198,6 @@ def compare(
 ) -> Comparison:
     """Run both scoring functions (normalised batch by input -> scores by task) over
     ``samples`` (batch, labels by task) and compare their labels."""
-    from .engine.evaluate import task_metrics
-
     confusions = [MultiTaskConfusion(spec.task_classes, ignore_index) for _ in range(2)]
     agreements, count = [], 0
     for batch, targets in samples:
@@ -229,16 +228,12 @@ class CalibrationImages:
         return self.count
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        from .engine.evaluate import model_inputs
-
         image, _ = self.dataset[index]
         return {k: v[None].numpy() for k, v in model_inputs(image, self.spec).items()}
 
 
 def labelled_samples(dataset, spec, limit: int | None = None):
     """(normalised batch of one by input, labels by task) for the first ``limit`` items."""
-    from .engine.evaluate import model_inputs, model_targets
-
     for index in range(min(limit or len(dataset), len(dataset))):
         image, label = dataset[index]
         inputs = {k: v[None] for k, v in model_inputs(image, spec).items()}

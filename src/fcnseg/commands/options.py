@@ -6,6 +6,9 @@ import argparse
 
 import torch
 
+from ..engines import require
+from ..tta import TTA
+
 __all__ = ["add_engine", "add_threads", "add_tta", "apply_threads", "check_engine", "tta_of"]
 
 
@@ -45,8 +48,6 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
 def check_engine(args: argparse.Namespace) -> None:
     """Refuse an unknown or missing engine in one line, before any file is read."""
     if args.engine is not None:
-        from ..engines import require
-
         require(args.engine)
 
 
@@ -79,10 +80,8 @@ def add_tta(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def tta_of(args: argparse.Namespace):
+def tta_of(args: argparse.Namespace) -> TTA | None:
     """The ``fcnseg.tta.TTA`` the options ask for, or None."""
     if not args.tta and args.tta_scales is None:
         return None
-    from ..tta import TTA
-
     return TTA.of(args.tta_scales, flip=args.tta)

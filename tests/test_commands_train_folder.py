@@ -101,7 +101,7 @@ def test_warmup_longer_than_the_run_is_scaled_and_the_lr_peaks():
 
 
 def test_one_progress_bar_for_the_whole_run(capsys):
-    feedback = Feedback(6, 3, every=2, enabled=True, tty=True)
+    feedback = Feedback(6, 2, every=2, enabled=True, tty=True)  # 3 epochs of 2 steps
     feedback.open(0)
     for step in range(1, 7):
         feedback.step(step, (step - 1) // 2, loss=1.0, lr=0.1, rate=5.0)

@@ -4,6 +4,7 @@ every ``every`` steps with the same numbers, since a bar's carriage returns read
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from datetime import timedelta
@@ -12,13 +13,21 @@ __all__ = ["Feedback"]
 
 
 class Feedback:
-    """The progress of one run on stdout; silent where ``enabled`` is false (DDP's other
-    ranks). ``tty`` defaults to whether stdout is a terminal."""
+    """The progress of one run of ``total`` steps, ``steps_per_epoch`` to an epoch, on
+    stdout; silent where ``enabled`` is false (DDP's other ranks). ``tty`` defaults to
+    whether stdout is a terminal."""
 
     def __init__(
-        self, total: int, epochs: int, *, every: int, enabled: bool, tty: bool | None = None
+        self,
+        total: int,
+        steps_per_epoch: int,
+        *,
+        every: int,
+        enabled: bool,
+        tty: bool | None = None,
     ) -> None:
-        self.total, self.epochs, self.every, self.enabled = total, epochs, every, enabled
+        self.total, self.steps_per_epoch = total, steps_per_epoch
+        self.every, self.enabled = every, enabled
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.bar = None
         self.started, self.first = time.monotonic(), 0
@@ -38,9 +47,13 @@ class Feedback:
                 file=sys.stdout,
             )
 
-    def retotal(self, total: int, epochs: int) -> None:
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total / self.steps_per_epoch)
+
+    def retotal(self, total: int) -> None:
         """The run's length changed (a time budget planned it): count to ``total``."""
-        self.total, self.epochs = total, epochs
+        self.total = total
         if self.bar is not None:
             self.bar.total = total
             self.bar.refresh()

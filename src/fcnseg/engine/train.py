@@ -418,10 +418,7 @@ def _setup(
         interrupt=_Interrupt(),
         budget=Budget(config.time_budget_minutes * 60) if config.time_budget_minutes else None,
         feedback=Feedback(
-            total_iters,
-            math.ceil(total_iters / steps_per_epoch),
-            every=config.log_every,
-            enabled=context.is_main,
+            total_iters, steps_per_epoch, every=config.log_every, enabled=context.is_main
         ),
         notes=tuple(notes),
     )
@@ -898,13 +895,16 @@ def _follow_budget(run: _Run, progress: _Progress, info: StepInfo) -> None:
     """Time the probe steps; after the last of them, plan the run's length."""
     budget, position = run.budget, progress.position
     assert budget is not None
-    budget.observe(info.seconds)
-    if position.planned_iters or not budget.probe_done():
+    if position.planned_iters:
         return
-    costs = Costs(step=budget.step_cost(), validation=_validation_cost(run), save=0.0)
+    budget.observe(info.seconds)
+    if not budget.probe_done():
+        return
+    validation = _validation_cost(run)
     began = time.perf_counter()
     _save(run, progress, finished=False)  # timed, and a checkpoint to resume from
-    budget.costs = costs = dataclasses.replace(costs, save=time.perf_counter() - began)
+    costs = Costs(step=budget.step_cost(), validation=validation, save=time.perf_counter() - began)
+    budget.costs = costs
     planned = plan_steps(
         budget.seconds,
         budget.spent(time.monotonic() - run.started),
@@ -917,7 +917,7 @@ def _follow_budget(run: _Run, progress: _Progress, info: StepInfo) -> None:
     )
     position.planned_iters = int(all_reduce_max(float(planned), run.context))  # rank 0's
     _stretch_schedule(run.scheduler, position.planned_iters)
-    run.feedback.retotal(planned, math.ceil(planned / run.steps_per_epoch))
+    run.feedback.retotal(position.planned_iters)
     run.model.train()
     _announce_plan(run, position, costs)
 
@@ -1121,8 +1121,7 @@ def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
     run.scheduler.load_state_dict(training["scheduler"])
     _stretch_schedule(run.scheduler, _total(run, position))
     if position.planned_iters:  # a time budget planned the run's length
-        total = position.planned_iters
-        run.feedback.retotal(total, math.ceil(total / run.steps_per_epoch))
+        run.feedback.retotal(position.planned_iters)
     run.scaler.load_state_dict(training["scaler"])
     run.log.truncate_after(position.iteration)
     states = training["rng"]  # a list under DDP: one per rank; last, as they are left

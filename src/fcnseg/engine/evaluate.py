@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -114,12 +114,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    on_batch: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None] | None = None,
 ) -> MultiTaskConfusion:
     """Accumulate predictions of ``model`` (an FCN, possibly DDP-wrapped) over ``loader``
     (this rank's share): one confusion matrix per task.
 
     The model runs in eval mode (dropout off, batch-norm statistics frozen) and is put back
-    in the mode it was in. ``compute()`` on each matrix sums every rank's.
+    in the mode it was in. ``compute()`` on each matrix sums every rank's. ``on_batch``
+    sees each batch's predicted labels and targets by task (per-image scores).
     """
     device = torch.device(device)
     spec = unwrap(model).spec
@@ -137,7 +139,10 @@ def evaluate(
             targets = to_device(model_targets(label, spec), device)
             with autocast(device, amp_dtype):
                 scores = model(inputs, by_task=True)
-            confusion.update({task: s.argmax(1) for task, s in scores.items()}, targets)
+            predictions = {task: s.argmax(1) for task, s in scores.items()}
+            confusion.update(predictions, targets)
+            if on_batch is not None:
+                on_batch(predictions, targets)
     finally:
         model.train(was_training)
     return confusion

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from ..fileio import atomic_write
 from ..metrics import ConfusionMatrix, MultiTaskConfusion, metrics_from_matrix
 from ..modelfile import unwrap
 from .distributed import Context
-from .evaluate import eval_loader, model_inputs, model_targets, to_device
+from .evaluate import eval_loader, evaluate
 
 __all__ = ["ImageScore", "evaluate_per_image", "write_per_image_csv", "worst"]
 
@@ -32,7 +31,6 @@ class ImageScore:
     iu: list[float]  # per class; NaN where the class is in neither label nor prediction
 
 
-@torch.no_grad()
 def evaluate_per_image(
     model: nn.Module,
     dataset: Dataset,
@@ -42,40 +40,35 @@ def evaluate_per_image(
     num_workers: int = 0,
     progress: bool = False,
 ) -> tuple[MultiTaskConfusion, list[ImageScore]]:
-    """The dataset's confusion (as ``evaluate`` gives it) and every image's scores, in the
-    dataset's order. For single-task models: one set of class columns per row."""
-    device = torch.device(device)
+    """The dataset's confusion (``evaluate``'s) and every image's scores, in the dataset's
+    order. For single-task models: one set of class columns per row."""
     spec = unwrap(model).spec
     if len(spec.tasks) != 1:
         raise ValueError(
             f"per-image scores are for single-task models; {spec.label} predicts "
             f"{list(spec.task_names)}: evaluate without --per-image"
         )
-    (task, classes), = spec.task_classes.items()
-    total = MultiTaskConfusion(spec.task_classes, ignore_index)
-    loader = eval_loader(dataset, Context(device=device), num_workers=num_workers)
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, file=sys.stderr)
+    ((task, classes),) = spec.task_classes.items()
     scores, names = [], _names(dataset)
-    was_training = model.training
-    model.eval()
-    try:
-        for index, (image, label) in enumerate(loader):
-            inputs = to_device(model_inputs(image, spec), device)
-            target = to_device(model_targets(label, spec), device)[task]
-            prediction = model(inputs, by_task=True)[task].argmax(1)
-            one = ConfusionMatrix(classes, ignore_index)
-            one.update(prediction, target)
-            total[task].merge(one)
-            metrics = metrics_from_matrix(one.matrix)
-            name, path = names[index]
-            scores.append(
-                ImageScore(name, path, metrics["pixel_acc"], metrics["mean_iu"], metrics["iu"])
-            )
-    finally:
-        model.train(was_training)
+
+    def score(predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
+        one = ConfusionMatrix(classes, ignore_index)  # the loader's batches are single images
+        one.update(predictions[task], targets[task])
+        metrics = metrics_from_matrix(one.matrix)
+        name, path = names[len(scores)]
+        scores.append(
+            ImageScore(name, path, metrics["pixel_acc"], metrics["mean_iu"], metrics["iu"])
+        )
+
+    loader = eval_loader(dataset, Context(device=torch.device(device)), num_workers=num_workers)
+    total = evaluate(
+        model,
+        loader,
+        ignore_index=ignore_index,
+        device=device,
+        progress=progress,
+        on_batch=score,
+    )
     return total, scores
 
 

@@ -33,7 +33,7 @@ from _fresh import in_fresh_process
 
 import fcnseg
 from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engines import cached_onnx, choose_engine, installed
+from fcnseg.engines import cached_onnx, choose_engine, installed, onnx_module
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 from fcnseg.speed import InferenceOptions
@@ -170,7 +170,6 @@ def _mean_iu(segmenter: Segmenter, dataset, spec) -> tuple[float, float]:
 
 def accuracy(args: argparse.Namespace) -> None:
     from fcnseg.data import build_dataset, eval_transforms
-    from fcnseg.export import load_onnx
     from fcnseg.modelfile import read_record
     from fcnseg.quantize import CalibrationImages, compare, labelled_samples, quantize_onnx
     from fcnseg.tta import TTA
@@ -185,10 +184,7 @@ def accuracy(args: argparse.Namespace) -> None:
     engine = choose_engine("auto", None, args.threads[0])
     print(f"\nCamVid val ({len(data['val'])} images), {args.camvid}, {args.threads[0]} thread(s), "
           f"TTA on {engine}; load: {_load()}")  # fmt: skip
-    runner = load_onnx(fp32, threads=args.threads[0])
-
-    def scoring(runner):
-        return lambda b: {k: torch.from_numpy(v) for k, v in runner({n: t.numpy() for n, t in b.items()}).items()}  # noqa: E501
+    fp32_model = onnx_module("onnxruntime", fp32, record.spec, args.threads[0])
 
     for method, keep_head in args.int8:
         out = args.work / f"camvid-{method}-{'fp32head' if keep_head else 'int8head'}.int8.onnx"
@@ -196,7 +192,8 @@ def accuracy(args: argparse.Namespace) -> None:
         images = CalibrationImages(data["train"], record.spec, 200)
         quantize_onnx(fp32, out, images, keep_head=keep_head, method=method)
         took = time.perf_counter() - tick
-        result = compare(scoring(runner), scoring(load_onnx(out, threads=args.threads[0])),
+        int8_model = onnx_module("onnxruntime", out, record.spec, args.threads[0])
+        result = compare(fp32_model, int8_model,
                          labelled_samples(data["val"], record.spec), record.spec, 255)  # fmt: skip
         head = "head fp32" if keep_head else "head int8"
         print(f"int8 {method}, {head} (200 images, {took:.0f} s): " + "; ".join(result.lines()),

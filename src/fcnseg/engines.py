@@ -54,6 +54,7 @@ __all__ = [
     "choose_engine",
     "file_digest",
     "installed",
+    "onnx_module",
     "onnx_runner",
 ]
 
@@ -149,14 +150,18 @@ def user_cache() -> Path:
     return Path(base) / "fcnseg" / "onnx"
 
 
+def _metadata(path: Path | str) -> dict[str, str]:
+    """An ONNX file's metadata_props (its graph is parsed, its weights' external data not)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
 def recorded_source(path: Path) -> str | None:
     """The checkpoint digest an exported file records (None: none, or unreadable)."""
     try:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        meta = {prop.key: prop.value for prop in model.metadata_props}
-        return json.loads(meta[RECORD_KEY]).get(SOURCE_KEY)
+        return json.loads(_metadata(path)[RECORD_KEY]).get(SOURCE_KEY)
     except Exception:  # a half-written or foreign file: export again
         return None
 
@@ -233,10 +238,7 @@ class OpenVinoRunner:
 
 def file_record(path: Path | str) -> dict[str, Any]:
     """The spec, classes and palette an fcnseg ONNX file records (read without running it)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return _read_record({prop.key: prop.value for prop in model.metadata_props}, Path(path))
+    return _read_record(_metadata(path), Path(path))
 
 
 def onnx_runner(engine: str, path: Path | str, spec: ModelSpec, threads: int | None = None):
@@ -246,6 +248,13 @@ def onnx_runner(engine: str, path: Path | str, spec: ModelSpec, threads: int | N
     if engine == "onnxruntime":
         return OnnxSegmenter(path, threads=threads)
     raise EngineError(f"engine {engine!r} does not run ONNX files: use onnxruntime or openvino")
+
+
+def onnx_module(
+    engine: str, path: Path | str, spec: ModelSpec, threads: int | None = None
+) -> EngineModule:
+    """The ONNX file run on ``engine`` behind the model interface (scores by task)."""
+    return EngineModule(onnx_runner(engine, path, spec, threads), spec, engine)
 
 
 class EngineModule(nn.Module):

@@ -30,11 +30,10 @@ from .data.palettes import flat_palette, voc_palette
 from .engine.distributed import resolve_device
 from .engines import (
     EngineError,
-    EngineModule,
     cached_onnx,
     choose_engine,
     file_record,
-    onnx_runner,
+    onnx_module,
 )
 from .fileio import atomic_write
 from .modelfile import read_record
@@ -152,9 +151,9 @@ class Segmenter:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
         record = file_record(path)
-        runner = onnx_runner(engine, path, record["spec"], threads or torch.get_num_threads())
+        threads = threads or torch.get_num_threads()
         return cls(
-            EngineModule(runner, record["spec"], engine),
+            onnx_module(engine, path, record["spec"], threads),
             classes=record.get("classes") or None,
             palette=record.get("palette") or None,
             ignore_index=int(record.get("ignore_index", 255)),

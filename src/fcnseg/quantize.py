@@ -240,6 +240,3 @@ def labelled_samples(dataset, spec, limit: int | None = None):
         targets = {k: torch.as_tensor(v)[None] for k, v in model_targets(label, spec).items()}
         yield inputs, targets
 
-
-def numpy_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: tensor.detach().cpu().numpy() for name, tensor in batch.items()}

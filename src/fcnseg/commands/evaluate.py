@@ -21,8 +21,6 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Subset
 
-from ..config import parse_literal
-from ..data import DatasetError, build_dataset, eval_transforms
 from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.distributed import Context, resolve_device
 from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics, task_metrics
@@ -30,7 +28,16 @@ from ..engine.perimage import evaluate_per_image, worst, write_per_image_csv
 from ..engines import check_source
 from ..inference import Segmenter
 from ..metrics import json_safe
-from .options import add_engine, add_threads, add_tta, apply_threads, check_engine, tta_of
+from .options import (
+    add_dataset,
+    add_engine,
+    add_threads,
+    add_tta,
+    apply_threads,
+    check_engine,
+    open_dataset,
+    tta_of,
+)
 from .table import print_table
 
 
@@ -42,20 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "frequency-weighted IU and per-class IU, printed and written as JSON.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
-    parser.add_argument("--data", required=True, help="dataset name (synthetic, camvid, voc, ...)")
-    parser.add_argument("--root", type=Path, help="the dataset's folder (not for synthetic)")
-    parser.add_argument(
-        "--split",
-        default="val",
-        type=_split,
-        help="split to evaluate (default val); none: every image of a dataset without splits",
-    )
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a reader option, e.g. size=96 or sbd_root=data/sbd (repeatable)",
+    add_dataset(
+        parser,
+        data_help="dataset name (synthetic, camvid, voc, ...)",
+        split="val",
+        split_help="split to evaluate (default val); none: every image of a dataset without "
+        "splits",
     )
     parser.add_argument(
         "--max-images", type=int, metavar="N", help="evaluate only the first N images (N >= 1)"
@@ -82,21 +81,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _split(text: str) -> str | None:
-    """ "none" (any case) is no split: the folder reader's flat layout has none."""
-    return None if text.lower() == "none" else text
-
-
-def _options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {item!r} is not KEY=VALUE")
-        options[key.strip()] = parse_literal(value.strip())
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(
@@ -108,16 +92,7 @@ def run(args: argparse.Namespace) -> int:
     record = load_checkpoint(args.checkpoint)
     model = record.build()
     runner = _runner(args, model)
-    try:
-        dataset = build_dataset(
-            args.data,
-            root=args.root,
-            split=args.split,
-            transforms=eval_transforms(model.normalization),
-            **_options(args.option),
-        )
-    except TypeError as error:  # an option the reader does not take
-        raise DatasetError(f"dataset {args.data!r}: {error}") from None
+    dataset = open_dataset(args, args.split, model.normalization)
     classes = _classes(record, dataset, args)
     if args.max_images is not None:
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))

@@ -3,13 +3,72 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
+from ..config import parse_literal
+from ..data import DatasetError, build_dataset, eval_transforms
 from ..engines import require
 from ..tta import TTA
 
-__all__ = ["add_engine", "add_threads", "add_tta", "apply_threads", "check_engine", "tta_of"]
+__all__ = [
+    "add_dataset",
+    "add_engine",
+    "add_threads",
+    "add_tta",
+    "apply_threads",
+    "check_engine",
+    "open_dataset",
+    "split_name",
+    "tta_of",
+]
+
+
+def split_name(text: str) -> str | None:
+    """ "none" (any case) is no split: the folder reader's flat layout has none."""
+    return None if text.lower() == "none" else text
+
+
+def _reader_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r} is not KEY=VALUE")
+        options[key.strip()] = parse_literal(value.strip())
+    return options
+
+
+def add_dataset(parser: argparse.ArgumentParser, *, data_help: str, split: str, split_help: str):
+    """``--data``, ``--root``, ``--split`` and ``--option KEY=VALUE``: a dataset to read."""
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--root", type=Path, help="the dataset's folder (not for synthetic)")
+    parser.add_argument("--split", default=split, type=split_name, help=split_help)
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a reader option, e.g. size=96 or sbd_root=data/sbd (repeatable)",
+    )
+
+
+def open_dataset(args: argparse.Namespace, split: str | None, normalization: Callable) -> Dataset:
+    """The ``--data`` reader on ``split``, images normalised for the model; a reader option
+    it does not take is one line."""
+    try:
+        return build_dataset(
+            args.data,
+            root=args.root,
+            split=split,
+            transforms=eval_transforms(normalization),
+            **_reader_options(args.option),
+        )
+    except TypeError as error:  # an option the reader does not take
+        raise DatasetError(f"dataset {args.data!r}: {error}") from None
 
 
 def _threads(text: str) -> int:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import DatasetError, build_dataset, eval_transforms
-from ..engines import cached_onnx
-from ..export import load_onnx
+from ..data import DatasetError
+from ..engines import cached_onnx, onnx_module
 from ..metrics import json_safe
 from ..modelfile import read_record
 from ..quantize import (
@@ -28,11 +27,9 @@ from ..quantize import (
     CalibrationImages,
     compare,
     labelled_samples,
-    numpy_batch,
     quantize_onnx,
 )
-from .evaluate import _options, _split
-from .options import add_threads, apply_threads
+from .options import add_dataset, add_threads, apply_threads, open_dataset, split_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,12 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "weights), with a report of label agreement and mean IU against fp32.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
-    parser.add_argument("--data", required=True, help="dataset to calibrate on (camvid, ...)")
-    parser.add_argument("--root", type=Path, help="the dataset's folder (not for synthetic)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a reader option (repeatable)")  # fmt: skip
-    parser.add_argument("--split", default="train", type=_split, help="calibration split")
-    parser.add_argument("--val-split", default="val", type=_split,
+    add_dataset(parser, data_help="dataset to calibrate on (camvid, ...)", split="train",
+                split_help="calibration split")  # fmt: skip
+    parser.add_argument("--val-split", default="val", type=split_name,
                         help="split the report compares fp32 and int8 on (none: no report)")  # fmt: skip
     parser.add_argument("--images", type=int, default=MAX_CALIBRATION, metavar="N",
                         help=f"calibration images (default {MAX_CALIBRATION})")  # fmt: skip
@@ -62,16 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _dataset(args, split, normalization):
-    try:
-        dataset = build_dataset(
-            args.data,
-            root=args.root,
-            split=split,
-            transforms=eval_transforms(normalization),
-            **_options(args.option),
-        )
-    except TypeError as error:
-        raise DatasetError(f"dataset {args.data!r}: {error}") from None
+    dataset = open_dataset(args, split, normalization)
     if len(dataset) == 0:
         raise DatasetError(f"{args.data} {split or ''} at {args.root}: no images to calibrate on")
     return dataset
@@ -109,15 +94,13 @@ def run(args: argparse.Namespace) -> int:
 def _report(args, record, normalization, fp32: Path):
     val = _dataset(args, args.val_split, normalization)
     threads = args.threads or torch.get_num_threads()
-    runners = [load_onnx(path, threads=threads) for path in (fp32, args.out)]
-
-    def scoring(runner):
-        return lambda batch: {k: torch.from_numpy(v) for k, v in runner(numpy_batch(batch)).items()}
-
+    fp32_model, int8_model = (
+        onnx_module("onnxruntime", path, record.spec, threads) for path in (fp32, args.out)
+    )
     print(f"comparing fp32 and int8 on {len(val)} {args.data} {args.val_split} images")
     return compare(
-        scoring(runners[0]),
-        scoring(runners[1]),
+        fp32_model,
+        int8_model,
         labelled_samples(val, record.spec),
         record.spec,
         record.ignore_index,

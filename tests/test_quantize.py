@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from slim_models import TINY, TinyVGG, model_inputs
-from test_engines import tiny_checkpoint
+from slim_models import TINY, model_inputs
+from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
 
 import fcnseg
 from fcnseg import engines
@@ -16,7 +16,6 @@ from fcnseg.cli import main
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
-from fcnseg.models.backbones import BACKBONES
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -26,13 +25,6 @@ from fcnseg.quantize import head_nodes, quantize_onnx  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 AGREEMENT = 0.95  # tiny random net on random images: int8 kept 99% of labels when written
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_backbone():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(BACKBONES, TINY, TinyVGG)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from slim_models import TINY, TinyVGG, raw_images
-from test_engines import tiny_checkpoint
+from slim_models import raw_images
+from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
 
 from fcnseg import engines
 from fcnseg.inference import Segmenter
-from fcnseg.models.backbones import BACKBONES
 from fcnseg.tiling import Tiling
 from fcnseg.tta import TTA, tta_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TILING = Tiling.of((48, 40), overlap=(16, 10))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_backbone():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(BACKBONES, TINY, TinyVGG)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -227,7 +227,7 @@ class FolderDataset(SegmentationDataset):
             if (images_dir / self.split).is_dir():
                 images_dir, masks_dir = images_dir / self.split, masks_dir / self.split
                 require_dir(masks_dir, "masks folder", f"put the {self.split} masks there")
-            elif has_split(self.root, self.split):
+            elif (self.root / f"{self.split}.txt").is_file():
                 wanted = read_split_file(self.root / f"{self.split}.txt", "list one stem per line")
             else:
                 raise DatasetError(

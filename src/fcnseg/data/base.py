@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .palettes import Color, colors_to_indices
 
@@ -47,6 +47,7 @@ __all__ = [
     "register_dataset",
     "build_dataset",
     "list_datasets",
+    "item_names",
 ]
 
 IGNORE_INDEX = 255
@@ -510,3 +511,15 @@ def _takes_no_split(factory: Callable[..., Dataset]) -> bool:
     except (TypeError, ValueError):  # no signature to read: let the reader decide
         return True
     return parameter is not None and parameter.default is None
+
+
+def item_names(dataset: Dataset) -> list[tuple[str, str]]:
+    """(id, image path) of every item of a reader, or of a Subset of one; the index and ""
+    where the reader names no samples (synthetic images)."""
+    indices: Sequence[int] = range(len(dataset))
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, dataset.indices
+    samples = getattr(dataset, "samples", None)
+    if not samples:
+        return [(str(index), "") for index in indices]
+    return [(samples[index].id, str(samples[index].image)) for index in indices]

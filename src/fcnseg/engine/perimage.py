@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
+from ..data.base import item_names
 from ..fileio import atomic_write
 from ..metrics import ConfusionMatrix, MultiTaskConfusion, metrics_from_matrix
 from ..modelfile import unwrap
@@ -49,7 +50,7 @@ def evaluate_per_image(
             f"{list(spec.task_names)}: evaluate without --per-image"
         )
     ((task, classes),) = spec.task_classes.items()
-    scores, names = [], _names(dataset)
+    scores, names = [], item_names(dataset)
 
     def score(predictions: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
         one = ConfusionMatrix(classes, ignore_index)  # the loader's batches are single images
@@ -70,17 +71,6 @@ def evaluate_per_image(
         on_batch=score,
     )
     return total, scores
-
-
-def _names(dataset: Dataset) -> list[tuple[str, str]]:
-    """(id, image path) of every item, through a Subset; the index where there are none."""
-    indices: Sequence[int] = range(len(dataset))
-    if isinstance(dataset, Subset):
-        dataset, indices = dataset.dataset, dataset.indices
-    samples = getattr(dataset, "samples", None)
-    if not samples:
-        return [(str(index), "") for index in indices]
-    return [(samples[index].id, str(samples[index].image)) for index in indices]
 
 
 def worst(scores: Sequence[ImageScore], count: int = 5) -> list[ImageScore]:

@@ -4,13 +4,13 @@ hold-out (``val_split = "random"``) recorded in the run folder's ``val_images.tx
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from ..config import RANDOM_SPLIT, ConfigError, TrainConfig
+from ..data.base import item_names
 from ..data.folder import has_split
 from ..fileio import atomic_write
 
@@ -59,15 +59,9 @@ def hold_out(
     return Subset(train_set, train_indices), Subset(val_set, val_indices)
 
 
-def sample_ids(dataset: Subset) -> list[str]:
-    """The ids (file stems) of a subset's images, in order."""
-    samples: Sequence = getattr(dataset.dataset, "samples", ())
-    return [samples[index].id if samples else str(index) for index in dataset.indices]
-
-
 def write_val_list(run_dir: Path, val_set: Subset) -> Path:
     """``val_images.txt``: one held-out image id per line."""
     path = run_dir / VAL_LIST
-    text = "".join(f"{name}\n" for name in sample_ids(val_set))
+    text = "".join(f"{name}\n" for name, _ in item_names(val_set))
     atomic_write(path, lambda temporary: temporary.write_text(text))
     return path

@@ -16,6 +16,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from slim_models import TINY, TinyVGG, randomise_scores, raw_images
 
 import fcnseg
@@ -185,11 +186,25 @@ def test_predict_engine_errors_are_one_line(tmp_path, fcnseg_cli, cli_environmen
         assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
+def test_a_corrupt_onnx_file_is_one_line_and_the_photos_stay(
+    tmp_path, fcnseg_cli, one_line_error, file_hashes
+):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(photos / "street.png")
+    damaged = tmp_path / "model.onnx"
+    damaged.write_bytes(b"not an onnx model\x81\x00")
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli("predict", "--checkpoint", damaged, photos, "--out", photos)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert str(damaged) in line and "not a readable ONNX file" in line
+    assert file_hashes(tmp_path) == before
+
+
 @pytest.mark.parametrize("engine", ONNX_ENGINES)
 def test_predict_and_eval_run_on_the_engine_with_tta(engine, tmp_path, capsys):
     _needs(engine)
-    from PIL import Image
-
     from fcnseg.cli import main
 
     path = tiny_checkpoint(tmp_path / "model.pt", classes=7)

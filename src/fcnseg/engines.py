@@ -154,7 +154,14 @@ def _metadata(path: Path | str) -> dict[str, str]:
     """An ONNX file's metadata_props (its graph is parsed, its weights' external data not)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError on bytes that are not a model, ...
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise EngineError(
+            f"{path} is not a readable ONNX file ({first}): export it again "
+            "(fcnseg export onnx, or fcnseg quantize)"
+        ) from None
     return {prop.key: prop.value for prop in model.metadata_props}
 
 

@@ -95,9 +95,16 @@ def run(args: argparse.Namespace) -> int:
     resume = f"fcnseg train --resume {_quote(run_dir)}"
     try:
         result = train(config, run_dir, resume=args.resume is not None)
-    except (NonFiniteLossError, CollectiveTimeoutError) as error:
+    except NonFiniteLossError as error:
         print(f"fcnseg: error: {error}", file=sys.stderr)
         return 1
+    except CollectiveTimeoutError as error:
+        print(f"fcnseg: error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # gloo's threads still wait on the silent rank: at a normal interpreter exit their
+        # destructors can abort the process ("terminate called without an active
+        # exception", status -6) after the line above. Everything this run wrote is closed.
+        os._exit(1)
     except WriteError as error:
         kept = any(run_dir.rglob("last.pt"))
         then = f"then resume: {resume}" if kept else "then run the command again"

@@ -126,6 +126,9 @@ class TrainConfig:
     # Not under DDP: two gloo ranks with channels-last weights validated a few pixels apart
     # from one process evaluating the saved weights (tests/test_engine_distributed.py)
     channels_last: bool = True
+    # weight averaging (fcnseg.engine.average): validate, keep and deploy an exponential
+    # moving average of the weights with this decay (0.999 spans about 1000 steps); 0: off
+    ema_decay: float = 0.0
 
     # -- the run
     output: str = "runs"
@@ -197,6 +200,11 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: val_split = {RANDOM_SPLIT!r} holds out training images, but "
                 f"val_dataset is {self.val_dataset!r}: name a val_split of that dataset"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(
+                f"{source}: ema_decay is the average's decay per step: use 0 <= ema_decay < 1 "
+                f"(0: off; 0.999 spans about 1000 steps), got {self.ema_decay}"
             )
         if not 0.0 <= self.loss_sampling < 1.0:
             raise ConfigError(

@@ -62,6 +62,7 @@ from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
 from ..surgery import transplant
 from . import checkpoint as ckpt
+from .average import WeightAverage
 from .budget import PROBE_STEPS, Budget, Costs, minutes, plan_steps
 from .distributed import (
     Context,
@@ -163,6 +164,7 @@ class _Run:
     interrupt: _Interrupt
     budget: Budget | None  # time_budget_minutes: the schedule's length is planned by time
     feedback: Feedback
+    average: WeightAverage | None  # ema_decay: the averaged weights are validated and kept
     notes: tuple[str, ...] = ()  # what the run chose for the user (splits, warm-up), announced
     started: float = field(default_factory=time.monotonic)
 
@@ -197,6 +199,7 @@ class _Progress:
     metrics: dict[str, Any] = field(default_factory=dict)  # the latest validation's
     confusion: dict[str, torch.Tensor] | None = None  # by task
     new_best: bool = False  # the latest validation beat every earlier one: best.pt is due
+    trained: dict[str, Any] = field(default_factory=dict)  # averaging on: the raw weights'
 
     def step_done(self) -> None:
         self.position.step_in_epoch += 1
@@ -317,6 +320,8 @@ def _train_one(
         _announce(run, progress, resumed=resumed is not None, extended=extended)
     with run.interrupt:
         stopped = _loop(run, progress)
+    if run.average is not None and stopped != "interrupted":
+        _validate_trained(run, progress)
     if context.is_main:
         _report(run, progress)
         run.log.close()
@@ -381,6 +386,7 @@ def _setup(
     model = _build_model(config, spec, init=init).to(context.device)
     if config.channels_last and not context.distributed:  # DDP: see TrainConfig
         model = model.to(memory_format=torch.channels_last)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     _set_transforms(data.train, _train_transforms(config, model.normalization))
     _set_transforms(data.val, eval_transforms(model.normalization))
     if config.class_weights == "median":  # computed once, then kept in config.json
@@ -420,6 +426,7 @@ def _setup(
         feedback=Feedback(
             total_iters, steps_per_epoch, every=config.log_every, enabled=context.is_main
         ),
+        average=average,
         notes=tuple(notes),
     )
 
@@ -772,6 +779,8 @@ def train_one_epoch(run: _Run, progress: _Progress) -> str | None:
         micro = [next(batches) for _ in range(config.accumulate)]
         loss, images = _train_step(run, position, micro)
         progress.step_done()
+        if run.average is not None:
+            run.average.update(run.net, position.iteration)
         info = StepInfo(
             iteration=position.iteration,
             epoch=position.epoch,
@@ -1014,7 +1023,8 @@ def _diverged(run: _Run, position: _Position, what: str) -> None:
 def _validate(run: _Run, progress: _Progress) -> None:
     """Evaluate on the validation set (every rank its shard) and log the summed metrics."""
     context = run.context
-    confusion = _evaluate(run, run.data.val, progress=context.is_main and sys.stdout.isatty())
+    with _averaged(run):
+        confusion = _evaluate(run, run.data.val, progress=context.is_main and sys.stdout.isatty())
     metrics = task_metrics(confusion)
     tasks = run.spec.task_names
     if len(tasks) == 1:
@@ -1030,6 +1040,26 @@ def _validate(run: _Run, progress: _Progress) -> None:
         {"event": "val", "epoch": position.epoch, "iteration": position.iteration, **summary}
     )
     run.feedback.write(f"iteration {position.iteration}: {text}")
+
+
+def _averaged(run: _Run) -> contextlib.AbstractContextManager:
+    """The model holds the averaged weights inside (ema_decay), its own without averaging."""
+    return run.average.applied(run.net) if run.average is not None else contextlib.nullcontext()
+
+
+def _validate_trained(run: _Run, progress: _Progress) -> None:
+    """Averaging on: the trained weights validated once at the end, beside the average, so
+    the run shows what averaging gained (log.jsonl "trained", metrics.json)."""
+    confusion = _evaluate(run, run.data.val, progress=False)
+    task = run.spec.task_names[0]
+    progress.trained = task_metrics(confusion)[task]
+    iteration = progress.position.iteration
+    run.log.write({"event": "trained", "iteration": iteration, **progress.trained})
+    averaged = progress.metrics.get("mean_iu", float("nan"))
+    run.feedback.write(
+        f"iteration {iteration}: weight average mean IU {100 * averaged:.1f}; the trained "
+        f"weights without it: {format_metrics(progress.trained)}"
+    )
 
 
 def _evaluate(run: _Run, dataset: Dataset, *, progress: bool):
@@ -1089,8 +1119,11 @@ def _checkpoint(run: _Run, progress: _Progress, *, rng: Any = None) -> ckpt.Mode
         training["scheduler"] = run.scheduler.state_dict()
         training["scaler"] = run.scaler.state_dict()
         training["rng"] = rng
+        if run.average is not None:  # the weights to train on from
+            trained = run.net.state_dict()
+            training["trained_state"] = {k: v.detach().cpu() for k, v in trained.items()}
     tasks = run.spec.task_names
-    return record_of(
+    record = record_of(
         run.model,
         classes={task: run.data.classes[task] for task in tasks},
         palette={task: run.data.palettes[task] for task in tasks},
@@ -1099,6 +1132,10 @@ def _checkpoint(run: _Run, progress: _Progress, *, rng: Any = None) -> ckpt.Mode
         confusion=progress.confusion,
         training=training,
     )
+    if run.average is None:
+        return record
+    averaged = {k: v.detach().cpu() for k, v in run.average.state.items()}
+    return dataclasses.replace(record, state_dict=averaged)  # validated, kept and deployed
 
 
 def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
@@ -1111,8 +1148,11 @@ def _restore(run: _Run, checkpoint: ckpt.ModelRecord) -> _Progress:
             f"builds {run.spec.label} {run.spec.task_classes}: resume with the run's own "
             "config, or start a new run (init_from=... transplants by name)"
         )
-    load_state(run.model, checkpoint.state_dict, where=path)
     training = checkpoint.training
+    trained = training.get("trained_state")  # averaging on: the weights are the average
+    load_state(run.model, trained if trained is not None else checkpoint.state_dict, where=path)
+    if run.average is not None:  # averaging switched on at resume: it starts here
+        run.average.load(checkpoint.state_dict if trained is not None else run.net.state_dict())
     saved = {f.name for f in dataclasses.fields(_Position)}
     position = _Position(**{k: v for k, v in training.items() if k in saved})
     if run.budget is not None:
@@ -1172,7 +1212,7 @@ def _announce(run: _Run, progress: _Progress, *, resumed: bool, extended: bool =
         f"{config.batch_size * config.accumulate} x {run.context.world_size} images a step; "
         f"{config.optimizer} lr {config.lr:g}, {config.schedule} schedule, warm-up "
         f"{config.warmup_iters or 0} steps\n"
-        f"  weights: {_weights_source(config)}\n"
+        f"  weights: {_weights_source(config)}{_average_note(config)}\n"
         f"  run folder {run.run_dir}",
         flush=True,
     )
@@ -1183,6 +1223,16 @@ def _announce(run: _Run, progress: _Progress, *, resumed: bool, extended: bool =
             "world_size": run.context.world_size,
             "device": str(run.context.device),
         }
+    )
+
+
+def _average_note(config: TrainConfig) -> str:
+    if not config.ema_decay:
+        return ""
+    span = round(1 / (1 - config.ema_decay))
+    return (
+        f"; validated and saved as their moving average (ema_decay {config.ema_decay:g}, "
+        f"about {span} steps)"
     )
 
 
@@ -1219,6 +1269,7 @@ def _report(run: _Run, progress: _Progress) -> None:
             "iterations": position.iteration,
             "best_iteration": position.best_iteration,
             "last": progress.metrics,
+            **({"trained": progress.trained} if progress.trained else {}),
         },
         overlays=run.config.overlays if simple else 0,
         device=run.context.device,

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 import time
 
 import pytest
@@ -9,7 +10,15 @@ import torch
 from test_engine_train import tiny
 
 from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engine.budget import PROBE_STEPS, RESERVE, Budget, Costs, plan_steps
+from fcnseg.engine.budget import (
+    PROBE_STEPS,
+    REPLAN_EVERY,
+    RESERVE,
+    Budget,
+    Costs,
+    moved,
+    plan_steps,
+)
 from fcnseg.engine.train import train
 
 
@@ -53,6 +62,23 @@ def test_step_cost_leaves_out_the_first_steps():
     assert budget.step_cost() == 1.0
 
 
+def test_pace_counts_the_steps_since_the_plan_but_not_validations_and_checkpoints():
+    budget = Budget(seconds=600.0)
+    budget.validated(30.0)  # before the first plan: no costs to update yet
+    assert budget.costs is None and budget.pace(10, 50.0) is None
+    budget.costs = Costs(step=1.0, validation=5.0, save=0.5)
+    budget.planned(iteration=12, spent=20.0)
+    assert budget.pace(12, 20.0) is None
+    budget.validated(8.0)
+    budget.saved(0.75)
+    # 50 steps later 128.75 s are spent: 8.75 s of them validating and saving, 100 s stepping
+    assert budget.pace(62, 128.75) == pytest.approx(2.0)
+    assert budget.costs == Costs(step=1.0, validation=8.0, save=0.75)
+    budget.planned(iteration=62, spent=128.75)  # the next pace starts here
+    assert budget.pace(72, 138.75) == pytest.approx(1.0)
+    assert not moved(1000, 1010) and moved(1000, 989) and moved(1000, 1011)
+
+
 def test_a_budgeted_run_plans_its_length_and_ends_inside_the_budget(tmp_path):
     budget_minutes = 0.3
     config = tiny(tmp_path, epochs=1000, time_budget_minutes=budget_minutes, overlays=0)
@@ -64,8 +90,10 @@ def test_a_budgeted_run_plans_its_length_and_ends_inside_the_budget(tmp_path):
     elapsed = time.monotonic() - began
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    (plan,) = [r for r in records if r["event"] == "plan"]
-    assert plan["iteration"] == PROBE_STEPS and plan["planned_iters"] > PROBE_STEPS
+    plans = [r for r in records if r["event"] == "plan"]
+    assert plans[0]["iteration"] == PROBE_STEPS and plans[0]["planned_iters"] > PROBE_STEPS
+    assert all(r["iteration"] % REPLAN_EVERY == 0 for r in plans[1:])
+    plan = plans[-1]
     last = ckpt.load_checkpoint(run / "last.pt")
     assert last.training["planned_iters"] == plan["planned_iters"]
     assert last.training["seconds"] <= budget_minutes * 60  # training, validations, saves
@@ -79,3 +107,35 @@ def test_a_budgeted_run_plans_its_length_and_ends_inside_the_budget(tmp_path):
     assert final_lr < 0.1 * config.resolved().lr  # ... and ran out there
     again = train(config, resume=True)  # a resumed run keeps the plan: nothing left to do
     assert again.iterations == result.iterations and again.stopped == "finished"
+
+
+def test_a_run_that_slows_down_after_the_probe_is_planned_again_and_ends_its_schedule(
+    tmp_path, monkeypatch
+):
+    """Steps three times slower after the probe: the first plan no longer fits. Planned again
+    every REPLAN_EVERY steps, the run still ends inside the budget with its schedule run out,
+    instead of being cut off by the hard stop at a high learning rate."""
+    engine = sys.modules["fcnseg.engine.train"]  # the module: fcnseg.engine.train is train()
+    step = engine._train_step
+
+    def slower(run, position, micro):
+        began = time.perf_counter()
+        result = step(run, position, micro)
+        if position.iteration >= PROBE_STEPS:
+            time.sleep(2 * (time.perf_counter() - began))
+        return result
+
+    monkeypatch.setattr(engine, "_train_step", slower)
+    budget_minutes = 0.4
+    config = tiny(tmp_path, epochs=1000, time_budget_minutes=budget_minutes, overlays=0)
+    config = dataclasses.replace(config, optimizer="adamw", lr=1e-3)
+    result = train(config)
+    lines = (result.run_dir / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    plans = [r["planned_iters"] for r in records if r["event"] == "plan"]
+    assert len(plans) >= 2 and plans[-1] < 0.8 * plans[0], plans  # shrunk to the new pace
+    last = ckpt.load_checkpoint(result.last_checkpoint)
+    assert last.training["seconds"] <= budget_minutes * 60
+    assert result.stopped == "finished" and result.iterations == plans[-1]
+    final_lr = [r["lr"] for r in records if r["event"] == "train"][-1]
+    assert final_lr < 0.1 * config.resolved().lr

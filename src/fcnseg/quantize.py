@@ -15,6 +15,12 @@ layer. They are a sliver of the compute (the backbone's convolutions are nearly 
 it), and their outputs are the class scores themselves, whose small differences decide the
 label at every pixel near a class border: quantizing them cost label agreement on CamVid
 (docs/BENCHMARKS.md). ``compare`` measures what int8 changes on a labelled split.
+
+Mixed precision (``fp32_activations``): ``sensitive_activations`` ranks the int8 file's
+quantized activations by their signal-to-quantization-noise ratio (each tensor before and
+after its QuantizeLinear / DequantizeLinear pair, on a few calibration images); quantizing
+again with the worst few kept in fp32 (every node reading them left unquantized) buys back
+agreement where one per-tensor uint8 scale serves a tensor badly.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ __all__ = [
     "CalibrationImages",
     "Comparison",
     "compare",
+    "consumers",
     "head_nodes",
     "labelled_samples",
     "quantize_onnx",
+    "sensitive_activations",
 ]
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -98,6 +106,12 @@ def head_nodes(model) -> list[str]:
     return sorted(found)
 
 
+def consumers(model, tensors: Iterable[str]) -> list[str]:
+    """The names of the nodes of ``model`` that read any of ``tensors``."""
+    wanted = set(tensors)
+    return sorted(node.name for node in model.graph.node if wanted & set(node.input))
+
+
 def _method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -118,10 +132,12 @@ def quantize_onnx(
     *,
     keep_head: bool = True,
     method: str = "minmax",
+    fp32_activations: Sequence[str] = (),
 ) -> Path:
     """Write the int8 (QDQ, per-channel weights) version of the fp32 file ``fp32``, its
     activation ranges calibrated on ``batches`` (a sequence of normalised N x C x H x W
-    arrays by input name, read lazily). The fcnseg record (spec, classes, palette) is carried over. Atomic."""
+    arrays by input name, read lazily); ``fp32_activations`` (tensor names) stay fp32.
+    The fcnseg record (spec, classes, palette) is carried over. Atomic."""
     _require("onnxruntime")
     if not len(batches):
         raise ValueError("no calibration images: give one or more")
@@ -129,7 +145,8 @@ def quantize_onnx(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     source = onnx.load(str(fp32))
-    exclude = head_nodes(source) if keep_head else []
+    exclude = set(head_nodes(source) if keep_head else [])
+    exclude |= set(consumers(source, fp32_activations))
     record = {prop.key: prop.value for prop in source.metadata_props}
     with tempfile.TemporaryDirectory(prefix="fcnseg-quantize-") as folder:
         written = Path(folder) / "int8.onnx"
@@ -142,27 +159,65 @@ def quantize_onnx(
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
             calibrate_method=_method(method),
-            nodes_to_exclude=exclude,
+            nodes_to_exclude=sorted(exclude),
             # ranges of a few batches at a time; onnxruntime's CalibMaxIntermediateOutputs
             # drops what it collected instead of merging it (onnxruntime 1.32)
             extra_options={"CalibStridedMinMax": _stride(len(batches))},
         )
         model = onnx.load(str(written))
-    _mark(model, record, method, keep_head)
+    how = {"int8": "qdq per-channel", "calibration": method,
+           "head": "fp32" if keep_head else "int8", "fp32_activations": list(fp32_activations)}  # fmt: skip
+    _mark(model, record, how)
     return atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
-def _mark(model, record: Mapping[str, str], method: str, keep_head: bool) -> None:
+def _mark(model, record: Mapping[str, str], how: Mapping[str, Any]) -> None:
     """The source's metadata, with how it was quantized in the fcnseg record."""
     del model.metadata_props[:]
     for key, value in record.items():
         if key == RECORD_KEY:
             data = json.loads(value)
-            data["quantization"] = {"int8": "qdq per-channel", "calibration": method,
-                                    "head": "fp32" if keep_head else "int8"}  # fmt: skip
+            data["quantization"] = dict(how)
             value = json.dumps(data)
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def sensitive_activations(
+    int8: Path | str, batches: Sequence[Mapping[str, np.ndarray]], images: int = 4
+) -> list[tuple[str, float]]:
+    """The quantized activations of the int8 file, least faithful first: (tensor name,
+    signal-to-quantization-noise ratio in dB) over its first ``images`` batches, each tensor
+    compared before and after its QuantizeLinear / DequantizeLinear pair."""
+    _require("onnxruntime")
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    feeds = [
+        {k: np.asarray(v, np.float32) for k, v in batches[i].items()}
+        for i in range(min(images, len(batches)))
+    ]
+    if not feeds:
+        raise ValueError("no calibration images: give one or more")
+    with tempfile.TemporaryDirectory(prefix="fcnseg-sensitivity-") as folder:
+        augmented = Path(folder) / "augmented.onnx"  # every tensor an output
+        modify_model_output_intermediate_tensors(str(int8), str(augmented))
+        activations = collect_activations(str(augmented), feeds)
+    pairs = create_activation_matching(activations)
+    ratios = {name: _sqnr(pair["pre_qdq"], pair["post_qdq"]) for name, pair in pairs.items()}
+    return sorted(ratios.items(), key=lambda item: item[1])
+
+
+def _sqnr(exact: Sequence[np.ndarray], rounded: Sequence[np.ndarray]) -> float:
+    """20 log10(|x| / |x - q|) in dB over all the arrays: higher is more faithful."""
+    signal = np.sqrt(sum(float(np.square(x.astype(np.float64)).sum()) for x in exact))
+    noise = np.sqrt(sum(float(np.square(x.astype(np.float64) - q).sum())
+                        for x, q in zip(exact, rounded, strict=True)))  # fmt: skip
+    tiny = np.finfo(np.float64).tiny
+    return float(20 * np.log10(max(signal, tiny) / max(noise, tiny)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,21 +8,36 @@ checkpoints and the final report end inside the budget. The learning-rate schedu
 cosine) is stretched or shrunk to end at that step, so the run is a whole schedule and not a
 long one cut off. ``epochs`` / ``max_iters`` stay an upper bound.
 
-The planned length is saved in every checkpoint, so a resumed run keeps it (and stays
-bit-exact); the time already spent is saved too and counts against the budget. Should the
-machine slow down after the plan, the budget is also a hard limit: the run stops early
-(evaluated and saved, as with ``time_limit_minutes``) rather than overrun.
+The plan follows the run's own pace: every ``REPLAN_EVERY`` steps it is made again, a step
+now costing what the steps since the previous plan took (``Budget.pace``: their data,
+logging and epoch starts included; validations and checkpoints, timed as they happen, are
+planned on their own), and the schedule is re-sized when the plan moves by more than
+``SLACK`` (a machine busier than during the probe, overheads the probe did not see). The planned length is saved
+in every checkpoint, so a resumed run continues to it; the time already spent is saved too
+and counts against the budget. The budget is also a hard limit: should the last stretch
+still overrun, the run stops early (evaluated and saved, as with ``time_limit_minutes``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
 
-__all__ = ["PROBE_STEPS", "Costs", "plan_steps", "Budget", "minutes"]
+__all__ = [
+    "PROBE_STEPS",
+    "REPLAN_EVERY",
+    "Costs",
+    "plan_steps",
+    "moved",
+    "Budget",
+    "minutes",
+]
 
 PROBE_STEPS = 12  # steps timed before the plan; the first few (allocations) are left out
+REPLAN_EVERY = 50  # steps between two plans once the first is made
+SLACK = 0.01  # a re-plan moving the plan by at most this share of it leaves it as it is
 _SKIP = 2  # probe steps not counted: the first steps allocate and warm caches
 RESERVE = 0.03  # of the budget, kept for what the plan cannot see (loader start-up, report)
 
@@ -88,13 +103,15 @@ def plan_steps(
 
 @dataclass
 class Budget:
-    """The budget of one run: step times seen so far, the time spent before this process
-    (a resumed run's), and the deadline for the hard stop."""
+    """The budget of one run: the probe's step times, the time spent before this process
+    (a resumed run's), the costs the latest plan used, and what has been spent since it."""
 
     seconds: float
     spent_before: float = 0.0
     step_times: list[float] = field(default_factory=list)
     costs: Costs | None = None  # once the probe has measured them
+    since: tuple[int, float] | None = None  # (iteration, seconds spent) at the latest plan
+    aside: float = 0.0  # seconds of validations and checkpoints since the latest plan
 
     def observe(self, seconds: float) -> None:
         self.step_times.append(seconds)
@@ -106,6 +123,30 @@ class Budget:
         """The median step after the first few: robust to a slow step now and then."""
         return statistics.median(self.step_times[_SKIP:] or self.step_times)
 
+    def planned(self, iteration: int, spent: float) -> None:
+        """A plan was made at ``iteration`` with ``spent`` seconds gone: the next pace
+        counts from here."""
+        self.since, self.aside = (iteration, spent), 0.0
+
+    def pace(self, iteration: int, spent: float) -> float | None:
+        """Seconds a step has cost since the latest plan, everything but validations and
+        checkpoints included; None before there is a step to count."""
+        if self.since is None or iteration <= self.since[0]:
+            return None
+        return max(0.0, spent - self.since[1] - self.aside) / (iteration - self.since[0])
+
+    def validated(self, seconds: float) -> None:
+        """A whole validation took ``seconds``: later plans and the hard stop count that."""
+        self.aside += seconds
+        if self.costs is not None:
+            self.costs = dataclasses.replace(self.costs, validation=seconds)
+
+    def saved(self, seconds: float) -> None:
+        """A checkpoint (last.pt, perhaps best.pt) took ``seconds`` to write."""
+        self.aside += seconds
+        if self.costs is not None:
+            self.costs = dataclasses.replace(self.costs, save=seconds)
+
     def spent(self, since_start: float) -> float:
         return self.spent_before + since_start
 
@@ -115,6 +156,11 @@ class Budget:
         as much again for a machine busier than when they were timed."""
         closing = 1.5 * (self.costs.validation + 2 * self.costs.save) if self.costs else 0.0
         return self.spent(since_start) + closing >= self.seconds
+
+
+def moved(planned: int, new: int) -> bool:
+    """Whether a new plan differs from the current one by more than ``SLACK``."""
+    return abs(new - planned) > SLACK * planned
 
 
 def minutes(seconds: float) -> str:

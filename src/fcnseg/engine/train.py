@@ -63,7 +63,7 @@ from ..models.spec import SpecError, tasks_from
 from ..surgery import transplant
 from . import checkpoint as ckpt
 from .average import WeightAverage
-from .budget import PROBE_STEPS, Budget, Costs, minutes, plan_steps
+from .budget import PROBE_STEPS, REPLAN_EVERY, Budget, Costs, minutes, moved, plan_steps
 from .distributed import (
     Context,
     all_mean,
@@ -901,22 +901,42 @@ def _total(run: _Run, position: _Position) -> int:
 
 
 def _follow_budget(run: _Run, progress: _Progress, info: StepInfo) -> None:
-    """Time the probe steps; after the last of them, plan the run's length."""
+    """Plan the run's length after timing the probe steps (a resumed run: after timing them
+    again), then again every ``REPLAN_EVERY`` steps at the pace the run keeps."""
     budget, position = run.budget, progress.position
     assert budget is not None
-    if position.planned_iters:
-        return
-    budget.observe(info.seconds)
-    if not budget.probe_done():
-        return
+    if budget.costs is None:
+        budget.observe(info.seconds)
+        if budget.probe_done():
+            _plan(run, progress, _probe_costs(run, progress))
+    elif position.iteration % REPLAN_EVERY == 0:
+        spent = budget.spent(time.monotonic() - run.started)
+        pace = budget.pace(position.iteration, spent)
+        if pace is not None:
+            _plan(run, progress, dataclasses.replace(budget.costs, step=pace))
+
+
+def _probe_costs(run: _Run, progress: _Progress) -> Costs:
+    """A step (the probe's median), a validation (its first images) and a checkpoint."""
     validation = _validation_cost(run)
     began = time.perf_counter()
     _save(run, progress, finished=False)  # timed, and a checkpoint to resume from
-    costs = Costs(step=budget.step_cost(), validation=validation, save=time.perf_counter() - began)
+    save = time.perf_counter() - began
+    run.model.train()
+    assert run.budget is not None
+    return Costs(step=run.budget.step_cost(), validation=validation, save=save)
+
+
+def _plan(run: _Run, progress: _Progress, costs: Costs) -> None:
+    """Size the run to end inside the budget at ``costs``; the schedule follows a new plan."""
+    budget, position = run.budget, progress.position
+    assert budget is not None
     budget.costs = costs
+    spent = budget.spent(time.monotonic() - run.started)
+    budget.planned(position.iteration, spent)
     planned = plan_steps(
         budget.seconds,
-        budget.spent(time.monotonic() - run.started),
+        spent,
         position.iteration,
         costs,
         steps_per_epoch=run.steps_per_epoch,
@@ -924,11 +944,14 @@ def _follow_budget(run: _Run, progress: _Progress, info: StepInfo) -> None:
         checkpoint_every=run.config.checkpoint_every,
         upper=run.total_iters,
     )
-    position.planned_iters = int(all_reduce_max(float(planned), run.context))  # rank 0's
-    _stretch_schedule(run.scheduler, position.planned_iters)
-    run.feedback.retotal(position.planned_iters)
-    run.model.train()
-    _announce_plan(run, position, costs)
+    planned = int(all_reduce_max(float(planned), run.context))  # every rank the same
+    first = not position.planned_iters
+    if not first and not moved(position.planned_iters, planned):
+        return
+    position.planned_iters = planned
+    _stretch_schedule(run.scheduler, planned)
+    run.feedback.retotal(planned)
+    _announce_plan(run, position, costs, first=first)
 
 
 def _validation_cost(run: _Run, images: int = 4) -> float:
@@ -943,7 +966,7 @@ def _validation_cost(run: _Run, images: int = 4) -> float:
     return per_image * math.ceil(len(val) / run.context.world_size)
 
 
-def _announce_plan(run: _Run, position: _Position, costs: Costs) -> None:
+def _announce_plan(run: _Run, position: _Position, costs: Costs, *, first: bool) -> None:
     planned = position.planned_iters
     run.log.write(
         {
@@ -957,8 +980,9 @@ def _announce_plan(run: _Run, position: _Position, costs: Costs) -> None:
     )
     assert run.budget is not None
     capped = " (capped by epochs / max_iters)" if planned == run.total_iters else ""
+    when = "" if first else f" at step {position.iteration}, planned again"
     run.feedback.write(
-        f"time budget {minutes(run.budget.seconds)}: a step takes {costs.step:.2f} s, a "
+        f"time budget {minutes(run.budget.seconds)}{when}: a step takes {costs.step:.2f} s, a "
         f"validation {minutes(costs.validation)}, a checkpoint {costs.save:.1f} s; planned "
         f"{planned} steps ({planned / run.steps_per_epoch:.1f} epochs){capped}"
     )
@@ -1023,8 +1047,11 @@ def _diverged(run: _Run, position: _Position, what: str) -> None:
 def _validate(run: _Run, progress: _Progress) -> None:
     """Evaluate on the validation set (every rank its shard) and log the summed metrics."""
     context = run.context
+    began = time.perf_counter()
     with _averaged(run):
         confusion = _evaluate(run, run.data.val, progress=context.is_main and sys.stdout.isatty())
+    if run.budget is not None:
+        run.budget.validated(time.perf_counter() - began)
     metrics = task_metrics(confusion)
     tasks = run.spec.task_names
     if len(tasks) == 1:
@@ -1093,12 +1120,14 @@ def _save(run: _Run, progress: _Progress, *, finished: bool) -> None:
         states: list[Any] = [None] * run.context.world_size
         dist.all_gather_object(states, rng)
         rng = states
-    if not run.context.is_main:
-        return
-    if progress.new_best:
-        ckpt.save_checkpoint(_checkpoint(run, progress), run.run_dir / "best.pt")
-        progress.new_best = False
-    ckpt.save_checkpoint(_checkpoint(run, progress, rng=rng), run.run_dir / "last.pt")
+    began = time.perf_counter()
+    if run.context.is_main:
+        if progress.new_best:
+            ckpt.save_checkpoint(_checkpoint(run, progress), run.run_dir / "best.pt")
+            progress.new_best = False
+        ckpt.save_checkpoint(_checkpoint(run, progress, rng=rng), run.run_dir / "last.pt")
+    if run.budget is not None:
+        run.budget.saved(time.perf_counter() - began)
 
 
 def _finite_weights(model: nn.Module) -> bool:

@@ -20,11 +20,17 @@ from fcnseg.modelfile import record_of
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from fcnseg.quantize import head_nodes, quantize_onnx  # noqa: E402
+from fcnseg.quantize import head_nodes, quantize_onnx, sensitive_activations  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 AGREEMENT = 0.95  # tiny random net on random images: int8 kept 99% of labels when written
+
+
+def _batches(path):
+    spec = Segmenter.from_checkpoint(path).spec
+    return [{k: v.numpy() for k, v in model_inputs(spec, 1, 64, 80, seed).items()}
+            for seed in range(8)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +38,11 @@ def quantized(tmp_path_factory):
     folder = tmp_path_factory.mktemp("int8")
     path = tiny_checkpoint(folder / "model.pt", classes=7)
     fp32 = engines.cached_onnx(path)
-    spec = Segmenter.from_checkpoint(path).spec
-    batches = [{k: v.numpy() for k, v in model_inputs(spec, 1, 64, 80, seed).items()}
-               for seed in range(8)]  # fmt: skip
-    return path, fp32, quantize_onnx(fp32, folder / "model.int8.onnx", batches)
+    return path, fp32, quantize_onnx(fp32, folder / "model.int8.onnx", _batches(path))
+
+
+def _quantized_tensors(path) -> set[str]:
+    return {n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"}
 
 
 def test_the_head_stays_fp32_and_the_backbone_is_int8(quantized):
@@ -68,18 +75,36 @@ def test_int8_agrees_with_fp32(quantized, engine):
     assert np.mean(agreements) > AGREEMENT, agreements
 
 
+def test_the_activations_int8_rounds_worst_can_stay_fp32(quantized, tmp_path):
+    path, fp32, int8 = quantized
+    batches = _batches(path)
+    ranked = sensitive_activations(int8, batches, images=2)
+    ratios = [ratio for _, ratio in ranked]
+    assert len(ranked) > 3 and ratios == sorted(ratios)  # least faithful first
+    assert {name for name, _ in ranked} <= _quantized_tensors(int8)
+    keep = [name for name, _ in ranked[:3]]
+    mixed = quantize_onnx(fp32, tmp_path / "mixed.onnx", batches, fp32_activations=keep)
+    left = _quantized_tensors(mixed)
+    assert not set(keep) & left and left  # those three stay fp32, the rest is int8
+    model = onnx.load(str(mixed))
+    record = json.loads({p.key: p.value for p in model.metadata_props}["fcnseg.record"])
+    assert record["quantization"]["fp32_activations"] == keep
+
+
 def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
     out = tmp_path / "model.int8.onnx"
     status = main(["quantize", "--checkpoint", str(path), "--data", "synthetic",
                    "--option", "size=48", "--option", "num_images=6", "--images", "4",
-                   "--out", str(out)])  # fmt: skip
+                   "--fp32-activations", "2", "--out", str(out)])  # fmt: skip
     assert status == 0 and out.is_file()
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["calibration_images"] == 4 and report["images"] == 6
+    assert len(report["fp32_activations"]) == 2
     assert 0.0 <= report["agreement"] <= 1.0
     printed = capsys.readouterr().out
     assert "of labels equal to fp32's" in printed and "mean IU fp32" in printed
+    assert "keeping in fp32 the 2 activations int8 rounds worst" in printed
     status = main(["eval", "--checkpoint", str(path), "--onnx", str(out), "--data", "synthetic",
                    "--option", "size=48", "--option", "num_images=2", "--workers", "0",
                    "--out", str(tmp_path / "eval.json")])  # fmt: skip

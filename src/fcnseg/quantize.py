@@ -19,8 +19,8 @@ label at every pixel near a class border: quantizing them cost label agreement o
 Mixed precision (``fp32_activations``): ``sensitive_activations`` ranks the int8 file's
 quantized activations by their signal-to-quantization-noise ratio (each tensor before and
 after its QuantizeLinear / DequantizeLinear pair, on a few calibration images); quantizing
-again with the worst few kept in fp32 (every node reading them left unquantized) buys back
-agreement where one per-tensor uint8 scale serves a tensor badly.
+again with the worst few kept in fp32 (the nodes writing and reading them unquantized) buys
+back agreement where one per-tensor uint8 scale serves a tensor badly.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ __all__ = [
     "CalibrationImages",
     "Comparison",
     "compare",
-    "consumers",
     "head_nodes",
     "labelled_samples",
+    "nodes_around",
     "quantize_onnx",
     "sensitive_activations",
 ]
@@ -106,10 +106,14 @@ def head_nodes(model) -> list[str]:
     return sorted(found)
 
 
-def consumers(model, tensors: Iterable[str]) -> list[str]:
-    """The names of the nodes of ``model`` that read any of ``tensors``."""
+def nodes_around(model, tensors: Iterable[str]) -> list[str]:
+    """The names of the nodes of ``model`` that write or read any of ``tensors``: left
+    unquantized, they keep those tensors fp32 (an operation such as Add quantizes its own
+    output, a Conv its inputs)."""
     wanted = set(tensors)
-    return sorted(node.name for node in model.graph.node if wanted & set(node.input))
+    return sorted(
+        node.name for node in model.graph.node if wanted & (set(node.input) | set(node.output))
+    )
 
 
 def _method(name: str):
@@ -146,7 +150,7 @@ def quantize_onnx(
 
     source = onnx.load(str(fp32))
     exclude = set(head_nodes(source) if keep_head else [])
-    exclude |= set(consumers(source, fp32_activations))
+    exclude |= set(nodes_around(source, fp32_activations))
     record = {prop.key: prop.value for prop in source.metadata_props}
     with tempfile.TemporaryDirectory(prefix="fcnseg-quantize-") as folder:
         written = Path(folder) / "int8.onnx"
@@ -216,8 +220,11 @@ def _sqnr(exact: Sequence[np.ndarray], rounded: Sequence[np.ndarray]) -> float:
     signal = np.sqrt(sum(float(np.square(x.astype(np.float64)).sum()) for x in exact))
     noise = np.sqrt(sum(float(np.square(x.astype(np.float64) - q).sum())
                         for x, q in zip(exact, rounded, strict=True)))  # fmt: skip
-    tiny = np.finfo(np.float64).tiny
-    return float(20 * np.log10(max(signal, tiny) / max(noise, tiny)))
+    if noise == 0.0:
+        return float("inf")  # every value on the grid: int8 keeps it exactly
+    if signal == 0.0:
+        return float("-inf")  # zeros made into something else
+    return float(20 * np.log10(signal / noise))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 Calibrates on up to ``--images`` (200) training images run whole, writes the int8 (QDQ)
 file, then runs fp32 and int8 over ``--val-split`` (val; ``none`` skips it) and prints
 the share of labels int8 keeps and both mean IUs; the numbers also go to
-``<out>.json``. ``fcnseg predict`` and ``fcnseg eval`` run the file (``fcnseg.quantize``).
+``<out>.json``. ``--fp32-activations N`` quantizes twice: the N activations the first
+file rounds worst (``fcnseg.quantize.sensitive_activations``) stay fp32 in the second. ``fcnseg predict`` and ``fcnseg eval`` run the file (``fcnseg.quantize``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..quantize import (
     compare,
     labelled_samples,
     quantize_onnx,
+    sensitive_activations,
 )
 from .options import add_dataset, add_threads, apply_threads, open_dataset, split_name
 
@@ -50,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how activation ranges are set (default minmax)")  # fmt: skip
     parser.add_argument("--int8-head", action="store_true",
                         help="quantize the head too (score layers, upsampling, fusions)")  # fmt: skip
+    parser.add_argument("--fp32-activations", type=int, default=0, metavar="N",
+                        help="keep the N activations int8 rounds worst in fp32, measured on a "
+                        "first int8 file (default 0: every activation int8)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="the int8 .onnx file to write")
     add_threads(parser)
     parser.set_defaults(run=run)
@@ -65,6 +70,8 @@ def _dataset(args, split, normalization):
 def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise ValueError(f"--images {args.images}: calibrate on 1 image or more")
+    if args.fp32_activations < 0:
+        raise ValueError(f"--fp32-activations {args.fp32_activations}: give 0 or more")
     if args.out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {args.out}: name the int8 file .onnx")
     apply_threads(args)
@@ -75,7 +82,15 @@ def run(args: argparse.Namespace) -> int:
     count = min(args.images, len(calibration))
     print(f"calibrating on {count} {args.data} {args.split} images ({args.calibration})")
     batches = CalibrationImages(calibration, record.spec, count)
-    quantize_onnx(fp32, args.out, batches, keep_head=not args.int8_head, method=args.calibration)
+    options = dict(keep_head=not args.int8_head, method=args.calibration)
+    quantize_onnx(fp32, args.out, batches, **options)
+    kept: list[str] = []
+    if args.fp32_activations:
+        ranked = sensitive_activations(args.out, batches)[: args.fp32_activations]
+        kept = [name for name, _ in ranked]
+        worst = ", ".join(f"{name} ({ratio:.1f} dB)" for name, ratio in ranked)
+        print(f"keeping in fp32 the {len(kept)} activations int8 rounds worst: {worst}")
+        quantize_onnx(fp32, args.out, batches, fp32_activations=kept, **options)
     print(f"wrote {args.out}")
     if args.val_split is None:
         return 0
@@ -84,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     summary = {"checkpoint": str(args.checkpoint), "int8": str(args.out),
                "calibration": args.calibration, "calibration_images": count,
+               "fp32_activations": kept,
                **dataclasses.asdict(report)}  # fmt: skip
     report_path = args.out.with_suffix(".json")
     report_path.write_text(json.dumps(json_safe(summary), indent=2) + "\n")

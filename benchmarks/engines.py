@@ -9,10 +9,14 @@ over torch eager of the same run. The int8 files are calibrated on a few random 
 Accuracy (``--camvid``): a CamVid-trained FCN-8s Lite0 checkpoint on the val split: mean IU
 of fp32, of int8 (onnxruntime's quantizer, 200 training images, with the head in fp32 and
 quantized too) with its label agreement, and of TTA (flip; flip and 0.75/1/1.25) with its
-time per image.
+time per image. ``--fp32-activations 0 4 8`` adds mixed precision: the activations the first
+int8 file rounds worst (by signal-to-quantization-noise ratio) kept fp32, 0, 4 and 8 of them,
+each file's agreement, mean IU and time per image against torch eager and OpenVINO fp32.
 
     python benchmarks/engines.py                                 # speed (about 10 minutes)
     python benchmarks/engines.py --only accuracy --camvid runs/x/best.pt --root data/CamVid
+    python benchmarks/engines.py --only accuracy --camvid runs/x/best.pt --root data/CamVid \
+        --threads 1 --calibrations --fp32-activations 0 4 8 16 --no-tta
 
 Files (checkpoints, ONNX, int8) go to ``--work`` (default /tmp/fcnseg-engines): delete it
 after.
@@ -198,11 +202,60 @@ def accuracy(args: argparse.Namespace) -> None:
         head = "head fp32" if keep_head else "head int8"
         print(f"int8 {method}, {head} (200 images, {took:.0f} s): " + "; ".join(result.lines()),
               flush=True)  # fmt: skip
+    if args.fp32_activations:
+        mixed(args, record, data, fp32, fp32_model)
+    if args.no_tta:
+        return
     for tta in (None, TTA.of([1.0], flip=True), TTA.of([0.75, 1.0, 1.25], flip=True)):
         segmenter = Segmenter.from_onnx(fp32, engine=engine, threads=args.threads[0], tta=tta)
         mean_iu, seconds = _mean_iu(segmenter, data["val"], record.spec)
         name = "none" if tta is None else f"scales {list(tta.scales)} + flip"
         print(f"TTA {name:28} mean IU {100 * mean_iu:.2f}  {1000 * seconds:.0f} ms/image", flush=True)
+
+
+def mixed(args: argparse.Namespace, record, data, fp32: Path, fp32_model) -> None:
+    """int8 (MinMax, head fp32) with the N activations it rounds worst kept fp32, per N."""
+    from fcnseg.quantize import (
+        CalibrationImages,
+        compare,
+        labelled_samples,
+        quantize_onnx,
+        sensitive_activations,
+    )
+
+    threads, spec = args.threads[0], record.spec
+    images = CalibrationImages(data["train"], spec, args.calibration_images)
+    first = args.work / "camvid-mixed-0.int8.onnx"
+    quantize_onnx(fp32, first, images)
+    ranked = sensitive_activations(fp32, first, images)
+    worst = ", ".join(f"{name} {ratio:.1f} dB" for name, ratio in ranked[: max(args.fp32_activations)])  # fmt: skip
+    print(f"activations int8 rounds worst (of {len(ranked)}): {worst}", flush=True)
+    sample = next(labelled_samples(data["val"], spec))[0]
+    torch_ms = _latency(Segmenter.from_checkpoint(args.camvid, engine="torch", threads=threads), sample)  # fmt: skip
+    openvino_ms = _latency(Segmenter.from_onnx(fp32, engine="openvino", threads=threads), sample)
+    print(f"fp32: torch eager {torch_ms:.0f} ms/image, OpenVINO {openvino_ms:.0f} ms/image")
+    for count in args.fp32_activations:
+        out = args.work / f"camvid-mixed-{count}.int8.onnx"
+        if count:
+            keep = [name for name, _ in ranked[:count]]
+            quantize_onnx(fp32, out, images, fp32_activations=keep)
+        int8_model = onnx_module("onnxruntime", out, spec, threads)
+        result = compare(fp32_model, int8_model, labelled_samples(data["val"], spec), spec, 255)
+        ms = _latency(Segmenter.from_onnx(out, engine="openvino", threads=threads), sample)
+        print(f"int8, {count:2d} activations fp32: " + "; ".join(result.lines()) + f"; OpenVINO "
+              f"{ms:.0f} ms/image ({torch_ms / ms:.2f}x torch, {openvino_ms / ms:.2f}x OpenVINO fp32)",
+              flush=True)  # fmt: skip
+
+
+def _latency(segmenter: Segmenter, batch, runs: int = 15) -> float:
+    """Median milliseconds of ``segmenter.scores(batch)`` after two warm-up calls."""
+    times = []
+    for index in range(runs + 2):
+        tick = time.perf_counter()
+        segmenter.scores(batch)
+        if index >= 2:
+            times.append(time.perf_counter() - tick)
+    return 1000 * statistics.median(times)
 
 
 def _machine() -> str:
@@ -224,7 +277,13 @@ def main() -> None:
     parser.add_argument("--camvid", type=Path, help="a CamVid-trained FCN-8s Lite0 checkpoint")
     parser.add_argument("--root", type=Path, help="the CamVid folder")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fcnseg-engines"))
-    parser.add_argument("--calibrations", nargs="+", default=["minmax"])
+    parser.add_argument("--calibrations", nargs="*", default=["minmax"],
+                        help="int8 rows with the head fp32 and int8 (none: skip them)")  # fmt: skip
+    parser.add_argument("--fp32-activations", nargs="+", type=int, default=[], metavar="N",
+                        help="mixed-precision rows: the N activations int8 rounds worst fp32")  # fmt: skip
+    parser.add_argument("--calibration-images", type=int, default=200, metavar="N",
+                        help="training images the mixed-precision rows calibrate on")  # fmt: skip
+    parser.add_argument("--no-tta", action="store_true", help="skip the TTA rows")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.int8 = [(m, keep) for m in args.calibrations for keep in (True, False)]

@@ -11,6 +11,7 @@ from test_engine_train import tiny
 
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine.budget import (
+    PACE_STEPS,
     PROBE_STEPS,
     REPLAN_EVERY,
     RESERVE,
@@ -62,8 +63,8 @@ def test_step_cost_leaves_out_the_first_steps():
     assert budget.step_cost() == 1.0
 
 
-def test_pace_counts_the_steps_since_the_plan_but_not_validations_and_checkpoints():
-    budget = Budget(seconds=600.0)
+def test_pace_counts_the_latest_steps_but_not_validations_and_checkpoints():
+    budget = Budget(seconds=6000.0)
     budget.validated(30.0)  # before the first plan: no costs to update yet
     assert budget.costs is None and budget.pace(10, 50.0) is None
     budget.costs = Costs(step=1.0, validation=5.0, save=0.5)
@@ -74,8 +75,15 @@ def test_pace_counts_the_steps_since_the_plan_but_not_validations_and_checkpoint
     # 50 steps later 128.75 s are spent: 8.75 s of them validating and saving, 100 s stepping
     assert budget.pace(62, 128.75) == pytest.approx(2.0)
     assert budget.costs == Costs(step=1.0, validation=8.0, save=0.75)
-    budget.planned(iteration=62, spent=128.75)  # the next pace starts here
-    assert budget.pace(72, 138.75) == pytest.approx(1.0)
+    spent, iteration = 128.75, 62
+    for _ in range(PACE_STEPS // REPLAN_EVERY):  # then 1 s a step, a plan every 50 steps
+        budget.planned(iteration, spent)
+        iteration, spent = iteration + REPLAN_EVERY, spent + REPLAN_EVERY
+    assert budget.pace(iteration, spent) == pytest.approx(1.0)  # the 2 s steps are too old
+    budget.planned(iteration, spent)
+    # a minute of other work: the next 50 steps take 110 s; the pace is that of the latest
+    # 250 steps (200 at 1 s and these), not 2.2 s
+    assert budget.pace(iteration + 50, spent + 110) == pytest.approx(310 / 250)
     assert not moved(1000, 1010) and moved(1000, 989) and moved(1000, 1011)
 
 

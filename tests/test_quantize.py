@@ -78,7 +78,7 @@ def test_int8_agrees_with_fp32(quantized, engine):
 def test_the_activations_int8_rounds_worst_can_stay_fp32(quantized, tmp_path):
     path, fp32, int8 = quantized
     batches = _batches(path)
-    ranked = sensitive_activations(int8, batches, images=2)
+    ranked = sensitive_activations(fp32, int8, batches, images=2)
     ratios = [ratio for _, ratio in ranked]
     assert len(ranked) > 3 and ratios == sorted(ratios)  # least faithful first
     assert {name for name, _ in ranked} <= _quantized_tensors(int8)

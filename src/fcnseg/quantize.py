@@ -17,8 +17,8 @@ label at every pixel near a class border: quantizing them cost label agreement o
 (docs/BENCHMARKS.md). ``compare`` measures what int8 changes on a labelled split.
 
 Mixed precision (``fp32_activations``): ``sensitive_activations`` ranks the int8 file's
-quantized activations by their signal-to-quantization-noise ratio (each tensor before and
-after its QuantizeLinear / DequantizeLinear pair, on a few calibration images); quantizing
+quantized activations by their signal-to-quantization-noise ratio (each fp32 tensor, on a
+few calibration images, against itself rounded to the int8 file's grid for it); quantizing
 again with the worst few kept in fp32 (the nodes writing and reading them unquantized) buys
 back agreement where one per-tensor uint8 scale serves a tensor badly.
 """
@@ -188,18 +188,30 @@ def _mark(model, record: Mapping[str, str], how: Mapping[str, Any]) -> None:
 
 
 def sensitive_activations(
-    int8: Path | str, batches: Sequence[Mapping[str, np.ndarray]], images: int = 4
+    fp32: Path | str,
+    int8: Path | str,
+    batches: Sequence[Mapping[str, np.ndarray]],
+    images: int = 4,
 ) -> list[tuple[str, float]]:
-    """The quantized activations of the int8 file, least faithful first: (tensor name,
-    signal-to-quantization-noise ratio in dB) over its first ``images`` batches, each tensor
-    compared before and after its QuantizeLinear / DequantizeLinear pair."""
+    """The activations the int8 file quantizes, least faithful first: (tensor name,
+    signal-to-quantization-noise ratio in dB), each tensor of the fp32 file on its first
+    ``images`` batches rounded to the int8 file's grid for it (its QuantizeLinear's scale and
+    zero point). The fp32 values, not the int8 file's own: the quantizer folds a ReLU6 into
+    the convolution before it and lets the uint8 range clip, so there the tensor before
+    rounding is not yet the activation."""
     _require("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
-        create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
 
+    graph = onnx.load(str(int8)).graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    grids = {node.input[0]: (constants[node.input[1]], constants[node.input[2]])
+             for node in graph.node if node.op_type == "QuantizeLinear"
+             and node.input[1] in constants and node.input[2] in constants}  # fmt: skip
     feeds = [
         {k: np.asarray(v, np.float32) for k, v in batches[i].items()}
         for i in range(min(images, len(batches)))
@@ -208,11 +220,23 @@ def sensitive_activations(
         raise ValueError("no calibration images: give one or more")
     with tempfile.TemporaryDirectory(prefix="fcnseg-sensitivity-") as folder:
         augmented = Path(folder) / "augmented.onnx"  # every tensor an output
-        modify_model_output_intermediate_tensors(str(int8), str(augmented))
+        modify_model_output_intermediate_tensors(str(fp32), str(augmented))
         activations = collect_activations(str(augmented), feeds)
-    pairs = create_activation_matching(activations)
-    ratios = {name: _sqnr(pair["pre_qdq"], pair["post_qdq"]) for name, pair in pairs.items()}
+    for name in feeds[0]:  # the graph's inputs are quantized too
+        activations.setdefault(name, [feed[name] for feed in feeds])
+    ratios = {
+        name: _sqnr(activations[name], [_on_grid(x, *grid) for x in activations[name]])
+        for name, grid in grids.items()
+        if name in activations
+    }
     return sorted(ratios.items(), key=lambda item: item[1])
+
+
+def _on_grid(values: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """``values`` quantized and dequantized as QuantizeLinear / DequantizeLinear do."""
+    low, high = np.iinfo(zero.dtype).min, np.iinfo(zero.dtype).max
+    steps = np.clip(np.rint(values / scale) + zero.astype(np.int64), low, high)
+    return ((steps - zero.astype(np.int64)) * scale).astype(np.float32)
 
 
 def _sqnr(exact: Sequence[np.ndarray], rounded: Sequence[np.ndarray]) -> float:

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     quantize_onnx(fp32, args.out, batches, **options)
     kept: list[str] = []
     if args.fp32_activations:
-        ranked = sensitive_activations(args.out, batches)[: args.fp32_activations]
+        ranked = sensitive_activations(fp32, args.out, batches)[: args.fp32_activations]
         kept = [name for name, _ in ranked]
         worst = ", ".join(f"{name} ({ratio:.1f} dB)" for name, ratio in ranked)
         print(f"keeping in fp32 the {len(kept)} activations int8 rounds worst: {worst}")

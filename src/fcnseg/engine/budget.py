@@ -9,10 +9,11 @@ cosine) is stretched or shrunk to end at that step, so the run is a whole schedu
 long one cut off. ``epochs`` / ``max_iters`` stay an upper bound.
 
 The plan follows the run's own pace: every ``REPLAN_EVERY`` steps it is made again, a step
-now costing what the steps since the previous plan took (``Budget.pace``: their data,
-logging and epoch starts included; validations and checkpoints, timed as they happen, are
-planned on their own), and the schedule is re-sized when the plan moves by more than
-``SLACK`` (a machine busier than during the probe, overheads the probe did not see). The planned length is saved
+now costing what the latest ``PACE_STEPS`` steps took on average (``Budget.pace``: their
+data, logging and epoch starts included; validations and checkpoints, timed as they happen,
+are planned on their own), and the schedule is re-sized when the plan moves by more than
+``SLACK``: a machine busier for good than during the probe, overheads the probe did not
+see. A minute of other work on the machine moves the plan by a few steps, not by half. The planned length is saved
 in every checkpoint, so a resumed run continues to it; the time already spent is saved too
 and counts against the budget. The budget is also a hard limit: should the last stretch
 still overrun, the run stops early (evaluated and saved, as with ``time_limit_minutes``).
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "PROBE_STEPS",
     "REPLAN_EVERY",
+    "PACE_STEPS",
     "Costs",
     "plan_steps",
     "moved",
@@ -37,6 +39,7 @@ __all__ = [
 
 PROBE_STEPS = 12  # steps timed before the plan; the first few (allocations) are left out
 REPLAN_EVERY = 50  # steps between two plans once the first is made
+PACE_STEPS = 250  # at most this many of the latest steps give the pace of a re-plan
 SLACK = 0.01  # a re-plan moving the plan by at most this share of it leaves it as it is
 _SKIP = 2  # probe steps not counted: the first steps allocate and warm caches
 RESERVE = 0.03  # of the budget, kept for what the plan cannot see (loader start-up, report)
@@ -110,8 +113,9 @@ class Budget:
     spent_before: float = 0.0
     step_times: list[float] = field(default_factory=list)
     costs: Costs | None = None  # once the probe has measured them
-    since: tuple[int, float] | None = None  # (iteration, seconds spent) at the latest plan
-    aside: float = 0.0  # seconds of validations and checkpoints since the latest plan
+    # (iteration, seconds spent, seconds set aside) at each recent plan
+    marks: list[tuple[int, float, float]] = field(default_factory=list)
+    aside: float = 0.0  # seconds of validations and checkpoints so far (in this process)
 
     def observe(self, seconds: float) -> None:
         self.step_times.append(seconds)
@@ -124,16 +128,21 @@ class Budget:
         return statistics.median(self.step_times[_SKIP:] or self.step_times)
 
     def planned(self, iteration: int, spent: float) -> None:
-        """A plan was made at ``iteration`` with ``spent`` seconds gone: the next pace
-        counts from here."""
-        self.since, self.aside = (iteration, spent), 0.0
+        """A plan was made at ``iteration`` with ``spent`` seconds gone: later paces may
+        count from here."""
+        self.marks.append((iteration, spent, self.aside))
+        self.marks = [m for m in self.marks if iteration - m[0] <= PACE_STEPS + REPLAN_EVERY]
 
     def pace(self, iteration: int, spent: float) -> float | None:
-        """Seconds a step has cost since the latest plan, everything but validations and
-        checkpoints included; None before there is a step to count."""
-        if self.since is None or iteration <= self.since[0]:
+        """Seconds a step has cost over the latest ``PACE_STEPS`` steps (from the oldest
+        plan within them), everything but validations and checkpoints included; None
+        before there is a step to count."""
+        earlier = [m for m in self.marks if m[0] < iteration]
+        if not earlier:
             return None
-        return max(0.0, spent - self.since[1] - self.aside) / (iteration - self.since[0])
+        start = next((m for m in earlier if iteration - m[0] <= PACE_STEPS), earlier[-1])
+        steps, seconds = iteration - start[0], spent - start[1] - (self.aside - start[2])
+        return max(0.0, seconds) / steps
 
     def validated(self, seconds: float) -> None:
         """A whole validation took ``seconds``: later plans and the hard stop count that."""

@@ -6,7 +6,8 @@ Calibrates on up to ``--images`` (200) training images run whole, writes the int
 file, then runs fp32 and int8 over ``--val-split`` (val; ``none`` skips it) and prints
 the share of labels int8 keeps and both mean IUs; the numbers also go to
 ``<out>.json``. ``--fp32-activations N`` quantizes twice: the N activations the first
-file rounds worst (``fcnseg.quantize.sensitive_activations``) stay fp32 in the second. ``fcnseg predict`` and ``fcnseg eval`` run the file (``fcnseg.quantize``).
+file rounds worst (``fcnseg.quantize.sensitive_activations``) stay fp32 in the second.
+``fcnseg predict`` and ``fcnseg eval`` run the file (``fcnseg.quantize``).
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ now costing what the latest ``PACE_STEPS`` steps took on average (``Budget.pace`
 data, logging and epoch starts included; validations and checkpoints, timed as they happen,
 are planned on their own), and the schedule is re-sized when the plan moves by more than
 ``SLACK``: a machine busier for good than during the probe, overheads the probe did not
-see. A minute of other work on the machine moves the plan by a few steps, not by half. The planned length is saved
-in every checkpoint, so a resumed run continues to it; the time already spent is saved too
-and counts against the budget. The budget is also a hard limit: should the last stretch
-still overrun, the run stops early (evaluated and saved, as with ``time_limit_minutes``).
+see. A minute of other work on the machine moves the plan by a few steps, not by half.
+
+The planned length is saved in every checkpoint, so a resumed run continues to it; the time
+already spent is saved too and counts against the budget. The budget is also a hard limit:
+should the last stretch still overrun, the run stops early (evaluated and saved, as with
+``time_limit_minutes``).
 """
 
 from __future__ import annotations

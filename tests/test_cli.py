@@ -38,3 +38,16 @@ def test_version_prints_the_package_version(fcnseg_cli):
     result = fcnseg_cli("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"fcnseg {fcnseg.__version__}\n"
+
+
+def test_a_command_line_mistake_is_one_line(fcnseg_cli):
+    for args, says in [
+        (("eval", "--checkpoint", "m.pt", "--data", "camvid", "--tta-scales", "x"), "'x'"),
+        (("eval",), "--checkpoint, --data"),
+        (("weights", "inspect"), "required"),
+    ]:
+        result = fcnseg_cli(*args)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and says in lines[0], result.stderr
+        assert "--help' lists the options" in lines[0]

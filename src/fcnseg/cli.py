@@ -7,6 +7,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .commands import COMMANDS
@@ -15,8 +16,16 @@ from .data import DatasetError
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A mistake on the command line is one line, like every other error (argparse would
+    print the whole usage first); ``--help`` still shows it. Subcommands inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ('{self.prog} --help' lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation."
     )
     parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import RECORD_KEY, OnnxSegmenter, _read_record, export_onnx
+from .export import RECORD_KEY, OnnxSegmenter, export_onnx, read_onnx_record
 from .modelfile import ModelRecord, read_record
 from .models import ModelSpec
 
@@ -245,7 +245,7 @@ class OpenVinoRunner:
 
 def file_record(path: Path | str) -> dict[str, Any]:
     """The spec, classes and palette an fcnseg ONNX file records (read without running it)."""
-    return _read_record(_metadata(path), Path(path))
+    return read_onnx_record(_metadata(path), Path(path))
 
 
 def onnx_runner(engine: str, path: Path | str, spec: ModelSpec, threads: int | None = None):

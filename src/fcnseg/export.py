@@ -52,6 +52,8 @@ __all__ = [
     "check_onnx",
     "export_onnx",
     "load_onnx",
+    "read_onnx_record",
+    "require_module",
 ]
 
 RECORD_KEY = "fcnseg.record"
@@ -63,7 +65,7 @@ _NOISY_LOGGERS = (
 )
 
 
-def _require(module: str):
+def require_module(module: str):
     try:
         return __import__(module)
     except ModuleNotFoundError:
@@ -160,7 +162,7 @@ def export_onnx(
     file's metadata, with ``source``, the checkpoint's sha256. The file is written
     atomically, with ordinary permissions.
     """
-    _require("onnxscript")  # the exporter's own dependency: fail with the install line
+    require_module("onnxscript")  # the exporter's own dependency: fail with the install line
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     height, width = example_size[-2:]
@@ -212,7 +214,7 @@ class OnnxSegmenter:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
-        ort = _require("onnxruntime")
+        ort = require_module("onnxruntime")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
@@ -228,7 +230,7 @@ class OnnxSegmenter:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ValueError(f"{path}: not a loadable ONNX model ({first})") from None
         self.path = path
-        record = _read_record(self.session.get_modelmeta().custom_metadata_map, path)
+        record = read_onnx_record(self.session.get_modelmeta().custom_metadata_map, path)
         self.spec: ModelSpec = record["spec"]
         self.classes = record.get("classes") or None
         self.palette = record.get("palette") or None
@@ -269,7 +271,7 @@ class OnnxSegmenter:
         return dict(zip(self.spec.task_names, outputs, strict=True))
 
 
-def _read_record(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
+def read_onnx_record(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
     """The record in an exported file's metadata; 0.1's name, class count and
     normalisation; a file without either cannot tell its classes."""
     try:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .engine.evaluate import model_inputs, model_targets, task_metrics
-from .export import RECORD_KEY, _require
+from .export import RECORD_KEY, require_module
 from .fileio import atomic_write
 from .metrics import MultiTaskConfusion
 
@@ -142,7 +142,7 @@ def quantize_onnx(
     activation ranges calibrated on ``batches`` (a sequence of normalised N x C x H x W
     arrays by input name, read lazily); ``fp32_activations`` (tensor names) stay fp32.
     The fcnseg record (spec, classes, palette) is carried over. Atomic."""
-    _require("onnxruntime")
+    require_module("onnxruntime")
     if not len(batches):
         raise ValueError("no calibration images: give one or more")
     import onnx
@@ -199,7 +199,7 @@ def sensitive_activations(
     zero point). The fp32 values, not the int8 file's own: the quantizer folds a ReLU6 into
     the convolution before it and lets the uint8 range clip, so there the tensor before
     rounding is not yet the activation."""
-    _require("onnxruntime")
+    require_module("onnxruntime")
     import onnx
     from onnx import numpy_helper
     from onnxruntime.quantization.qdq_loss_debug import (

@@ -24,7 +24,7 @@ from .inputs import Inputs, split_inputs, stack_inputs
 from .spec import VARIANTS, ModelSpec, TaskSpec
 from .upsample import Upsample, aligned_upsample
 
-__all__ = ["FCNHead", "FCN", "VARIANTS"]
+__all__ = ["FCNHead", "FCN", "VARIANTS", "fuse_skip", "score_window"]
 
 # VARIANTS (spec.py): how many taps below the last each net fuses, coarse to fine: the
 # backbone's stride-16 tap ("pool4"), then its stride-8 tap ("pool3").
@@ -120,11 +120,11 @@ class FCNHead(nn.Module):
             tap = features[skip.tap]
             if skip.scale:
                 tap = self.get_submodule(skip.scale)(tap)
-            scores = _fuse(upsampled, self.get_submodule(skip.score)(tap), skip.offset)
+            scores = fuse_skip(upsampled, self.get_submodule(skip.score)(tap), skip.offset)
         # The reference's final crop. Its scores always cover the image; a rarefied
         # caffe-geometry net's do not (fc6's dilated 7x7 filter eats more border than
         # pad 100 restores): there the outermost scores are replicated.
-        return _window(self.get_submodule(self.final)(scores), self.offset, size)
+        return score_window(self.get_submodule(self.final)(scores), self.offset, size)
 
     def resize_classes(self, num_classes: int) -> None:
         """Keep the shared classes' weights, start new ones as new layers start."""
@@ -246,17 +246,17 @@ def _score_layer(channels: int, num_classes: int) -> nn.Conv2d:
     return layer
 
 
-def _fuse(upsampled: torch.Tensor, skip: torch.Tensor, offset: int) -> torch.Tensor:
+def fuse_skip(upsampled: torch.Tensor, skip: torch.Tensor, offset: int) -> torch.Tensor:
     """Add the skip scores, cropped at ``offset`` to the upsampled scores' extent.
 
     This is the reference's ``score_pool4c = crop(score_pool4, upscore2)``. Where the skip
     falls short of that extent (aligned and rarefied geometries, tiny inputs), its
     outermost cells are replicated.
     """
-    return upsampled + _window(skip, offset, (upsampled.shape[-2], upsampled.shape[-1]))
+    return upsampled + score_window(skip, offset, (upsampled.shape[-2], upsampled.shape[-1]))
 
 
-def _window(scores: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor:
+def score_window(scores: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor:
     """The ``size`` window of ``scores`` starting at ``offset``, edge cells replicated."""
     h, w = size
     before = max(0, -offset)

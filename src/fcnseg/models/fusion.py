@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .backbones.base import Backbone
-from .fcn import FCN, FCNHead, _fuse, _window
+from .fcn import FCN, FCNHead, fuse_skip, score_window
 from .spec import InputSpec
 
 __all__ = [
@@ -219,8 +219,8 @@ class LateFusionHead(nn.Module):
         for skip in self.skips:
             upsampled = self.get_submodule(skip.upsample)(scores)
             skip_scores = self._fused(skip.score, skip.tap, features, skip.scale)
-            scores = _fuse(upsampled, skip_scores, skip.offset)
-        return _window(self.get_submodule(self.final)(scores), self.offset, size)
+            scores = fuse_skip(upsampled, skip_scores, skip.offset)
+        return score_window(self.get_submodule(self.final)(scores), self.offset, size)
 
     def crop_offsets(self) -> dict[str, int]:
         offsets = {f"{skip.score}c": skip.offset for skip in self.skips}

@@ -145,7 +145,7 @@ def _speed_table(args, net: str, spec, threads: int) -> None:
         print(f"{row:18} {1000 * median:7.1f}ms {1 / median:7.2f} {base / median:7.2f}x "
               f"{peak:8.0f} {ready:7.1f}   ({count} calls)", flush=True)  # fmt: skip
     fp32 = {row: t for row, t in results.items() if not row.startswith(("int8", "torch comp"))}
-    auto = choose_engine("auto", spec, threads)
+    auto = choose_engine("auto", spec)
     if fp32 and auto in fp32:
         fastest = min(fp32, key=fp32.get)
         print(f"auto picks {auto}: {fp32[fastest] / fp32[auto]:.2f} of the fastest fp32 "
@@ -185,7 +185,7 @@ def accuracy(args: argparse.Namespace) -> None:
                                  transforms=eval_transforms(model.normalization))
             for split in ("train", "val")}  # fmt: skip
     fp32 = cached_onnx(args.camvid, record)
-    engine = choose_engine("auto", None, args.threads[0])
+    engine = choose_engine("auto", None)
     print(f"\nCamVid val ({len(data['val'])} images), {args.camvid}, {args.threads[0]} thread(s), "
           f"TTA on {engine}; load: {_load()}")  # fmt: skip
     fp32_model = onnx_module("onnxruntime", fp32, record.spec, args.threads[0])

@@ -147,13 +147,14 @@ def test_auto_follows_the_documented_rule(monkeypatch):
     lite0 = registered_spec("fcn8s_efficientnet_lite0")
     vgg = registered_spec("fcn8s_vgg16")
     monkeypatch.setattr(engines, "installed", lambda engine: True)
-    assert engines.choose_engine("auto", vgg, threads=2) == "openvino"
-    assert engines.choose_engine("auto", lite0, threads=1) == "openvino"
-    assert engines.choose_engine("auto", lite0, threads=2) == "torch"
+    assert engines.choose_engine("auto", vgg) == "openvino"
+    assert engines.choose_engine("auto", lite0) == "openvino"
+    assert engines.choose_engine("auto", lite0, device="cuda") == "torch"
+    assert engines.choose_engine("auto", None) == "openvino"
     monkeypatch.setattr(engines, "installed", lambda engine: engine != "openvino")
-    assert engines.choose_engine("auto", vgg, threads=1) == "onnxruntime"
+    assert engines.choose_engine("auto", vgg) == "onnxruntime"
     monkeypatch.setattr(engines, "installed", lambda engine: engine == "torch")
-    assert engines.choose_engine("auto", vgg, threads=1) == "torch"
+    assert engines.choose_engine("auto", vgg) == "torch"
 
 
 # ----------------------------------------------------------------------------- the CLI

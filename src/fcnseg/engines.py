@@ -12,13 +12,11 @@ does not match. Every model of the library runs on every engine: the export has 
 per model input and one output per task, so multi-input, multi-task and tiled prediction
 work the same way on each.
 
-``auto`` picks by what benchmarks/engines.py measured (docs/BENCHMARKS.md, "Engines"): at
-1 thread OpenVINO was the fastest fp32 engine for FCN-8s VGG16 (500 x 500) and
-EfficientNet-Lite0 (360 x 480), in the earlier measurement and again in this one; at 2
-threads the earlier, quieter measurement found OpenVINO level with onnxruntime for VGG16
-and PyTorch (batch norms folded, channels-last) fastest for Lite0, while the 2-thread runs
-on the shared machine since gave no stable order. So: a GPU, or an EfficientNet backbone
-on more than one thread, gets ``torch``; otherwise ``openvino`` when installed, else
+``auto`` picks by what benchmarks/engines.py measured (docs/BENCHMARKS.md, "Engines"):
+OpenVINO was the fastest fp32 engine for FCN-8s VGG16 (500 x 500) and EfficientNet-Lite0
+(360 x 480) at 1 thread in every run, and at 2 threads in all four runs on the idle 2-core
+AMD EPYC (1.04-1.52x torch eager), where an earlier rule kept torch for Lite0 (0.80-0.96 of
+the fastest). So: a GPU gets ``torch``; otherwise ``openvino`` when installed, else
 ``onnxruntime``, else ``torch``.
 
 OpenVINO runs in fp32 (``INFERENCE_PRECISION_HINT f32``): on a CPU with bf16 arithmetic it
@@ -98,21 +96,15 @@ def require(engine: str) -> str:
     return engine
 
 
-def choose_engine(
-    engine: str, spec: ModelSpec | None, threads: int | None = None, device: str = "cpu"
-) -> str:
+def choose_engine(engine: str, spec: ModelSpec | None, device: str = "cpu") -> str:
     """The engine to run: ``engine`` itself, or what ``auto`` picks (module docstring).
 
     ``spec`` None is an ONNX file: only the ONNX engines run it."""
     require(engine)
     if engine != "auto":
         return engine
-    threads = threads or torch.get_num_threads()
-    if spec is not None:
-        if torch.device(device).type != "cpu":
-            return "torch"
-        if spec.backbone.startswith("efficientnet") and threads > 1:
-            return "torch"  # benchmarks/engines.py: eager beat both ONNX engines there
+    if spec is not None and torch.device(device).type != "cpu":
+        return "torch"
     for name in ONNX_ENGINES:
         if installed(name):
             return name

@@ -117,7 +117,7 @@ class Segmenter:
             return cls.from_onnx(path, tiling=tiling, tta=tta, engine=engine, threads=threads)
         record = read_record(path, what="checkpoint")
         where = device if isinstance(device, torch.device) else resolve_device(device)
-        chosen = choose_engine(engine or "torch", record.spec, threads, str(where))
+        chosen = choose_engine(engine or "torch", record.spec, str(where))
         if chosen != "torch":
             exported = cached_onnx(path, record)
             return cls.from_onnx(exported, tiling=tiling, tta=tta, engine=chosen, threads=threads)
@@ -147,7 +147,7 @@ class Segmenter:
         names and palette the file records."""
         if engine == "torch":
             raise EngineError(f"{path}: an .onnx file runs on onnxruntime or openvino, not torch")
-        engine = choose_engine(engine, None, threads)
+        engine = choose_engine(engine, None)
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
         record = file_record(path)

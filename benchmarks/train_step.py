@@ -1,8 +1,9 @@
 """Where a CPU training step's time goes: data, forward, backward, optimizer, per option.
 
 Times each component of a training step on CamVid crops, for the plain path and for each
-speed option (channels-last memory format, bf16 autocast, the fused AdamW kernel), in one
-run, so the ratios compare like with like on whatever else the machine is doing.
+speed option (channels-last memory format, fcnseg's ReLU6, bf16 autocast, the fused AdamW
+kernel), in one run, the options taking turns step by step, so the ratios compare like with
+like on whatever else the machine is doing.
 
     python benchmarks/train_step.py                                # Lite0, 352 crops, batch 8
     python benchmarks/train_step.py --model fcn8s_resnet18 --threads 1 2
@@ -24,14 +25,21 @@ from fcnseg.config import TrainConfig
 from fcnseg.data import CamVid, pad_collate, train_transforms
 from fcnseg.engine.optim import build_optimizer
 from fcnseg.losses import SegmentationLoss
+from fcnseg.models.activation import ReLU6
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
+# "torch relu6": PyTorch's nn.ReLU6(inplace=True) in place of fcnseg's (models/activation.py),
+# the layer every row used before fcnseg had its own; "plain" is the step as it was then.
 OPTIONS = {
-    "plain": dict(channels_last=False, amp=None, fused=False),
-    "channels-last": dict(channels_last=True, amp=None, fused=False),
-    "fused adamw": dict(channels_last=False, amp=None, fused=True),
-    "bf16": dict(channels_last=False, amp=torch.bfloat16, fused=False),
-    "bf16 channels-last": dict(channels_last=True, amp=torch.bfloat16, fused=False),
+    "plain": dict(channels_last=False, amp=None, fused=False, torch_relu6=True),
+    "channels-last": dict(channels_last=True, amp=None, fused=False, torch_relu6=True),
+    "fcnseg relu6": dict(channels_last=False, amp=None, fused=False, torch_relu6=False),
+    "cl + fcnseg relu6": dict(channels_last=True, amp=None, fused=False, torch_relu6=False),
+    "fused adamw": dict(channels_last=False, amp=None, fused=True, torch_relu6=True),
+    "bf16": dict(channels_last=False, amp=torch.bfloat16, fused=False, torch_relu6=True),
+    "bf16 channels-last": dict(
+        channels_last=True, amp=torch.bfloat16, fused=False, torch_relu6=True
+    ),
 }
 
 
@@ -65,33 +73,62 @@ def batches(args: argparse.Namespace, model: torch.nn.Module, count: int):
     return loaded, statistics.median(seconds)
 
 
-def time_steps(args, option: dict, data: list) -> dict[str, float]:
-    """Median seconds of forward (with the loss), backward and the optimizer step."""
-    torch.manual_seed(0)
-    model = fcnseg.build_model(args.model, num_classes=11).train()
-    memory = torch.channels_last if option["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=memory)
-    config = TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4).resolved()
-    optimizer = build_optimizer(model, config)
-    if option["fused"]:
-        optimizer = torch.optim.AdamW(optimizer.param_groups, lr=1e-3, fused=True)
-    criterion = SegmentationLoss(reduction="mean")
-    parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
-    for step, (image, label) in enumerate(data):
-        image = image.contiguous(memory_format=memory)
+def use_torch_relu6(model: torch.nn.Module) -> None:
+    """Swap fcnseg's ReLU6 for ``nn.ReLU6(inplace=True)``, which clones its input under autograd."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, ReLU6):
+                setattr(module, name, torch.nn.ReLU6(inplace=True))
+
+
+class Trainer:
+    """One option's model and optimizer, stepped on demand, its component times kept."""
+
+    def __init__(self, args: argparse.Namespace, option: dict) -> None:
+        torch.manual_seed(0)
+        model = fcnseg.build_model(args.model, num_classes=11).train()
+        if option["torch_relu6"]:
+            use_torch_relu6(model)
+        self.memory = torch.channels_last if option["channels_last"] else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory)
+        config = TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4).resolved()
+        self.optimizer = build_optimizer(self.model, config)
+        if option["fused"]:
+            self.optimizer = torch.optim.AdamW(self.optimizer.param_groups, lr=1e-3, fused=True)
+        self.amp = option["amp"]
+        self.criterion = SegmentationLoss(reduction="mean")
+        self.parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+
+    def step(self, image: torch.Tensor, label: torch.Tensor, *, timed: bool) -> None:
+        image = image.contiguous(memory_format=self.memory)
         marks = [time.perf_counter()]
-        with torch.autocast("cpu", dtype=option["amp"] or torch.bfloat16, enabled=bool(option["amp"])):
-            loss = criterion(model(image), label)
+        with torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=bool(self.amp)):
+            loss = self.criterion(self.model(image), label)
         marks.append(time.perf_counter())
         loss.backward()
         marks.append(time.perf_counter())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
-        if step >= 1:  # the first step allocates and picks kernels
-            for name, begin, end in zip(parts, marks, marks[1:], strict=False):
-                parts[name].append(end - begin)
-    return {name: statistics.median(values) for name, values in parts.items()}
+        if timed:
+            for name, begin, end in zip(self.parts, marks, marks[1:], strict=False):
+                self.parts[name].append(end - begin)
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(values) for name, values in self.parts.items()}
+
+
+def time_options(args, names: list[str], data: list) -> dict[str, dict[str, float]]:
+    """Median seconds of forward (with the loss), backward and optimizer, per option.
+
+    The options take turns, one step each, so a neighbour's load on a shared machine
+    slows all of them alike instead of whichever option happened to be running.
+    """
+    trainers = {name: Trainer(args, OPTIONS[name]) for name in names}
+    for step, (image, label) in enumerate(data):
+        for trainer in trainers.values():
+            trainer.step(image, label, timed=step >= 1)  # the first step picks kernels
+    return {name: trainer.medians() for name, trainer in trainers.items()}
 
 
 def main() -> None:
@@ -108,8 +145,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         print(f"\n{header}")
         baseline = None
-        for name in args.options:
-            parts = time_steps(args, OPTIONS[name], data)
+        for name, parts in time_options(args, args.options, data).items():
             step = sum(parts.values()) + load_s
             baseline = baseline or step
             print(

@@ -1,10 +1,12 @@
 """Training and evaluation throughput of the engine on CPU (or CUDA), synthetic data.
 
 Runs ``fcnseg.engine.train`` for a fixed number of steps and reads images/s from its log,
-then times whole-image evaluation, for each thread count asked: once with the plain
-(contiguous NCHW) layout, the library's default before 0.3, and once with today's defaults
-(channels-last), so the speed-up is measured in the same run. On a machine shared with
-other processes, compare thread counts: OpenMP threads that wait for each other can make more
+then times whole-image evaluation, for each thread count asked: as the library trained
+before issue 16 (the plain contiguous NCHW layout and PyTorch's ``nn.ReLU6(inplace=True)``)
+and with today's defaults (channels-last, fcnseg's ReLU6, which keeps no copy of its
+input), alternating ``--repeats`` times, so the speed-up is measured in the same run and a
+neighbour's load on a shared machine falls on both. On a machine shared with other
+processes, compare thread counts: OpenMP threads that wait for each other can make more
 threads much slower than one (see ``fcnseg.engine.threads``).
 
     python benchmarks/train_throughput.py                       # the demo's setting
@@ -17,11 +19,13 @@ benchmarks/train_step.py splits a step into data, forward, backward and optimize
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -31,11 +35,23 @@ from fcnseg.engine.distributed import Context
 from fcnseg.engine.evaluate import eval_loader, evaluate
 from fcnseg.engine.train import train
 from fcnseg.inference import Segmenter
+from fcnseg.models.backbones import efficientnet
+
+SETUPS = ("before", "today")
+_LABELS = {"before": "before (NCHW, nn.ReLU6)", "today": "today's defaults"}
+
+
+def _layers(setup: str):
+    """Within it, models build as they did in ``setup``."""
+    if setup == "today":
+        return contextlib.nullcontext()
+    return mock.patch.object(efficientnet, "ReLU6", lambda: torch.nn.ReLU6(inplace=True))
 
 
 def _train_rate(
-    args: argparse.Namespace, threads: int, folder: Path, channels_last: bool
+    args: argparse.Namespace, threads: int, folder: Path, setup: str, repeat: int
 ) -> tuple[float, Path]:
+    channels_last = setup == "today"
     config = TrainConfig(
         model=args.model,
         dataset="synthetic",
@@ -54,9 +70,10 @@ def _train_rate(
         overlays=0,
         device=args.device,
         output=str(folder),
-        name=f"threads{threads}-{'nhwc' if channels_last else 'nchw'}",
+        name=f"threads{threads}-{setup}-{repeat}",
     )
-    result = train(config)
+    with _layers(setup):
+        result = train(config)
     records = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in records if r["event"] == "train"][2:]  # after warm-up
     return statistics.median(rates), result.last_checkpoint
@@ -84,21 +101,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()])
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16", "auto"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each setup, alternated")
     args = parser.parse_args()
     print(
         f"{args.model}, {args.batch_size} x {args.size}^2 per step, {args.device}, amp {args.amp}"
     )
-    print("threads  layout          train images/s  ratio  eval ms/image")
+    print("threads  setup                   train images/s  ratio  eval ms/image")
     with tempfile.TemporaryDirectory() as folder:
         for threads in sorted(set(args.threads)):
-            baseline = None
-            for channels_last in (False, True):
-                rate, checkpoint = _train_rate(args, threads, Path(folder), channels_last)
-                baseline = baseline or rate
-                layout = "channels-last" if channels_last else "plain (NCHW)"
+            rates: dict[str, list[float]] = {setup: [] for setup in SETUPS}
+            checkpoints: dict[str, Path] = {}
+            for repeat in range(args.repeats):
+                for setup in SETUPS:
+                    rate, checkpoints[setup] = _train_rate(
+                        args, threads, Path(folder), setup, repeat
+                    )
+                    rates[setup].append(rate)
+            baseline = statistics.median(rates["before"])
+            for setup in SETUPS:
+                rate = statistics.median(rates[setup])
+                with _layers(setup):
+                    eval_ms = _eval_ms(args, checkpoints[setup], threads)
                 print(
-                    f"{threads:7d}  {layout:14s}  {rate:14.2f}  {rate / baseline:4.2f}x  "
-                    f"{_eval_ms(args, checkpoint, threads):13.1f}"
+                    f"{threads:7d}  {_LABELS[setup]:22s}  {rate:14.2f}  {rate / baseline:4.2f}x  "
+                    f"{eval_ms:13.1f}"
                 )
 
 

@@ -22,7 +22,7 @@ PACKAGE = "fcnseg"
 # Lowest first. A name covers the module, or the package and everything under it when it
 # ends in ".*" (the package's own __init__ included).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("fileio", "models.geometry", "models.normalization", "surgery"),
+    ("fileio", "models.activation", "models.geometry", "models.normalization", "surgery"),
     ("models.backbones.*", "models.upsample", "models.inputs", "models.spec"),
     ("models.fcn", "models.fusion", "models.multitask", "models.registry", "models", "dense"),
     ("weights.*",),

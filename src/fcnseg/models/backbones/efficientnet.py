@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .. import geometry as geo
+from ..activation import ReLU6
 from ..normalization import EFFICIENTNET_LITE
 from .base import Backbone, FeatureTap, check_geometry
 
@@ -113,7 +114,7 @@ class MBConv(nn.Module):
         self._bn1 = _bn(hidden)
         self._project_conv = nn.Conv2d(hidden, out_channels, 1, bias=False)
         self._bn2 = _bn(out_channels)
-        self._relu = nn.ReLU6(inplace=True)
+        self._relu = ReLU6()
         self.identity_skip = stride == 1 and in_channels == out_channels
         self.drop_connect = drop_connect
 
@@ -169,7 +170,7 @@ class EfficientNetLite(Backbone):
             in_channels, _STEM, 3, stride=2, padding=stem_padding, bias=False
         )
         self._bn0 = _bn(_STEM)
-        self._relu = nn.ReLU6(inplace=True)
+        self._relu = ReLU6()
         plan = self._block_plan(width, depth)
         self._blocks = nn.ModuleList(
             MBConv(

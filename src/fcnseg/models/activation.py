@@ -43,7 +43,7 @@ class ReLU6(nn.Module):
     inplace = True  # it overwrites its input, which the backbone's feature taps check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled() and not _tracing():
+        if not _tracing() and x.requires_grad and torch.is_grad_enabled():
             return _ClampInPlace.apply(x)
         return F.relu6(x, inplace=True)
 
@@ -52,4 +52,9 @@ class ReLU6(nn.Module):
 
 
 def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    return (
+        torch.fx._symbolic_trace.is_fx_tracing()  # fcnseg.speed folds batch norms with fx
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )

@@ -43,7 +43,7 @@ class ReLU6(nn.Module):
     inplace = True  # it overwrites its input, which the backbone's feature taps check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _tracing() and x.requires_grad and torch.is_grad_enabled():
+        if not _tracing(x) and x.requires_grad and torch.is_grad_enabled():
             return _ClampInPlace.apply(x)
         return F.relu6(x, inplace=True)
 
@@ -51,9 +51,9 @@ class ReLU6(nn.Module):
         return "inplace=True"
 
 
-def _tracing() -> bool:
+def _tracing(x) -> bool:
     return (
-        torch.fx._symbolic_trace.is_fx_tracing()  # fcnseg.speed folds batch norms with fx
+        isinstance(x, torch.fx.Proxy)  # fx symbolic tracing: fcnseg.speed folds batch norms
         or torch.jit.is_tracing()
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()

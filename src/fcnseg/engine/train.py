@@ -68,6 +68,7 @@ from .distributed import (
     Context,
     all_mean,
     all_reduce_max,
+    barrier,
     collective_timeouts,
     setup,
     teardown,
@@ -240,8 +241,11 @@ def train(
             run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
             run_dir = Path(_broadcast(str(run_dir), context))
             if config.staged:
-                return _train_stages(config, run_dir, context, resume, callbacks)
-            return _train_one(config.resolved(), run_dir, context, resume, callbacks)
+                result = _train_stages(config, run_dir, context, resume, callbacks)
+            else:
+                result = _train_one(config.resolved(), run_dir, context, resume, callbacks)
+            barrier(context)  # a rank leaving gloo while another still talks can abort it
+            return result
     finally:
         teardown(context)
 

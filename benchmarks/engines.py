@@ -4,7 +4,9 @@ Speed: FCN-8s VGG16 at 500 x 500 and FCN-8s EfficientNet-Lite0 at 360 x 480 (ran
 weights: speed does not depend on them), batch of one, at 1 and 2 threads; each row in a
 fresh process (its peak RSS is its own), median of the timed calls after a warm-up; ratios
 over torch eager of the same run. The int8 files are calibrated on a few random images
-(their speed holds, their accuracy says nothing); OpenVINO runs the same QDQ file.
+(their speed holds, their accuracy says nothing); OpenVINO runs the same QDQ file. "int8
+mixed" keeps ``--mixed-fp32`` activations fp32 (default 4, what 99% label agreement took
+on CamVid), chosen as in the accuracy part.
 
 Accuracy (``--camvid``): a CamVid-trained FCN-8s Lite0 checkpoint on the val split: mean IU
 of fp32, of int8 (onnxruntime's quantizer, 200 training images, with the head in fp32 and
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -43,7 +46,8 @@ from fcnseg.modelfile import record_of
 from fcnseg.speed import InferenceOptions
 
 NETS = {"vgg16": ("fcn8s_vgg16", 21, (500, 500)), "lite0": ("fcn8s_efficientnet_lite0", 11, (360, 480))}
-ROWS = ("torch", "torch compiled", "onnxruntime", "openvino", "int8 onnxruntime", "int8 openvino")
+ROWS = ("torch", "torch compiled", "onnxruntime", "openvino", "int8 onnxruntime", "int8 openvino",
+        "int8 mixed openvino")
 MIN_SECONDS = 4.0
 
 
@@ -61,36 +65,50 @@ def _checkpoint(net: str, work: Path) -> Path:
     return path
 
 
-def _int8(net: str, path: Path, work: Path) -> Path:
-    """The int8 file, calibrated on 4 random 224 x 224 images (speed only)."""
-    from fcnseg.quantize import quantize_onnx
+def _int8(net: str, path: Path, work: Path, fp32_activations: int) -> None:
+    """The int8 files, calibrated on 4 random 224 x 224 images (speed only): all-int8, and
+    mixed with the ``fp32_activations`` it rounds worst kept fp32 (random weights pick other
+    activations than a trained net would, but as many, each costing its neighbours' int8)."""
+    from fcnseg.quantize import keep_fp32, quantize_onnx, sensitive_activations
 
-    out = work / f"{net}.int8.onnx"
+    spec = Segmenter.from_checkpoint(path).spec
+    rng = np.random.default_rng(0)
+    batches = [{spec.input_names[0]: rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32)}
+               for _ in range(4)]  # fmt: skip
+    out, mixed = work / f"{net}.int8.onnx", _mixed_file(net, work, fp32_activations)
     if not out.is_file():
-        spec = Segmenter.from_checkpoint(path).spec
-        rng = np.random.default_rng(0)
-        batches = [{spec.input_names[0]: rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32)}
-                   for _ in range(4)]  # fmt: skip
         quantize_onnx(cached_onnx(path), out, batches)
-    return out
+    if not mixed.is_file():
+        ranked = sensitive_activations(cached_onnx(path), out, batches)
+        keep = [name for name, _ in ranked[:fp32_activations]]
+        print(f"{net}: mixed int8 keeps fp32: {', '.join(keep)}", flush=True)
+        shutil.copyfile(out, mixed)
+        keep_fp32(mixed, cached_onnx(path), keep)
 
 
-def _segmenter(row: str, net: str, work: Path, threads: int) -> Segmenter:
+def _mixed_file(net: str, work: Path, fp32_activations: int) -> Path:
+    return work / f"{net}.int8-{fp32_activations}fp32.onnx"
+
+
+def _segmenter(row: str, net: str, work: Path, threads: int, fp32_activations: int) -> Segmenter:
     path = work / f"{net}.pt"
     if row == "torch":
         return Segmenter.from_checkpoint(path, engine="torch")
     if row == "torch compiled":
         return Segmenter.from_checkpoint(path, speed=InferenceOptions(compile=True))
+    if row.startswith("int8 mixed"):
+        file = _mixed_file(net, work, fp32_activations)
+        return Segmenter.from_onnx(file, engine=row.split()[-1], threads=threads)
     if row.startswith("int8"):
         return Segmenter.from_onnx(work / f"{net}.int8.onnx", engine=row.split()[1], threads=threads)
     return Segmenter.from_checkpoint(path, engine=row, threads=threads)
 
 
-def _measure(row: str, net: str, work: Path, threads: int, queue) -> None:
+def _measure(row: str, net: str, work: Path, threads: int, fp32_activations: int, queue) -> None:
     torch.set_num_threads(threads)
     height, width = NETS[net][2]
     start = time.perf_counter()
-    segmenter = _segmenter(row, net, work, threads)
+    segmenter = _segmenter(row, net, work, threads, fp32_activations)
     batch = segmenter.batch(np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8))
     segmenter.scores(batch)  # warm-up (compiles, for torch compiled)
     segmenter.scores(batch)
@@ -123,7 +141,7 @@ def speed(args: argparse.Namespace) -> None:
         cached_onnx(path)
         print(f"{net}: export {time.perf_counter() - tick:.0f} s", flush=True)
         tick = time.perf_counter()
-        _int8(net, path, args.work)
+        _int8(net, path, args.work, args.mixed_fp32)
         print(f"{net}: int8 quantization {time.perf_counter() - tick:.0f} s", flush=True)
         spec = Segmenter.from_checkpoint(path).spec
         for threads in args.threads:
@@ -133,16 +151,18 @@ def speed(args: argparse.Namespace) -> None:
 def _speed_table(args, net: str, spec, threads: int) -> None:
     height, width = NETS[net][2]
     print(f"\n{NETS[net][0]} {height} x {width}, {threads} thread(s); load before: {_load()}")
-    print(f"{'engine':18} {'median':>9} {'img/s':>7} {'vs torch':>8} {'peak MiB':>8} {'ready s':>7}")
+    print(f"{'engine':20} {'median':>9} {'img/s':>7} {'vs torch':>8} {'peak MiB':>8} {'ready s':>7}")
     results = {}
     for row in args.rows:
         if row.endswith("openvino") and not installed("openvino"):
-            print(f"{row:18} not installed")
+            print(f"{row:20} not installed")
             continue
-        median, count, peak, ready = in_fresh_process(_measure, row, net, args.work, threads)
+        median, count, peak, ready = in_fresh_process(
+            _measure, row, net, args.work, threads, args.mixed_fp32
+        )
         results[row] = median
         base = results.get("torch", median)
-        print(f"{row:18} {1000 * median:7.1f}ms {1 / median:7.2f} {base / median:7.2f}x "
+        print(f"{row:20} {1000 * median:7.1f}ms {1 / median:7.2f} {base / median:7.2f}x "
               f"{peak:8.0f} {ready:7.1f}   ({count} calls)", flush=True)  # fmt: skip
     fp32 = {row: t for row, t in results.items() if not row.startswith(("int8", "torch comp"))}
     auto = choose_engine("auto", spec)
@@ -218,6 +238,7 @@ def mixed(args: argparse.Namespace, record, data, fp32: Path, fp32_model) -> Non
     from fcnseg.quantize import (
         CalibrationImages,
         compare,
+        keep_fp32,
         labelled_samples,
         quantize_onnx,
         sensitive_activations,
@@ -237,8 +258,8 @@ def mixed(args: argparse.Namespace, record, data, fp32: Path, fp32_model) -> Non
     for count in args.fp32_activations:
         out = args.work / f"camvid-mixed-{count}.int8.onnx"
         if count:
-            keep = [name for name, _ in ranked[:count]]
-            quantize_onnx(fp32, out, images, fp32_activations=keep)
+            shutil.copyfile(first, out)
+            keep_fp32(out, fp32, [name for name, _ in ranked[:count]])
         int8_model = onnx_module("onnxruntime", out, spec, threads)
         result = compare(fp32_model, int8_model, labelled_samples(data["val"], spec), spec, 255)
         ms = _latency(Segmenter.from_onnx(out, engine="openvino", threads=threads), sample)
@@ -284,6 +305,8 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=200, metavar="N",
                         help="training images the mixed-precision rows calibrate on")  # fmt: skip
     parser.add_argument("--no-tta", action="store_true", help="skip the TTA rows")
+    parser.add_argument("--mixed-fp32", type=int, default=4, metavar="N",
+                        help="the speed row 'int8 mixed openvino': N activations kept fp32")  # fmt: skip
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.int8 = [(m, keep) for m in args.calibrations for keep in (True, False)]

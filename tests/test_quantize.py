@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from slim_models import TINY, model_inputs
 from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
 
@@ -17,10 +18,10 @@ from fcnseg.engine import checkpoint as ckpt
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 
-pytest.importorskip("onnxruntime")
+onnxruntime = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from fcnseg.quantize import head_nodes, quantize_onnx, sensitive_activations  # noqa: E402
+from fcnseg.quantize import head_nodes, keep_fp32, quantize_onnx, sensitive_activations  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,6 +48,11 @@ def _quantized_tensors(path) -> set[str]:
     return {n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"}
 
 
+def _record(path) -> dict:
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return json.loads(props["fcnseg.record"])
+
+
 def test_the_head_stays_fp32_and_the_backbone_is_int8(quantized):
     _, fp32, int8 = quantized
     source = onnx.load(str(fp32))
@@ -56,7 +62,7 @@ def test_the_head_stays_fp32_and_the_backbone_is_int8(quantized):
     model = onnx.load(str(int8))
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    record = json.loads({p.key: p.value for p in model.metadata_props}["fcnseg.record"])
+    record = _record(int8)
     assert record["quantization"]["head"] == "fp32" and record["spec"]["backbone"] == TINY
 
 
@@ -88,9 +94,73 @@ def test_the_activations_int8_rounds_worst_can_stay_fp32(quantized, tmp_path):
     mixed = quantize_onnx(fp32, tmp_path / "mixed.onnx", batches, fp32_activations=keep)
     left = _quantized_tensors(mixed)
     assert not set(keep) & left and left  # those three stay fp32, the rest is int8
+    assert _record(mixed)["quantization"]["fp32_activations"] == keep
+
+
+def test_a_kept_activation_is_read_in_fp32_and_keeps_its_relu(quantized, tmp_path):
+    """int8 folds each ReLU into the convolution before it (the uint8 range clamps): kept
+    fp32, the tensor gets its ReLU back, and its readers read exactly that, unrounded."""
+    path, fp32, int8 = quantized
+    batches = _batches(path)
+    keep = ["image", "relu_1", "max_pool2d_2"]  # an input, a folded ReLU, a pooling
+    mixed = quantize_onnx(fp32, tmp_path / "mixed.onnx", batches, fp32_activations=keep)
+    assert not set(keep) & _quantized_tensors(mixed)
+    graph = onnx.load(str(mixed)).graph
+    relu = next(node for node in graph.node if node.op_type == "Relu")
+    assert list(relu.input) == ["relu_1"]
+    readers = [node.op_type for node in graph.node if relu.output[0] in node.input]
+    assert readers == [n.op_type for n in onnx.load(str(fp32)).graph.node if "relu_1" in n.input]
     model = onnx.load(str(mixed))
-    record = json.loads({p.key: p.value for p in model.metadata_props}["fcnseg.record"])
-    assert record["quantization"]["fp32_activations"] == keep
+    for name in ("relu_1", relu.output[0]):  # both outputs of the graph, to read them
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    before, after = session.run(["relu_1", relu.output[0]], batches[0])
+    assert before.min() < 0  # the convolution's output: int8 folded the ReLU into it
+    assert np.array_equal(after, np.maximum(before, 0))
+    assert len(np.unique(after)) > 256  # more values than uint8 has: not rounded
+    assert _record(mixed)["quantization"]["fp32_activations"] == keep
+
+
+def test_a_kept_relu6_output_gets_its_clip_back(tmp_path):
+    """EfficientNet-Lite's ReLU6 is a Clip with constant bounds, which int8 folds into the
+    convolution before it: kept fp32, the Clip and its bounds come back."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 1))
+    fp32 = tmp_path / "relu6.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), str(fp32), input_names=["image"],
+                      dynamo=False)  # fmt: skip
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.normal(0, 10, (1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    source = onnx.load(str(fp32))
+    clip = next(node for node in source.graph.node if node.op_type == "Clip")
+    int8 = quantize_onnx(fp32, tmp_path / "relu6.int8.onnx", batches)
+    assert "Clip" not in {node.op_type for node in onnx.load(str(int8)).graph.node}  # folded
+    keep_fp32(int8, fp32, [clip.output[0]])
+    model = onnx.load(str(int8))
+    restored = next(node for node in model.graph.node if node.op_type == "Clip")
+    names = [restored.input[0], restored.output[0]]  # the convolution's output, the Clip's
+    for name in names:
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
+    provider = ["CPUExecutionProvider"]
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=provider)
+    before, after = session.run(names, batches[0])
+    assert before.min() < 0 and before.max() > 6
+    assert np.array_equal(after, np.clip(before, 0, 6))
+    assert len(np.unique(after)) > 256  # more values than uint8 has: not rounded
+
+
+def test_keeping_fp32_a_tensor_int8_left_alone_is_refused(quantized, tmp_path):
+    _, fp32, int8 = quantized
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(int8.read_bytes())
+    with pytest.raises(ValueError, match="'logits' is not quantized in the int8 file"):
+        keep_fp32(copy, fp32, ["logits"])
+    assert copy.read_bytes() == int8.read_bytes()
 
 
 def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):

@@ -18,13 +18,16 @@ label at every pixel near a class border: quantizing them cost label agreement o
 
 Mixed precision (``fp32_activations``): ``sensitive_activations`` ranks the int8 file's
 quantized activations by their signal-to-quantization-noise ratio (each fp32 tensor, on a
-few calibration images, against itself rounded to the int8 file's grid for it); quantizing
-again with the worst few kept in fp32 (the nodes writing and reading them unquantized) buys
-back agreement where one per-tensor uint8 scale serves a tensor badly.
+few calibration images, against itself rounded to the int8 file's grid for it);
+``keep_fp32`` then takes the QuantizeLinear / DequantizeLinear pair off the worst few, which
+buys back agreement where one per-tensor uint8 scale serves a tensor badly. Only the tensor
+leaves the int8 grid: the operation writing it keeps its int8 inputs and weights, and the
+one reading it its int8 weights.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,8 +49,8 @@ __all__ = [
     "Comparison",
     "compare",
     "head_nodes",
+    "keep_fp32",
     "labelled_samples",
-    "nodes_around",
     "quantize_onnx",
     "sensitive_activations",
 ]
@@ -106,16 +109,6 @@ def head_nodes(model) -> list[str]:
     return sorted(found)
 
 
-def nodes_around(model, tensors: Iterable[str]) -> list[str]:
-    """The names of the nodes of ``model`` that write or read any of ``tensors``: left
-    unquantized, they keep those tensors fp32 (an operation such as Add quantizes its own
-    output, a Conv its inputs)."""
-    wanted = set(tensors)
-    return sorted(
-        node.name for node in model.graph.node if wanted & (set(node.input) | set(node.output))
-    )
-
-
 def _method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -140,8 +133,8 @@ def quantize_onnx(
 ) -> Path:
     """Write the int8 (QDQ, per-channel weights) version of the fp32 file ``fp32``, its
     activation ranges calibrated on ``batches`` (a sequence of normalised N x C x H x W
-    arrays by input name, read lazily); ``fp32_activations`` (tensor names) stay fp32.
-    The fcnseg record (spec, classes, palette) is carried over. Atomic."""
+    arrays by input name, read lazily); ``fp32_activations`` (tensor names) stay fp32
+    (``keep_fp32``). The fcnseg record (spec, classes, palette) is carried over. Atomic."""
     require_module("onnxruntime")
     if not len(batches):
         raise ValueError("no calibration images: give one or more")
@@ -150,7 +143,6 @@ def quantize_onnx(
 
     source = onnx.load(str(fp32))
     exclude = set(head_nodes(source) if keep_head else [])
-    exclude |= set(nodes_around(source, fp32_activations))
     record = {prop.key: prop.value for prop in source.metadata_props}
     with tempfile.TemporaryDirectory(prefix="fcnseg-quantize-") as folder:
         written = Path(folder) / "int8.onnx"
@@ -170,9 +162,100 @@ def quantize_onnx(
         )
         model = onnx.load(str(written))
     how = {"int8": "qdq per-channel", "calibration": method,
-           "head": "fp32" if keep_head else "int8", "fp32_activations": list(fp32_activations)}  # fmt: skip
+           "head": "fp32" if keep_head else "int8", "fp32_activations": []}  # fmt: skip
     _mark(model, record, how)
+    if fp32_activations:
+        _unquantize(model, source, fp32_activations)
     return atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def keep_fp32(int8: Path | str, fp32: Path | str, tensors: Sequence[str]) -> Path:
+    """Rewrite the int8 file ``int8`` (written by ``quantize_onnx`` from the file ``fp32``)
+    with ``tensors`` (activation names) in fp32: no recalibration, the other ranges are kept.
+    Atomic; returns ``int8``."""
+    require_module("onnxruntime")
+    import onnx
+
+    model = onnx.load(str(int8))
+    _unquantize(model, onnx.load(str(fp32)), tensors)
+    return atomic_write(int8, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def _unquantize(model, source, tensors: Sequence[str]) -> None:
+    """Take the QuantizeLinear of each of ``tensors`` and its DequantizeLinears out of the
+    int8 ``model`` (its readers then read the tensor itself). Where the quantizer folded the
+    fp32 ``source``'s activation into the operation writing the tensor (a Clip after a Conv:
+    the uint8 range did the clamp), a copy of the activation goes back in. The record's
+    ``fp32_activations`` lists them."""
+    graph = model.graph
+    nodes, grids = list(graph.node), set()
+    for name in tensors:
+        quantize = next((n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] == name), None)  # fmt: skip
+        if quantize is None:
+            raise ValueError(f"activation {name!r} is not quantized in the int8 file: "
+                             "name one that sensitive_activations lists")  # fmt: skip
+        dequantized = {n.output[0] for n in nodes
+                       if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]}  # fmt: skip
+        removed = [n for n in nodes if n is quantize or n.output[0] in dequantized]
+        grids |= {grid for node in removed for grid in node.input[1:]}
+        nodes = [n for n in nodes if n not in removed]
+        value = _restore_activation(model, source, nodes, name)
+        for node in nodes:
+            for index, input_name in enumerate(node.input):
+                if input_name in dequantized:
+                    node.input[index] = value
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {input_name for node in nodes for input_name in node.input}
+    unused = [init for init in graph.initializer if init.name in grids - used]
+    for init in unused:  # the removed pairs' scales and zero points
+        graph.initializer.remove(init)
+    _mark_fp32(model, tensors)
+
+
+def _restore_activation(model, source, nodes: list, name: str) -> str:
+    """The tensor the readers of ``name`` should read: ``name`` itself, or the output of a
+    copy of the source's activation that int8 folded away, inserted after ``name``'s writer."""
+    writer = next((n for n in source.graph.node if name in n.output), None)
+    if writer is None:  # a graph input
+        return name
+    position, now = next((i, n) for i, n in enumerate(nodes) if name in n.output)
+    if now.op_type == writer.op_type:
+        return name
+    if writer.op_type not in ("Clip", "Relu"):
+        raise ValueError(f"activation {name!r}: int8 replaced its {writer.op_type} writer")
+    activation = copy.deepcopy(writer)
+    activation.input[0], activation.output[0] = name, f"{name}_fp32"
+    activation.name = f"{writer.name}_fp32"
+    nodes.insert(position + 1, activation)
+    _carry_constants(model, source, nodes, activation.input[1:])
+    return activation.output[0]
+
+
+def _carry_constants(model, source, nodes: list, names: Iterable[str]) -> None:
+    """Copy the constant inputs ``names`` (a Clip's bounds) from ``source`` where ``model``
+    lost them with the node that read them (a Constant goes first: it reads nothing)."""
+    have = {init.name for init in model.graph.initializer}
+    have |= {output for node in nodes for output in node.output}
+    for name in names:
+        if not name or name in have:
+            continue
+        init = next((i for i in source.graph.initializer if i.name == name), None)
+        if init is not None:
+            model.graph.initializer.append(copy.deepcopy(init))
+        else:
+            constant = next(n for n in source.graph.node if name in n.output)
+            nodes.insert(0, copy.deepcopy(constant))
+        have.add(name)
+
+
+def _mark_fp32(model, tensors: Sequence[str]) -> None:
+    for entry in model.metadata_props:
+        if entry.key == RECORD_KEY:
+            data = json.loads(entry.value)
+            how = data.setdefault("quantization", {})
+            how["fp32_activations"] = how.get("fp32_activations", []) + list(tensors)
+            entry.value = json.dumps(data)
 
 
 def _mark(model, record: Mapping[str, str], how: Mapping[str, Any]) -> None:

@@ -5,8 +5,8 @@
 Calibrates on up to ``--images`` (200) training images run whole, writes the int8 (QDQ)
 file, then runs fp32 and int8 over ``--val-split`` (val; ``none`` skips it) and prints
 the share of labels int8 keeps and both mean IUs; the numbers also go to
-``<out>.json``. ``--fp32-activations N`` quantizes twice: the N activations the first
-file rounds worst (``fcnseg.quantize.sensitive_activations``) stay fp32 in the second.
+``<out>.json``. ``--fp32-activations N`` then takes the N activations the file rounds
+worst (``fcnseg.quantize.sensitive_activations``) off the int8 grid (``keep_fp32``).
 ``fcnseg predict`` and ``fcnseg eval`` run the file (``fcnseg.quantize``).
 """
 
@@ -28,6 +28,7 @@ from ..quantize import (
     METHODS,
     CalibrationImages,
     compare,
+    keep_fp32,
     labelled_samples,
     quantize_onnx,
     sensitive_activations,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         kept = [name for name, _ in ranked]
         worst = ", ".join(f"{name} ({ratio:.1f} dB)" for name, ratio in ranked)
         print(f"keeping in fp32 the {len(kept)} activations int8 rounds worst: {worst}")
-        quantize_onnx(fp32, args.out, batches, fp32_activations=kept, **options)
+        keep_fp32(args.out, fp32, kept)
     print(f"wrote {args.out}")
     if args.val_split is None:
         return 0

@@ -53,6 +53,17 @@ def _record(path) -> dict:
     return json.loads(props["fcnseg.record"])
 
 
+def _tensors(path, names: list[str], feed) -> list[np.ndarray]:
+    """The values of the tensors ``names`` of the ONNX file at ``path`` on ``feed``."""
+    model = onnx.load(str(path))
+    for name in names:  # made outputs of the graph, to read them
+        info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        model.graph.output.append(info)
+    provider = ["CPUExecutionProvider"]
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=provider)
+    return session.run(names, feed)
+
+
 def test_the_head_stays_fp32_and_the_backbone_is_int8(quantized):
     _, fp32, int8 = quantized
     source = onnx.load(str(fp32))
@@ -110,15 +121,7 @@ def test_a_kept_activation_is_read_in_fp32_and_keeps_its_relu(quantized, tmp_pat
     assert list(relu.input) == ["relu_1"]
     readers = [node.op_type for node in graph.node if relu.output[0] in node.input]
     assert readers == [n.op_type for n in onnx.load(str(fp32)).graph.node if "relu_1" in n.input]
-    model = onnx.load(str(mixed))
-    for name in ("relu_1", relu.output[0]):  # both outputs of the graph, to read them
-        model.graph.output.append(
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        )
-    session = onnxruntime.InferenceSession(
-        model.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    before, after = session.run(["relu_1", relu.output[0]], batches[0])
+    before, after = _tensors(mixed, ["relu_1", relu.output[0]], batches[0])
     assert before.min() < 0  # the convolution's output: int8 folded the ReLU into it
     assert np.array_equal(after, np.maximum(before, 0))
     assert len(np.unique(after)) > 256  # more values than uint8 has: not rounded
@@ -139,16 +142,10 @@ def test_a_kept_relu6_output_gets_its_clip_back(tmp_path):
     int8 = quantize_onnx(fp32, tmp_path / "relu6.int8.onnx", batches)
     assert "Clip" not in {node.op_type for node in onnx.load(str(int8)).graph.node}  # folded
     keep_fp32(int8, fp32, [clip.output[0]])
-    model = onnx.load(str(int8))
-    restored = next(node for node in model.graph.node if node.op_type == "Clip")
-    names = [restored.input[0], restored.output[0]]  # the convolution's output, the Clip's
-    for name in names:
-        model.graph.output.append(
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        )
-    provider = ["CPUExecutionProvider"]
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=provider)
-    before, after = session.run(names, batches[0])
+    graph = onnx.load(str(int8)).graph
+    restored = next(node for node in graph.node if node.op_type == "Clip")
+    assert [n.op_type for n in graph.node if restored.output[0] in n.input] == ["Conv"]
+    before, after = _tensors(int8, [restored.input[0], restored.output[0]], batches[0])
     assert before.min() < 0 and before.max() > 6
     assert np.array_equal(after, np.clip(before, 0, 6))
     assert len(np.unique(after)) > 256  # more values than uint8 has: not rounded

@@ -132,9 +132,10 @@ def test_a_kept_relu6_output_gets_its_clip_back(tmp_path):
     """EfficientNet-Lite's ReLU6 is a Clip with constant bounds, which int8 folds into the
     convolution before it: kept fp32, the Clip and its bounds come back."""
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 1))
+    net.eval()
     fp32 = tmp_path / "relu6.onnx"
     torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), str(fp32), input_names=["image"],
-                      dynamo=False)  # fmt: skip
+                      dynamo=True)  # fmt: skip
     rng = np.random.default_rng(0)
     batches = [{"image": rng.normal(0, 10, (1, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
     source = onnx.load(str(fp32))

@@ -65,17 +65,18 @@ def _checkpoint(net: str, work: Path) -> Path:
     return path
 
 
-def _int8(net: str, path: Path, work: Path, fp32_activations: int) -> None:
+def _int8(net: str, path: Path, spec, work: Path, fp32_activations: int) -> None:
     """The int8 files, calibrated on 4 random 224 x 224 images (speed only): all-int8, and
     mixed with the ``fp32_activations`` it rounds worst kept fp32 (random weights pick other
     activations than a trained net would, but as many, each costing its neighbours' int8)."""
     from fcnseg.quantize import keep_fp32, quantize_onnx, sensitive_activations
 
-    spec = Segmenter.from_checkpoint(path).spec
+    out, mixed = work / f"{net}.int8.onnx", _mixed_file(net, work, fp32_activations)
+    if out.is_file() and mixed.is_file():
+        return
     rng = np.random.default_rng(0)
     batches = [{spec.input_names[0]: rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32)}
                for _ in range(4)]  # fmt: skip
-    out, mixed = work / f"{net}.int8.onnx", _mixed_file(net, work, fp32_activations)
     if not out.is_file():
         quantize_onnx(cached_onnx(path), out, batches)
     if not mixed.is_file():
@@ -96,11 +97,10 @@ def _segmenter(row: str, net: str, work: Path, threads: int, fp32_activations: i
         return Segmenter.from_checkpoint(path, engine="torch")
     if row == "torch compiled":
         return Segmenter.from_checkpoint(path, speed=InferenceOptions(compile=True))
-    if row.startswith("int8 mixed"):
-        file = _mixed_file(net, work, fp32_activations)
-        return Segmenter.from_onnx(file, engine=row.split()[-1], threads=threads)
     if row.startswith("int8"):
-        return Segmenter.from_onnx(work / f"{net}.int8.onnx", engine=row.split()[1], threads=threads)
+        mixed = "mixed" in row
+        file = _mixed_file(net, work, fp32_activations) if mixed else work / f"{net}.int8.onnx"
+        return Segmenter.from_onnx(file, engine=row.split()[-1], threads=threads)
     return Segmenter.from_checkpoint(path, engine=row, threads=threads)
 
 
@@ -140,10 +140,10 @@ def speed(args: argparse.Namespace) -> None:
         tick = time.perf_counter()
         cached_onnx(path)
         print(f"{net}: export {time.perf_counter() - tick:.0f} s", flush=True)
-        tick = time.perf_counter()
-        _int8(net, path, args.work, args.mixed_fp32)
-        print(f"{net}: int8 quantization {time.perf_counter() - tick:.0f} s", flush=True)
         spec = Segmenter.from_checkpoint(path).spec
+        tick = time.perf_counter()
+        _int8(net, path, spec, args.work, args.mixed_fp32)
+        print(f"{net}: int8 quantization {time.perf_counter() - tick:.0f} s", flush=True)
         for threads in args.threads:
             _speed_table(args, net, spec, threads)
 

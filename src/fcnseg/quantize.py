@@ -198,7 +198,8 @@ def _unquantize(model, source, tensors: Sequence[str]) -> None:
                        if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]}  # fmt: skip
         removed = [n for n in nodes if n is quantize or n.output[0] in dequantized]
         grids |= {grid for node in removed for grid in node.input[1:]}
-        nodes = [n for n in nodes if n not in removed]
+        gone = {id(node) for node in removed}  # by identity: a message's == compares contents
+        nodes = [n for n in nodes if id(n) not in gone]
         value = _restore_activation(model, source, nodes, name)
         for node in nodes:
             for index, input_name in enumerate(node.input):

@@ -1,12 +1,16 @@
 """CamVid accuracy of FCN-32s, FCN-16s and FCN-8s on the ImageNet EfficientNet-Lite0 backbone.
 
-Trains the three nets from ``configs/camvid.toml`` with one budget (the same epochs, the
-same seed and data order), each in its own ``fcnseg train`` process with one thread (on a
-small machine, side-by-side one-thread runs get more from the cores than one run with
-many threads), then prints the paper's four metrics and the per-class IU on val from each
-run's log: the final evaluation, and the best one seen on the way.
+Trains the three nets from one config (``configs/camvid.toml`` unless ``--config``) with
+one budget (the same epochs or minutes, the same seed and data order), each in its own
+``fcnseg train`` process, then prints the paper's four metrics and the per-class IU on val
+from each run's log: the final evaluation, and the best one seen on the way. By default
+the three run side by side with one thread and no loader worker each (on a small machine,
+side-by-side one-thread runs get more from the cores than one run with many threads);
+``--parallel 1`` runs them one after another with the config's threads and workers.
 
-    python benchmarks/camvid_accuracy.py --root ../shared/data/camvid --epochs 20
+    python benchmarks/camvid_accuracy.py --root ../shared/data/camvid --epochs 20 --eval-every 2
+    python benchmarks/camvid_accuracy.py --root ../shared/data/camvid \
+        --config configs/camvid-2h.toml --budget-minutes 30 --parallel 1 --output runs/cmp30
     python benchmarks/camvid_accuracy.py --report-only --output runs/camvid   # finished runs
 
 Checkpoints stay in ``--output`` (keep them out of git).
@@ -31,25 +35,28 @@ def run_name(variant: str) -> str:
 
 
 def _command(args: argparse.Namespace, variant: str) -> list[str]:
+    """The ``fcnseg train`` command of one net: the config, and only the options given."""
+    side_by_side = args.parallel > 1
     overrides = {
         "root": args.root,
         "model": f"fcn{variant}_efficientnet_lite0",
         "epochs": args.epochs,
         "eval_every": args.eval_every,
-        "num_workers": 0,
-        "threads": args.threads,
-        "time_limit_minutes": args.time_limit,
+        "num_workers": 0 if side_by_side else None,
+        "threads": args.threads or (1 if side_by_side else None),
+        "time_limit_minutes": args.time_limit or None,
+        "time_budget_minutes": args.budget_minutes,
         "output": args.output,
         "name": run_name(variant),
     }
-    pairs = [f"{key}={value}" for key, value in overrides.items()]
-    return [sys.executable, "-m", "fcnseg", "train", "--config", str(CONFIG), *pairs]
+    pairs = [f"{key}={value}" for key, value in overrides.items() if value is not None]
+    return [sys.executable, "-m", "fcnseg", "train", "--config", str(args.config), *pairs]
 
 
 def train_all(args: argparse.Namespace) -> None:
     """Start the runs ``--parallel`` at a time; wait for all; fail if one failed."""
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(VARIANTS), [], []
+    pending, running, failed = list(args.variants), [], []
     while pending or running:
         while pending and len(running) < args.parallel:
             variant = pending.pop(0)
@@ -96,11 +103,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data/CamVid", help="CamVid in the SegNet layout")
     parser.add_argument("--output", default="runs/camvid", help="run folders go here")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--eval-every", type=int, default=2, help="epochs between evaluations")
-    parser.add_argument("--threads", type=int, default=1, help="threads per run")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the recipe of all three")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: the config's)")
+    parser.add_argument("--eval-every", type=int, help="epochs between evaluations (config's)")
+    parser.add_argument("--threads", type=int, help="threads per run (side by side: 1)")
     parser.add_argument("--parallel", type=int, default=3, help="runs at once")
     parser.add_argument("--time-limit", type=float, default=0.0, help="minutes per run (0: none)")
+    parser.add_argument("--budget-minutes", type=float, help="time budget of each run's schedule")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="the nets to train (the report reads all three)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="print the finished runs")
     args = parser.parse_args()
     if not args.report_only:

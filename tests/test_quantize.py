@@ -21,7 +21,15 @@ from fcnseg.modelfile import record_of
 onnxruntime = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from fcnseg.quantize import head_nodes, keep_fp32, quantize_onnx, sensitive_activations  # noqa: E402
+from fcnseg.quantize import (  # noqa: E402
+    Agreement,
+    _fewest,
+    fewest_fp32,
+    head_nodes,
+    keep_fp32,
+    quantize_onnx,
+    sensitive_activations,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -161,6 +169,49 @@ def test_keeping_fp32_a_tensor_int8_left_alone_is_refused(quantized, tmp_path):
     assert copy.read_bytes() == int8.read_bytes()
 
 
+@pytest.mark.parametrize("needed", [0, 1, 3, 6, 16, 17])
+def test_the_fewest_count_is_found_by_doubling_then_halving(needed):
+    asked = []
+
+    def reaches(count):
+        asked.append(count)
+        return count >= needed
+
+    assert _fewest(16, reaches) == (needed if needed <= 16 else None)
+    assert len(set(asked)) <= 9  # 0, 1, 2, 4, 8, 16 and at most three halvings
+
+
+def test_the_fewest_activations_for_an_agreement_stay_fp32(quantized, tmp_path):
+    path, fp32, int8 = quantized
+    ranked = [name for name, _ in sensitive_activations(fp32, int8, _batches(path), images=2)]
+    copy = tmp_path / "int8.onnx"
+    copy.write_bytes(int8.read_bytes())
+
+    def share(file):  # one more kept fp32, one tenth more labels kept
+        return len(_record(file)["quantization"]["fp32_activations"]) / 10
+
+    kept, tried = fewest_fp32(copy, fp32, ranked, share, target=0.3)
+    assert kept == ranked[:3] and tried[3] == pytest.approx(0.3) and tried[2] < 0.3
+    assert not set(kept) & _quantized_tensors(copy) and set(ranked[3:]) <= _quantized_tensors(copy)
+    assert _record(copy)["quantization"]["fp32_activations"] == kept
+
+
+def test_an_agreement_no_count_reaches_keeps_the_best_and_fewest(quantized, tmp_path):
+    _, fp32, int8 = quantized
+    copy = tmp_path / "int8.onnx"
+    copy.write_bytes(int8.read_bytes())
+    kept, tried = fewest_fp32(copy, fp32, ["relu_1", "max_pool2d_2"], lambda _: 0.5, target=0.9)
+    assert kept == [] and sorted(tried) == [0, 1, 2]
+    assert copy.read_bytes() == int8.read_bytes()  # the int8 file as it was
+
+
+def test_agreement_is_the_share_of_labels_fp32_gives(quantized):
+    path, fp32, int8 = quantized
+    agreement = Agreement(fp32, _batches(path)[:3], Segmenter.from_checkpoint(path).spec)
+    assert agreement(fp32) == 1.0
+    assert AGREEMENT < agreement(int8) < 1.0
+
+
 def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
     out = tmp_path / "model.int8.onnx"
@@ -179,6 +230,36 @@ def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
                    "--option", "size=48", "--option", "num_images=2", "--workers", "0",
                    "--out", str(tmp_path / "eval.json")])  # fmt: skip
     assert status == 0 and "engine" in capsys.readouterr().out
+
+
+def test_quantize_command_keeps_fp32_what_an_agreement_needs(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    out = tmp_path / "model.int8.onnx"
+    status = main(["quantize", "--checkpoint", str(path), "--data", "synthetic",
+                   "--option", "size=48", "--option", "num_images=6", "--images", "4",
+                   "--agreement", "100", "--out", str(out)])  # fmt: skip
+    assert status == 0 and out.is_file()
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["agreement_target"] == 100
+    assert _record(out)["quantization"]["fp32_activations"] == report["fp32_activations"]
+    printed = capsys.readouterr().out
+    assert "0 activations fp32:" in printed and "synthetic train images after the calibration" in printed
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [(["--agreement", "0"], "percentage"),
+     (["--agreement", "99", "--fp32-activations", "2"], "drop --fp32-activations")],
+)  # fmt: skip
+def test_a_wrong_agreement_is_one_line_and_writes_nothing(tmp_path, fcnseg_cli, options, says):
+    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    before = {file: file.read_bytes() for file in tmp_path.rglob("*") if file.is_file()}
+    result = fcnseg_cli("quantize", "--checkpoint", path, "--data", "synthetic",
+                        "--out", tmp_path / "model.int8.onnx", *options)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and says in lines[0], result.stderr
+    after = {file: file.read_bytes() for file in tmp_path.rglob("*") if file.is_file()}
+    assert after == before
 
 
 def test_an_empty_calibration_folder_is_one_line(tmp_path, fcnseg_cli):

@@ -22,15 +22,17 @@ few calibration images, against itself rounded to the int8 file's grid for it);
 ``keep_fp32`` then takes the QuantizeLinear / DequantizeLinear pair off the worst few, which
 buys back agreement where one per-tensor uint8 scale serves a tensor badly. Only the tensor
 leaves the int8 grid: the operation writing it keeps its int8 inputs and weights, and the
-one reading it its int8 weights.
+one reading it its int8 weights. ``fewest_fp32`` finds how many to keep for a share of
+labels (``Agreement``: equal to fp32's on images the calibration did not see).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +47,11 @@ from .metrics import MultiTaskConfusion
 
 __all__ = [
     "METHODS",
+    "Agreement",
     "CalibrationImages",
     "Comparison",
     "compare",
+    "fewest_fp32",
     "head_nodes",
     "keep_fp32",
     "labelled_samples",
@@ -316,6 +320,88 @@ def sensitive_activations(
     return sorted(ratios.items(), key=lambda item: item[1])
 
 
+def fewest_fp32(
+    int8: Path | str,
+    fp32: Path | str,
+    ranked: Sequence[str],
+    agreement: Callable[[Path], float],
+    target: float,
+) -> tuple[list[str], dict[int, float]]:
+    """Rewrite the int8 file ``int8`` (from the file ``fp32``) with the fewest of ``ranked``
+    (activation names, the worst rounded first) in fp32 whose file's ``agreement`` (share of
+    labels equal to fp32's) reaches ``target``: the file as it is, then the worst 1, 2, 4, ...
+    until one count reaches it, then halving the step back to the fewest that does (the
+    share grows with the count, near enough). When no count reaches it, the count with the
+    highest share. Atomic. Returns the kept names and each tried count's share."""
+    tried: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fcnseg-mixed-") as folder:
+
+        def file_of(count: int) -> Path:
+            candidate = Path(folder) / f"fp32-{count}.onnx"
+            if not candidate.exists():
+                shutil.copyfile(int8, candidate)
+                if count:
+                    keep_fp32(candidate, fp32, ranked[:count])
+            return candidate
+
+        def reaches(count: int) -> bool:
+            if count not in tried:
+                tried[count] = agreement(file_of(count))
+            return tried[count] >= target
+
+        count = _fewest(len(ranked), reaches)
+        if count is None:
+            count = max(sorted(tried), key=lambda c: tried[c])  # the first of the best
+        if count:
+            atomic_write(int8, lambda tmp: shutil.copyfile(file_of(count), tmp))
+    return list(ranked[:count]), tried
+
+
+def _fewest(most: int, reaches: Callable[[int], bool]) -> int | None:
+    """The least count in 0..``most`` that ``reaches``, by doubling then bisection (None if
+    not even ``most`` does)."""
+    if reaches(0):
+        return 0
+    low, high = 0, 1  # low never reaches
+    while high < most and not reaches(high):
+        low, high = high, min(2 * high, most)
+    if high > most or not reaches(high):
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if reaches(middle) else (middle, high)
+    return high
+
+
+class Agreement:
+    """The share of pixels to which an ONNX file (run by onnxruntime) gives the label the fp32
+    file gives, over ``batches`` (normalised arrays by input name): ``Agreement(...)(path)``.
+    The fp32 labels are taken once."""
+
+    def __init__(self, fp32: Path | str, batches, spec, threads: int | None = None) -> None:
+        self.spec, self.threads = spec, threads
+        self.batches = [{k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in batch.items()}
+                        for batch in batches]  # fmt: skip
+        if not self.batches:
+            raise ValueError("no images to compare int8 and fp32 labels on")
+        self.expected = self._labels(fp32)
+
+    def _labels(self, path: Path | str) -> list[dict[str, torch.Tensor]]:
+        from .engines import onnx_module
+
+        module = onnx_module("onnxruntime", path, self.spec, self.threads)
+        return [{task: scores.argmax(1).to(torch.int16) for task, scores in module(batch).items()}
+                for batch in self.batches]  # fmt: skip
+
+    def __call__(self, path: Path | str) -> float:
+        shares = [
+            (labels[task] == expected[task]).float().mean().item()
+            for labels, expected in zip(self._labels(path), self.expected, strict=True)
+            for task in expected
+        ]
+        return float(np.mean(shares))
+
+
 def _on_grid(values: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
     """``values`` quantized and dequantized as QuantizeLinear / DequantizeLinear do."""
     low, high = np.iinfo(zero.dtype).min, np.iinfo(zero.dtype).max
@@ -388,17 +474,21 @@ def compare(
 
 
 class CalibrationImages:
-    """The first ``count`` items of a dataset as normalised numpy batches of one, by input
-    name, read when asked (what ``quantize_onnx`` calibrates on)."""
+    """``count`` items of a dataset from ``start`` on (the first ones by default) as
+    normalised numpy batches of one, by input name, read when asked (what ``quantize_onnx``
+    calibrates on)."""
 
-    def __init__(self, dataset, spec, count: int) -> None:
-        self.dataset, self.spec, self.count = dataset, spec, min(count, len(dataset))
+    def __init__(self, dataset, spec, count: int, start: int = 0) -> None:
+        self.dataset, self.spec, self.start = dataset, spec, min(start, len(dataset))
+        self.count = min(count, len(dataset) - self.start)
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        image, _ = self.dataset[index]
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        image, _ = self.dataset[self.start + index]
         return {k: v[None].numpy() for k, v in model_inputs(image, self.spec).items()}
 
 

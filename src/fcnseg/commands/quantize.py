@@ -6,7 +6,10 @@ Calibrates on up to ``--images`` (200) training images run whole, writes the int
 file, then runs fp32 and int8 over ``--val-split`` (val; ``none`` skips it) and prints
 the share of labels int8 keeps and both mean IUs; the numbers also go to
 ``<out>.json``. ``--fp32-activations N`` then takes the N activations the file rounds
-worst (``fcnseg.quantize.sensitive_activations``) off the int8 grid (``keep_fp32``).
+worst (``fcnseg.quantize.sensitive_activations``) off the int8 grid (``keep_fp32``);
+``--agreement P`` takes the fewest of them that make int8's labels equal fp32's on P% of
+the pixels of training images after the calibration ones (``fewest_fp32``), so val
+stays out of the choice.
 ``fcnseg predict`` and ``fcnseg eval`` run the file (``fcnseg.quantize``).
 """
 
@@ -21,13 +24,16 @@ import torch
 
 from ..data import DatasetError
 from ..engines import cached_onnx, onnx_module
+from ..fileio import atomic_write
 from ..metrics import json_safe
 from ..modelfile import read_record
 from ..quantize import (
     MAX_CALIBRATION,
     METHODS,
+    Agreement,
     CalibrationImages,
     compare,
+    fewest_fp32,
     keep_fp32,
     labelled_samples,
     quantize_onnx,
@@ -57,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fp32-activations", type=int, default=0, metavar="N",
                         help="keep the N activations int8 rounds worst in fp32, measured on a "
                         "first int8 file (default 0: every activation int8)")  # fmt: skip
+    parser.add_argument("--agreement", type=float, metavar="P",
+                        help="keep fp32 the fewest of those activations that make int8's labels "
+                        "equal fp32's on P%% of the pixels of held-out training images (e.g. 99)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="the int8 .onnx file to write")
     add_threads(parser)
     parser.set_defaults(run=run)
@@ -74,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--images {args.images}: calibrate on 1 image or more")
     if args.fp32_activations < 0:
         raise ValueError(f"--fp32-activations {args.fp32_activations}: give 0 or more")
+    if args.agreement is not None and not 0 < args.agreement <= 100:
+        raise ValueError(f"--agreement {args.agreement}: give a percentage above 0, up to 100")
+    if args.agreement is not None and args.fp32_activations:
+        raise ValueError("--agreement chooses how many activations stay fp32: "
+                         "drop --fp32-activations")  # fmt: skip
     if args.out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {args.out}: name the int8 file .onnx")
     apply_threads(args)
@@ -93,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         worst = ", ".join(f"{name} ({ratio:.1f} dB)" for name, ratio in ranked)
         print(f"keeping in fp32 the {len(kept)} activations int8 rounds worst: {worst}")
         keep_fp32(args.out, fp32, kept)
+    elif args.agreement is not None:
+        kept = _fewest_fp32(args, record, fp32, calibration, batches)
     print(f"wrote {args.out}")
     if args.val_split is None:
         return 0
@@ -101,12 +117,37 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     summary = {"checkpoint": str(args.checkpoint), "int8": str(args.out),
                "calibration": args.calibration, "calibration_images": count,
-               "fp32_activations": kept,
+               "fp32_activations": kept, "agreement_target": args.agreement,
                **dataclasses.asdict(report)}  # fmt: skip
     report_path = args.out.with_suffix(".json")
-    report_path.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+    text = json.dumps(json_safe(summary), indent=2) + "\n"
+    atomic_write(report_path, lambda tmp: tmp.write_text(text))
     print(f"wrote {report_path}")
     return 0
+
+
+CHECK_IMAGES = 50  # training images after the calibration ones that --agreement checks on
+
+
+def _fewest_fp32(args, record, fp32: Path, calibration, batches) -> list[str]:
+    """``--agreement``: the fewest activations kept fp32 for the share of labels asked."""
+    check = CalibrationImages(calibration, record.spec, CHECK_IMAGES, start=len(batches))
+    what = f"{len(check)} {args.data} {args.split} images after the calibration ones"
+    if not len(check):  # every image calibrated: check on (some of) them
+        check = CalibrationImages(calibration, record.spec, CHECK_IMAGES)
+        what = f"{len(check)} of the calibration images (no others in {args.split})"
+    ranked = [name for name, _ in sensitive_activations(fp32, args.out, batches)]
+    agreement = Agreement(fp32, [check[i] for i in range(len(check))], record.spec, args.threads)
+    target = args.agreement / 100
+    kept, tried = fewest_fp32(args.out, fp32, ranked, agreement, target)
+    for count, share in sorted(tried.items()):
+        print(f"{count} activations fp32: {100 * share:.2f}% of labels equal to fp32's on {what}")
+    if tried[len(kept)] < target:
+        print(f"no count reached {args.agreement:g}%: keeping the best, {len(kept)} fp32")
+    else:
+        print(f"keeping in fp32 {len(kept)} activations for {args.agreement:g}%: "
+              + (", ".join(kept) or "none, every activation int8"))  # fmt: skip
+    return kept
 
 
 def _report(args, record, normalization, fp32: Path):

@@ -137,7 +137,8 @@ def _fewest_fp32(args, record, fp32: Path, calibration, batches) -> list[str]:
         check = CalibrationImages(calibration, record.spec, CHECK_IMAGES)
         what = f"{len(check)} of the calibration images (no others in {args.split})"
     ranked = [name for name, _ in sensitive_activations(fp32, args.out, batches)]
-    agreement = Agreement(fp32, [check[i] for i in range(len(check))], record.spec, args.threads)
+    threads = args.threads or torch.get_num_threads()
+    agreement = Agreement(fp32, [check[i] for i in range(len(check))], record.spec, threads)
     target = args.agreement / 100
     kept, tried = fewest_fp32(args.out, fp32, ranked, agreement, target)
     for count, share in sorted(tried.items()):

@@ -144,7 +144,9 @@ def _fewest_fp32(args, record, fp32: Path, calibration, batches) -> list[str]:
     for count, share in sorted(tried.items()):
         print(f"{count} activations fp32: {100 * share:.2f}% of labels equal to fp32's on {what}")
     if tried[len(kept)] < target:
-        print(f"no count reached {args.agreement:g}%: keeping the best, {len(kept)} fp32")
+        print(f"no count reached {args.agreement:g}%: keeping the best, "
+              f"{100 * tried[len(kept)]:.2f}% with {len(kept)} fp32 "
+              "(--fp32-activations N picks a count by hand)")  # fmt: skip
     else:
         print(f"keeping in fp32 {len(kept)} activations for {args.agreement:g}%: "
               + (", ".join(kept) or "none, every activation int8"))  # fmt: skip

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .engine.evaluate import model_inputs, model_targets, task_metrics
+from .engines import onnx_module
 from .export import RECORD_KEY, require_module
 from .fileio import atomic_write
 from .metrics import MultiTaskConfusion
@@ -387,8 +388,6 @@ class Agreement:
         self.expected = self._labels(fp32)
 
     def _labels(self, path: Path | str) -> list[dict[str, torch.Tensor]]:
-        from .engines import onnx_module
-
         module = onnx_module("onnxruntime", path, self.spec, self.threads)
         return [{task: scores.argmax(1).to(torch.int16) for task, scores in module(batch).items()}
                 for batch in self.batches]  # fmt: skip

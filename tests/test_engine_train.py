@@ -150,6 +150,14 @@ def test_a_callback_or_time_limit_stops_the_run_evaluated_and_saved(tmp_path):
     assert result.stopped == "time limit" and result.iterations == 1
 
 
+def test_a_stop_asked_at_the_last_step_leaves_the_run_finished(tmp_path):
+    """The time limit (here a callback) falling on the schedule's last step: the run is done,
+    and says so (a staged run goes on to its next stage; a resume has nothing left)."""
+    result = train(tiny(tmp_path, overlays=0), callbacks=[lambda info: info.iteration == 8])
+    assert result.stopped == "finished" and result.iterations == 8
+    assert ckpt.load_checkpoint(result.last_checkpoint).training["finished"]
+
+
 def test_init_from_transplants_and_new_skips_start_at_zero(tmp_path):
     torch.manual_seed(0)
     coarse = build_model("fcn32s_efficientnet_lite0", num_classes=7)

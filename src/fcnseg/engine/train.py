@@ -754,6 +754,8 @@ def _epochs(run: _Run, progress: _Progress) -> str:
             if stop is None and _time_up(run):
                 stop = "time limit"  # no new epoch
         complete = position.iteration >= _total(run, position)
+        if complete:  # a stop asked at the last step: the schedule ran out all the same
+            stop = None
         due = epoch_done and position.epoch % run.config.eval_every == 0
         if complete or stop is not None or due:
             _validate(run, progress)

@@ -212,14 +212,20 @@ def test_agreement_is_the_share_of_labels_fp32_gives(quantized):
     assert AGREEMENT < agreement(int8) < 1.0
 
 
-def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
-    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
-    out = tmp_path / "model.int8.onnx"
+def _quantize_command(folder, *options: str):
+    """``fcnseg quantize`` of a tiny checkpoint on 6 synthetic images (4 calibrate): the
+    checkpoint, the int8 file and its report."""
+    path = tiny_checkpoint(folder / "model.pt", classes=7)
+    out = folder / "model.int8.onnx"
     status = main(["quantize", "--checkpoint", str(path), "--data", "synthetic",
                    "--option", "size=48", "--option", "num_images=6", "--images", "4",
-                   "--fp32-activations", "2", "--out", str(out)])  # fmt: skip
+                   *options, "--out", str(out)])  # fmt: skip
     assert status == 0 and out.is_file()
-    report = json.loads(out.with_suffix(".json").read_text())
+    return path, out, json.loads(out.with_suffix(".json").read_text())
+
+
+def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
+    path, out, report = _quantize_command(tmp_path, "--fp32-activations", "2")
     assert report["calibration_images"] == 4 and report["images"] == 6
     assert len(report["fp32_activations"]) == 2
     assert 0.0 <= report["agreement"] <= 1.0
@@ -233,13 +239,7 @@ def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
 
 
 def test_quantize_command_keeps_fp32_what_an_agreement_needs(tmp_path, capsys):
-    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
-    out = tmp_path / "model.int8.onnx"
-    status = main(["quantize", "--checkpoint", str(path), "--data", "synthetic",
-                   "--option", "size=48", "--option", "num_images=6", "--images", "4",
-                   "--agreement", "100", "--out", str(out)])  # fmt: skip
-    assert status == 0 and out.is_file()
-    report = json.loads(out.with_suffix(".json").read_text())
+    _, out, report = _quantize_command(tmp_path, "--agreement", "100")
     assert report["agreement_target"] == 100
     assert _record(out)["quantization"]["fp32_activations"] == report["fp32_activations"]
     printed = capsys.readouterr().out

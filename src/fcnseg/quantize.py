@@ -393,12 +393,13 @@ class Agreement:
                 for batch in self.batches]  # fmt: skip
 
     def __call__(self, path: Path | str) -> float:
-        shares = [
-            (labels[task] == expected[task]).float().mean().item()
-            for labels, expected in zip(self._labels(path), self.expected, strict=True)
-            for task in expected
-        ]
-        return float(np.mean(shares))
+        pairs = zip(self._labels(path), self.expected, strict=True)
+        return float(np.mean([share for a, b in pairs for share in _label_shares(a, b)]))
+
+
+def _label_shares(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> list[float]:
+    """Per task, the share of pixels ``a`` and ``b`` (labels by task) label alike."""
+    return [(a[task] == b[task]).float().mean().item() for task in a]
 
 
 def _on_grid(values: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
@@ -461,8 +462,7 @@ def compare(
             predicted = {task: s.argmax(1) for task, s in scores(batch).items()}
             confusion.update(predicted, targets)
             labels.append(predicted)
-        for task in labels[0]:
-            agreements.append((labels[0][task] == labels[1][task]).float().mean().item())
+        agreements.extend(_label_shares(*labels))
         count += 1
     if not count:
         raise ValueError("no images to compare fp32 and int8 on")

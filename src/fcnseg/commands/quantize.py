@@ -138,7 +138,7 @@ def _fewest_fp32(args, record, fp32: Path, calibration, batches) -> list[str]:
         what = f"{len(check)} of the calibration images (no others in {args.split})"
     ranked = [name for name, _ in sensitive_activations(fp32, args.out, batches)]
     threads = args.threads or torch.get_num_threads()
-    agreement = Agreement(fp32, [check[i] for i in range(len(check))], record.spec, threads)
+    agreement = Agreement(fp32, list(check), record.spec, threads)
     target = args.agreement / 100
     kept, tried = fewest_fp32(args.out, fp32, ranked, agreement, target)
     for count, share in sorted(tried.items()):

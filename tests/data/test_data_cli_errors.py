@@ -3,6 +3,8 @@ traceback, whichever process read the file, and the user's files untouched."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 CLASSES = ["background", "road", "tree"]  # make.folder's classes.txt
@@ -88,3 +90,42 @@ def _empty_config(tmp_path):
     path = tmp_path / "empty.toml"
     path.write_text("# every key on the command line\n")
     return path
+
+
+def _eval_all(fcnseg_cli, checkpoint, root, *extra):
+    """``fcnseg eval`` on every image of a flat folder dataset, in this process's thread."""
+    return fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root,
+        "--split", "none", "--workers", "0", "--device", "cpu", *extra,
+    )  # fmt: skip
+
+
+def test_a_class_named_twice_is_refused_naming_both_lines(
+    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+):
+    """Reports and TensorBoard key classes by name: a repeated name would drop a class."""
+    root = make.folder(tmp_path / "data")
+    (root / "classes.txt").write_text("background\nroad\n# trees\nroad\n")
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(root)
+    result = _eval_all(fcnseg_cli, checkpoint, root)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert f"{root / 'classes.txt'} line 4: class 'road' is already named on line 2" in line
+    assert "distinct" in line
+    assert file_hashes(root) == before
+
+
+def test_a_classes_file_with_a_byte_order_mark_names_class_0_without_it(
+    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes
+):
+    root = make.folder(tmp_path / "data")
+    text = (root / "classes.txt").read_text()
+    (root / "classes.txt").write_text(text, encoding="utf-8-sig")  # as Windows editors save
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(root)
+    report = tmp_path / "metrics.json"
+    result = _eval_all(fcnseg_cli, checkpoint, root, "--out", report)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(report.read_text())["classes"] == CLASSES
+    assert file_hashes(root) == before

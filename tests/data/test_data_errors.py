@@ -233,11 +233,16 @@ def test_colour_mask_without_class_colours(tmp_path, make):
         ("a 1 2 3\nb 1 2 3\n", "share"),
         ("ignore\na\n", "'ignore' needs a colour"),
         ("a 1 2 300\n", "above 255"),
+        ("a\nb\na 1 2 3\n", "line 3: class 'a' is already named on line 1"),
+        ("caf\xe9\n".encode("latin-1"), "is not UTF-8 text"),
     ],
 )
 def test_bad_classes_file(tmp_path, make, text, fragment):
     make.folder(tmp_path)
-    (tmp_path / "classes.txt").write_text(text)
+    if isinstance(text, bytes):
+        (tmp_path / "classes.txt").write_bytes(text)
+    else:
+        (tmp_path / "classes.txt").write_text(text)
     with pytest.raises(DatasetError) as error:
         FolderDataset(tmp_path)
     one_line(error, "classes.txt", fragment)

@@ -3,7 +3,8 @@
 ::
 
     root/
-      classes.txt      one class per line, in index order; optionally a colour after the name:
+      classes.txt      one class per line, in index order, each name once (UTF-8, with or
+                       without a byte-order mark); optionally a colour after the name:
                        "road 128 64 128" or "road #804080"; a line "ignore R G B" names a
                        colour that means 255 (ignored) in colour masks; '#' starts a comment
       images/<stem>.jpg|png|...
@@ -79,14 +80,27 @@ def _parse_color(tokens: list[str]) -> tuple[list[str], Color | None]:
     return tokens, None
 
 
+def _class_lines(path: Path) -> list[str]:
+    """The lines of a classes file. utf-8-sig: editors on Windows start UTF-8 files with a
+    byte-order mark, which would otherwise become part of the first class name."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"classes file {path} is not UTF-8 text ({error.reason} at byte {error.start}): "
+            "save it as UTF-8"
+        ) from None
+
+
 def read_classes(path: Path) -> ClassList:
     """Parse a classes file (see the module docstring)."""
     if not path.is_file():
         raise DatasetError(f"classes file {path} not found: write one class name per line")
     names: list[str] = []
     colors: list[Color | None] = []
+    lines: dict[str, int] = {}  # the line of each class name
     ignore_color = None
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_class_lines(path), start=1):
         tokens = line.split()
         for position, token in enumerate(tokens):
             if token.startswith("#") and not _HEX.fullmatch(token):
@@ -108,6 +122,12 @@ def read_classes(path: Path) -> ClassList:
                 )
             ignore_color = color
             continue
+        if name in lines:
+            raise DatasetError(
+                f"{path} line {number}: class {name!r} is already named on line "
+                f"{lines[name]}: class names must be distinct (results are keyed by name)"
+            )
+        lines[name] = number
         names.append(name)
         colors.append(color)
     if not names:

@@ -4,6 +4,8 @@ correctly."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -154,6 +156,36 @@ def test_corrupt_or_foreign_mat_file(tmp_path, make):
     with pytest.raises(DatasetError) as error:
         read_mat(path, "GTcls", "Segmentation")
     one_line(error, path, "'GTcls'", "segmentation")
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("missing", "is missing: re-extract the dataset"),
+        ("folder", "is not a regular file but a folder"),
+        pytest.param(
+            "fifo",
+            "is not a regular file but a FIFO",
+            marks=pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX"),
+        ),
+    ],
+)
+def test_an_image_or_label_that_is_no_regular_file_says_what_it_is(tmp_path, make, kind, fragment):
+    make.voc(tmp_path)
+    base = tmp_path / "VOCdevkit/VOC2012"
+    dataset = VOCSegmentation(tmp_path, "train")  # the files are checked; then they change
+    for path in (base / "JPEGImages/2007_000032.jpg", base / "SegmentationClass/2007_000039.png"):
+        path.unlink()
+        if kind == "folder":
+            path.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(path)
+    with pytest.raises(DatasetError) as error:
+        dataset[1]
+    one_line(error, f"label {base / 'SegmentationClass/2007_000039.png'} {fragment}")
+    with pytest.raises(DatasetError) as error:
+        read_image(base / "JPEGImages/2007_000032.jpg")
+    one_line(error, f"image {base / 'JPEGImages/2007_000032.jpg'} {fragment}")
 
 
 def test_image_and_label_of_different_sizes(tmp_path, make):

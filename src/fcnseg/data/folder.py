@@ -49,6 +49,7 @@ from .base import (
     read_split_file,
     register_dataset,
     require_dir,
+    require_file,
 )
 from .palettes import Color, voc_palette
 
@@ -147,16 +148,20 @@ def read_classes(path: Path) -> ClassList:
     return ClassList(names, given or None, ignore_color)  # type: ignore[arg-type]
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+def _by_stem(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, Path]:
+    """The ``kind`` files of ``folder`` by stem; something else under such a name (a FIFO,
+    a folder) is refused, not passed over as if the file were missing."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in suffixes:
-            if path.stem in files:
-                raise DatasetError(
-                    f"{what} {files[path.stem].name} and {path.name} share the stem {path.stem!r}: "
-                    "keep one"
-                )
-            files[path.stem] = path
+        if path.suffix.lower() not in suffixes or not path.exists():  # a dangling link: none
+            continue
+        require_file(path, kind)
+        if path.stem in files:
+            raise DatasetError(
+                f"{kind}s {files[path.stem].name} and {path.name} share the stem {path.stem!r}: "
+                "keep one"
+            )
+        files[path.stem] = path
     return files
 
 
@@ -258,9 +263,9 @@ class FolderDataset(SegmentationDataset):
                     "image, set the split to none (train_split=none / val_split=none, "
                     "--split none on fcnseg eval)"
                 )
-        images = _by_stem(images_dir, IMAGE_SUFFIXES, "images")
+        images = _by_stem(images_dir, IMAGE_SUFFIXES, "image")
         _refuse_lossy_masks(masks_dir)
-        masks = _by_stem(masks_dir, MASK_SUFFIXES, "masks")
+        masks = _by_stem(masks_dir, MASK_SUFFIXES, "mask")
         stems = wanted if wanted is not None else sorted(images.keys() | masks.keys())
         for stem in stems:
             if stem not in images:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,34 @@ def test_a_0_1_file_saved_again_is_todays_format(legacy, tmp_path) -> None:
         torch.testing.assert_close(
             again(again.normalization(_raw())), _expected(), rtol=1e-5, atol=1e-5
         )
+
+
+def _flip_a_weight_byte(path: Path) -> None:
+    """Flip one bit in the middle of the largest tensor storage of a ``torch.save`` archive,
+    as a failing disk or a bad copy would; the zip headers stay intact."""
+    with zipfile.ZipFile(path) as archive:
+        storages = [entry for entry in archive.infolist() if "/data/" in entry.filename]
+    entry = max(storages, key=lambda entry: entry.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, entry.header_offset + 26)
+    start = entry.header_offset + 30 + name_length + extra_length  # after the local header
+    data[start + entry.file_size // 2] ^= 0x40
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "pt"])
+def test_a_damaged_0_1_torch_file_is_refused_in_one_line(
+    legacy, kind, tmp_path, fcnseg_cli, file_hashes, one_line_error
+) -> None:
+    """0.1 files carry no checksum of fcnseg's; the CRC-32 of their zip entries catches a
+    changed byte that torch.load would read as a wrong weight."""
+    path = tmp_path / legacy[kind].name
+    shutil.copyfile(legacy[kind], path)
+    _flip_a_weight_byte(path)
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli("weights", "inspect", path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert line.startswith(f"fcnseg: error: model file {path} is damaged")
+    assert "CRC-32" in line and "another copy" in line
+    assert file_hashes(tmp_path) == before

@@ -19,7 +19,9 @@ and bytes, in name order) and the record around them (spec, normalisations, clas
 training state). A file damaged after it was written is refused instead of predicting
 silently wrong labels.
 Writes are atomic (``fileio.atomic_write``). Files of fcnseg 0.1 (a ``fcnseg.checkpoint``
-version 1, a weights file with ``model`` / ``num_classes`` / ``options``) still load.
+version 1, a weights file with ``model`` / ``num_classes`` / ``options``) still load; they
+carry no checksum, so the CRC-32 of each entry of their zip archive is checked instead
+(``fileio.check_archive``; 0.1's .safetensors files have nothing to check).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .fileio import (
     SAFETENSORS_SUFFIX,
     FileFormatError,
     atomic_write,
+    check_archive,
     read_safetensors,
     read_torch_file,
     tensors_only,
@@ -262,6 +265,8 @@ def read_record(path: str | Path, what: str = "model file") -> ModelRecord:
         record = _from_safetensors(state, metadata, path)
     else:
         loaded = read_torch_file(path, what)
+        if not _checksummed(loaded):
+            check_archive(path, what)
         record = _from_torch(loaded, path)
     record.path = path
     return record
@@ -328,6 +333,11 @@ class BareStateDict(FileFormatError):
     def __init__(self, path: Path, state_dict: dict[str, torch.Tensor]) -> None:
         super().__init__(f"{path} holds a bare state dict, not an fcnseg model file")
         self.state_dict = state_dict
+
+
+def _checksummed(loaded: Any) -> bool:
+    """Whether a loaded torch file is one of today's, whose checksum ``_check_sum`` tests."""
+    return isinstance(loaded, dict) and loaded.get("format") == FORMAT and "spec" in loaded
 
 
 def _from_torch(loaded: Any, path: Path) -> ModelRecord:

@@ -3,7 +3,13 @@ traceback, whichever process read the file, and the user's files untouched."""
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+import zlib
+
 import pytest
+from PIL import Image
 
 CLASSES = ["background", "road", "tree"]  # make.folder's classes.txt
 
@@ -88,3 +94,91 @@ def _empty_config(tmp_path):
     path = tmp_path / "empty.toml"
     path.write_text("# every key on the command line\n")
     return path
+
+
+def _eval_all(fcnseg_cli, checkpoint, root, *extra):
+    """``fcnseg eval`` on every image of a flat folder dataset, in this process's thread."""
+    return fcnseg_cli(
+        "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root,
+        "--split", "none", "--workers", "0", "--device", "cpu", *extra,
+    )  # fmt: skip
+
+
+def test_a_class_named_twice_is_refused_naming_both_lines(
+    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+):
+    """Reports and TensorBoard key classes by name: a repeated name would drop a class."""
+    root = make.folder(tmp_path / "data")
+    (root / "classes.txt").write_text("background\nroad\n# trees\nroad\n")
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(root)
+    result = _eval_all(fcnseg_cli, checkpoint, root)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert f"{root / 'classes.txt'} line 4: class 'road' is already named on line 2" in line
+    assert "distinct" in line
+    assert file_hashes(root) == before
+
+
+def test_a_classes_file_with_a_byte_order_mark_names_class_0_without_it(
+    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes
+):
+    root = make.folder(tmp_path / "data")
+    text = (root / "classes.txt").read_text()
+    (root / "classes.txt").write_text(text, encoding="utf-8-sig")  # as Windows editors save
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(root)
+    report = tmp_path / "metrics.json"
+    result = _eval_all(fcnseg_cli, checkpoint, root, "--out", report)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(report.read_text())["classes"] == CLASSES
+    assert file_hashes(root) == before
+
+
+def _write_bomb_png(path):
+    """A valid 1-bit PNG of black pixels, a few KB on disk and just over the pixel count
+    PIL refuses to decode (twice Image.MAX_IMAGE_PIXELS): a decompression bomb."""
+    width = 16384
+    height = 2 * Image.MAX_IMAGE_PIXELS // width + 1
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, gray
+    rows = bytes(1 + width // 8) * height  # filter byte 0, then the row's bits
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+    path.write_bytes(png + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_says_it_is_too_large_and_how_to_allow_it(
+    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+):
+    root = make.folder(tmp_path / "data")
+    (root / "images" / "b.jpg").unlink()
+    _write_bomb_png(root / "images" / "b.png")
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(root)
+    result = _eval_all(fcnseg_cli, checkpoint, root, "--out", tmp_path / "metrics.json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert f"image {root / 'images' / 'b.png'} is too large to decode safely" in line
+    assert "PIL.Image.MAX_IMAGE_PIXELS = None" in line and "re-download" not in line
+    assert file_hashes(root) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_fifo_among_the_masks_is_named_as_no_regular_file(
+    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+):
+    root = make.folder(tmp_path / "data")
+    (root / "masks" / "b.png").unlink()
+    os.mkfifo(root / "masks" / "b.png")
+    checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
+    before = file_hashes(root)  # regular files only: reading the FIFO would block
+    result = _eval_all(fcnseg_cli, checkpoint, root, "--out", tmp_path / "metrics.json")
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert f"mask {root / 'masks' / 'b.png'} is not a regular file but a FIFO" in line
+    assert file_hashes(root) == before

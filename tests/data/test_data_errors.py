@@ -4,6 +4,8 @@ correctly."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -156,6 +158,36 @@ def test_corrupt_or_foreign_mat_file(tmp_path, make):
     one_line(error, path, "'GTcls'", "segmentation")
 
 
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("missing", "is missing: re-extract the dataset"),
+        ("folder", "is not a regular file but a folder"),
+        pytest.param(
+            "fifo",
+            "is not a regular file but a FIFO",
+            marks=pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX"),
+        ),
+    ],
+)
+def test_an_image_or_label_that_is_no_regular_file_says_what_it_is(tmp_path, make, kind, fragment):
+    make.voc(tmp_path)
+    base = tmp_path / "VOCdevkit/VOC2012"
+    dataset = VOCSegmentation(tmp_path, "train")  # the files are checked; then they change
+    for path in (base / "JPEGImages/2007_000032.jpg", base / "SegmentationClass/2007_000039.png"):
+        path.unlink()
+        if kind == "folder":
+            path.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(path)
+    with pytest.raises(DatasetError) as error:
+        dataset[1]
+    one_line(error, f"label {base / 'SegmentationClass/2007_000039.png'} {fragment}")
+    with pytest.raises(DatasetError) as error:
+        read_image(base / "JPEGImages/2007_000032.jpg")
+    one_line(error, f"image {base / 'JPEGImages/2007_000032.jpg'} {fragment}")
+
+
 def test_image_and_label_of_different_sizes(tmp_path, make):
     make.voc(tmp_path)
     path = tmp_path / "VOCdevkit/VOC2012/SegmentationClass/2007_000039.png"
@@ -233,11 +265,16 @@ def test_colour_mask_without_class_colours(tmp_path, make):
         ("a 1 2 3\nb 1 2 3\n", "share"),
         ("ignore\na\n", "'ignore' needs a colour"),
         ("a 1 2 300\n", "above 255"),
+        ("a\nb\na 1 2 3\n", "line 3: class 'a' is already named on line 1"),
+        ("caf\xe9\n".encode("latin-1"), "is not UTF-8 text"),
     ],
 )
 def test_bad_classes_file(tmp_path, make, text, fragment):
     make.folder(tmp_path)
-    (tmp_path / "classes.txt").write_text(text)
+    if isinstance(text, bytes):
+        (tmp_path / "classes.txt").write_bytes(text)
+    else:
+        (tmp_path / "classes.txt").write_text(text)
     with pytest.raises(DatasetError) as error:
         FolderDataset(tmp_path)
     one_line(error, "classes.txt", fragment)

@@ -148,3 +148,36 @@ def test_binary_masks_with_1_as_foreground_read_without_warnings(tmp_path):
         warnings.simplefilter("error")
         dataset = FolderDataset(root, "val")
     assert set(dataset[1][1].unique().tolist()) == {0, 1}
+
+
+def test_masks_mixing_1_and_255_as_foreground_are_refused_naming_one_of_each(
+    tmp_path, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+):
+    """Half the masks 0/1, half 0/255: the 255 half's foreground would be ignored."""
+    root = make_binary(tmp_path / "data", splits=("val",), foreground=1)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[8:24, 8:24] = 255
+    _save(root / "masks" / "val" / "1.png", mask)
+    checkpoint = make_checkpoint(tmp_path / "model.pt", ["background", "object"])
+    before = file_hashes(root)
+    command = ("eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root,
+               "--workers", "0", "--device", "cpu", "--out", tmp_path / "metrics.json")  # fmt: skip
+    result = fcnseg_cli(*command)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    masks = root / "masks" / "val"
+    assert f"mask {masks / '1.png'} holds 255 and no 1 while mask {masks / '0.png'} holds 1" in line
+    assert "value_map={0=0,1=1,255=1}" in line and "{0 = 0, 1 = 1, 255 = 255}" in line
+    assert file_hashes(root) == before
+    result = fcnseg_cli(*command, "--option", "value_map={0=0,1=1,255=1}")
+    assert result.returncode == 0, result.stderr
+    assert file_hashes(root) == before
+
+
+def test_an_explicit_value_map_lets_255_mean_ignored_beside_masks_with_1(tmp_path):
+    root = make_binary(tmp_path, splits=("val",), foreground=1)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[:4] = 255  # a region the annotator left out, in an image without the object
+    _save(root / "masks" / "val" / "1.png", mask)
+    dataset = FolderDataset(root, "val", value_map={0: 0, 1: 1, 255: 255})
+    assert set(dataset[1][1].unique().tolist()) == {0, 255}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
+import stat
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ __all__ = [
     "open_image",
     "read_split_file",
     "require_dir",
+    "require_file",
     "find_dir",
     "image_to_tensor",
     "label_to_tensor",
@@ -88,6 +91,34 @@ def require_dir(path: Path | str, what: str, fix: str) -> Path:
         state = "is not a folder" if path.exists() else "does not exist"
         raise DatasetError(f"{what} {path} {state}: {fix}")
     return path
+
+
+def require_file(path: Path | str, kind: str) -> None:
+    """A DatasetError when ``path`` is not a regular file: missing, or something else under
+    its name (a FIFO, whose read would block forever; a folder; a socket or device)."""
+    path = Path(path)
+    if path.is_file():
+        return
+    if not path.exists():
+        raise DatasetError(f"{kind} {path} is missing: re-extract the dataset")
+    raise DatasetError(
+        f"{kind} {path} is not a regular file but {_file_type(path)}: put the {kind} file "
+        "there (re-extract the dataset)"
+    )
+
+
+def _file_type(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "no regular file"
 
 
 def find_dir(root: Path | str, candidates: Iterable[str], marker: str, what: str, fix: str) -> Path:
@@ -150,17 +181,33 @@ def check_files(samples: Sequence[Sample], listed_in: Path | str) -> None:
 
 
 def _open(path: Path, kind: str) -> Image.Image:
-    if not Path(path).is_file():
-        raise DatasetError(f"{kind} {path} is missing: re-extract the dataset")
+    require_file(path, kind)
     try:
         image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError as error:
+        raise DatasetError(_too_large(path, kind, error)) from None
     except _DECODE_ERRORS as error:
         raise DatasetError(
             f"{kind} {path} cannot be decoded ({type(error).__name__}: {error}): "
             "the file is corrupt or truncated; re-download or re-extract it"
         ) from None
     return image
+
+
+def _too_large(path: Path, kind: str, error: Image.DecompressionBombError) -> str:
+    """PIL refuses images of more than twice ``Image.MAX_IMAGE_PIXELS`` (a small file can
+    inflate to gigabytes): say so, and how a user who trusts the file lifts the limit."""
+    numbers = re.findall(r"(\d+) pixels", str(error))  # "Image size (N pixels) ... of M pixels"
+    if len(numbers) == 2:
+        size = f"{int(numbers[0]):,} pixels, over the limit of {int(numbers[1]):,}"
+    else:
+        size = str(error)
+    return (
+        f"{kind} {path} is too large to decode safely ({size}: PIL's guard against "
+        "decompression bombs): shrink or tile it; or, if you trust the file, raise the limit "
+        "from Python before reading (PIL.Image.MAX_IMAGE_PIXELS = None, or a larger pixel count)"
+    )
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -250,8 +297,7 @@ def read_mat(path: Path, key: str, field_name: str | None = None) -> np.ndarray:
         raise DatasetError(
             f"reading {path} needs scipy: pip install scipy (or fcnseg[data])"
         ) from None
-    if not Path(path).is_file():
-        raise DatasetError(f"label {path} is missing: re-extract the dataset")
+    require_file(path, "label")
     try:
         content = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
     except Exception as error:  # scipy raises many types; any parser failure is a bad file

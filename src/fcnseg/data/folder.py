@@ -3,7 +3,8 @@
 ::
 
     root/
-      classes.txt      one class per line, in index order; optionally a colour after the name:
+      classes.txt      one class per line, in index order, each name once (UTF-8, with or
+                       without a byte-order mark); optionally a colour after the name:
                        "road 128 64 128" or "road #804080"; a line "ignore R G B" names a
                        colour that means 255 (ignored) in colour masks; '#' starts a comment
       images/<stem>.jpg|png|...
@@ -23,8 +24,10 @@ error naming the file, except 255, which stays ignored unless mapped.
 
 Up to ``scan_masks`` masks (spread over the split) are read when the dataset is built, so
 bad masks fail before training: a 2-class dataset whose masks hold 255 and no 1 (foreground
-saved as 255, which would be ignored) is an error saying how to map it, and a class that
-occurs in none of the scanned masks is a warning.
+saved as 255, which would be ignored) is an error saying how to map it, and so is one where
+some masks hold 1 and others 255 and no 1 (two encodings mixed: an explicit value_map, even
+``{0: 0, 1: 1, 255: 255}``, says what 255 means and lets it through); a class that occurs in
+none of the scanned masks is a warning.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from .base import (
     read_split_file,
     register_dataset,
     require_dir,
+    require_file,
 )
 from .palettes import Color, voc_palette
 
@@ -79,14 +83,27 @@ def _parse_color(tokens: list[str]) -> tuple[list[str], Color | None]:
     return tokens, None
 
 
+def _class_lines(path: Path) -> list[str]:
+    """The lines of a classes file. utf-8-sig: editors on Windows start UTF-8 files with a
+    byte-order mark, which would otherwise become part of the first class name."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"classes file {path} is not UTF-8 text ({error.reason} at byte {error.start}): "
+            "save it as UTF-8"
+        ) from None
+
+
 def read_classes(path: Path) -> ClassList:
     """Parse a classes file (see the module docstring)."""
     if not path.is_file():
         raise DatasetError(f"classes file {path} not found: write one class name per line")
     names: list[str] = []
     colors: list[Color | None] = []
+    lines: dict[str, int] = {}  # the line of each class name
     ignore_color = None
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_class_lines(path), start=1):
         tokens = line.split()
         for position, token in enumerate(tokens):
             if token.startswith("#") and not _HEX.fullmatch(token):
@@ -108,6 +125,12 @@ def read_classes(path: Path) -> ClassList:
                 )
             ignore_color = color
             continue
+        if name in lines:
+            raise DatasetError(
+                f"{path} line {number}: class {name!r} is already named on line "
+                f"{lines[name]}: class names must be distinct (results are keyed by name)"
+            )
+        lines[name] = number
         names.append(name)
         colors.append(color)
     if not names:
@@ -125,16 +148,20 @@ def read_classes(path: Path) -> ClassList:
     return ClassList(names, given or None, ignore_color)  # type: ignore[arg-type]
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+def _by_stem(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, Path]:
+    """The ``kind`` files of ``folder`` by stem; something else under such a name (a FIFO,
+    a folder) is refused, not passed over as if the file were missing."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in suffixes:
-            if path.stem in files:
-                raise DatasetError(
-                    f"{what} {files[path.stem].name} and {path.name} share the stem {path.stem!r}: "
-                    "keep one"
-                )
-            files[path.stem] = path
+        if path.suffix.lower() not in suffixes or not path.exists():  # a dangling link: none
+            continue
+        require_file(path, kind)
+        if path.stem in files:
+            raise DatasetError(
+                f"{kind}s {files[path.stem].name} and {path.name} share the stem {path.stem!r}: "
+                "keep one"
+            )
+        files[path.stem] = path
     return files
 
 
@@ -236,9 +263,9 @@ class FolderDataset(SegmentationDataset):
                     "image, set the split to none (train_split=none / val_split=none, "
                     "--split none on fcnseg eval)"
                 )
-        images = _by_stem(images_dir, IMAGE_SUFFIXES, "images")
+        images = _by_stem(images_dir, IMAGE_SUFFIXES, "image")
         _refuse_lossy_masks(masks_dir)
-        masks = _by_stem(masks_dir, MASK_SUFFIXES, "masks")
+        masks = _by_stem(masks_dir, MASK_SUFFIXES, "mask")
         stems = wanted if wanted is not None else sorted(images.keys() | masks.keys())
         for stem in stems:
             if stem not in images:
@@ -263,18 +290,46 @@ class FolderDataset(SegmentationDataset):
         picks = np.linspace(0, len(self.samples) - 1, min(count, len(self.samples)))
         picks = np.unique(picks.round().astype(int))
         seen = np.zeros(IGNORE_INDEX + 1, dtype=bool)  # the classes, and 255 for ignored
+        examples: dict[int, Path] = {}  # a mask holding 1; one holding 255 and no 1
         for index in picks:
             sample = self.samples[index]
             label = self.label_map(self.read_label(sample), sample.label)
-            seen |= np.bincount(label.ravel(), minlength=IGNORE_INDEX + 1) > 0
+            present = np.bincount(label.ravel(), minlength=IGNORE_INDEX + 1) > 0
+            seen |= present
+            if present[1] or present[IGNORE_INDEX]:
+                examples.setdefault(1 if present[1] else IGNORE_INDEX, sample.label)
         where = f"{len(picks)} {self.split} masks" if self.split else f"{len(picks)} masks"
-        if self._foreground_saved_as_255(seen):
+        if self._guesses_what_255_means():
+            self._refuse_255_as_foreground(examples, where)
+        self._warn_missing_classes(seen, where)
+
+    def _guesses_what_255_means(self) -> bool:
+        """Binary index masks and no value_map saying what 255 means."""
+        return self.num_classes == 2 and self.mask_colors is None and self.value_map is None
+
+    def _refuse_255_as_foreground(self, examples: dict[int, Path], where: str) -> None:
+        """Masks with 255 and no 1 hold the foreground as 255 (which is ignored): in every
+        scanned mask, or beside masks that hold it as 1 (two encodings mixed in one set)."""
+        if IGNORE_INDEX not in examples:
+            return
+        if 1 not in examples:
             raise DatasetError(
                 f"{self.root}: the {where} scanned hold 255 and no 1, and 255 means "
                 "ignored, so the foreground would never be learnt or scored: map it with "
                 "value_map = {0 = 0, 255 = 1} (in train_options and val_options, or --option "
                 "value_map={0=0,255=1} on fcnseg eval), or save the foreground as 1"
             )
+        raise DatasetError(
+            f"{self.root}: mask {examples[IGNORE_INDEX]} holds 255 and no 1 while mask "
+            f"{examples[1]} holds 1, and 255 means ignored, so the foreground of masks like "
+            "the first would never be learnt or scored: if both mean the foreground, map them "
+            "with value_map = {0 = 0, 1 = 1, 255 = 1} (in train_options and val_options, or "
+            "--option value_map={0=0,1=1,255=1} on fcnseg eval) or save it as 1 in every "
+            "mask; if 255 does mark pixels to ignore, say so with value_map = "
+            "{0 = 0, 1 = 1, 255 = 255}"
+        )
+
+    def _warn_missing_classes(self, seen: np.ndarray, where: str) -> None:
         missing = [f"{self.classes[k]!r} ({k})" for k in range(self.num_classes) if not seen[k]]
         if missing:
             subject = "class " if len(missing) == 1 else "classes "
@@ -282,13 +337,8 @@ class FolderDataset(SegmentationDataset):
             warnings.warn(
                 f"{self.root}: {subject}{', '.join(missing)} never {verb} in the {where} "
                 "scanned: check the masks and classes.txt",
-                stacklevel=3,
+                stacklevel=4,
             )
-
-    def _foreground_saved_as_255(self, seen: np.ndarray) -> bool:
-        """Binary index masks with 255 and no 1, and no value_map saying what 255 means."""
-        binary = self.num_classes == 2 and self.mask_colors is None and self.value_map is None
-        return binary and bool(seen[IGNORE_INDEX]) and not seen[1]
 
     def read_label(self, sample: Sample) -> np.ndarray:
         if self.mask_colors is None:

@@ -180,14 +180,6 @@ def test_module_level_imports_form_no_cycle() -> None:
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-# Imports inside functions that the data layer still makes (data/ is another helper's:
-# DatasetError can move to a module both import, and transforms.py imports nothing of
-# base.py, so base.py can import it at the top). Emptied as they are fixed; no new ones.
-KNOWN_DEFERRED = {
-    ("fcnseg.data.base", "fcnseg.data.transforms"),
-    ("fcnseg.data.palettes", "fcnseg.data.base"),
-}
-
 
 def test_no_import_of_the_library_hides_in_a_function() -> None:
     """An import inside a function dodges a cycle instead of removing it (issue 12)."""
@@ -196,7 +188,7 @@ def test_no_import_of_the_library_hides_in_a_function() -> None:
         for item in IMPORTS
         if not item.top_level and not item.type_only
     }
-    new = [f"{source} imports {target} at line {line}, inside a function" for (source, target), line in deferred.items() if (source, target) not in KNOWN_DEFERRED]  # fmt: skip
+    new = [f"{source} imports {target} at line {line}, inside a function" for (source, target), line in deferred.items()]  # fmt: skip
     assert not new, "\n".join(new)
 
 

@@ -31,7 +31,6 @@ __all__ = [
     "check_archive",
     "read_safetensors",
     "write_safetensors",
-    "describe_safetensors",
     "tensors_only",
     "read_state_dict",
     "SAFETENSORS_SUFFIX",
@@ -165,19 +164,6 @@ def write_safetensors(
     """
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
     save_file(tensors, str(path), metadata=dict(metadata))
-
-
-def describe_safetensors(path: str | Path) -> tuple[list[tuple[str, tuple, str]], dict[str, str]]:
-    """(name, shape, dtype) of every tensor, read from the header alone, and the metadata."""
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            rows = []
-            for key in handle.keys():
-                view = handle.get_slice(key)
-                rows.append((key, tuple(view.get_shape()), str(view.get_dtype())))
-            return rows, dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as error:
-        raise FileFormatError(f"{path}: not a readable safetensors file ({error})") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -37,7 +37,6 @@ __all__ = [
     "confusion_figure",
     "overlay",
     "overlay_figure",
-    "comparison_panel",
     "panel_figure",
     "legend_entries",
     "LegendEntry",
@@ -296,27 +295,6 @@ def overlay_figure(
     figure.set_size_inches((total + 0.25) / _DPI, (height + band + 0.25) / _DPI)
     figure.figimage(blended, xo=0, yo=band, origin="upper")  # no resampling: exact pixels
     return figure
-
-
-def comparison_panel(
-    image: np.ndarray,
-    maps: Sequence[np.ndarray],
-    palette: Sequence[Sequence[int]],
-    gap: int = 4,
-    scale: int = 1,
-) -> np.ndarray:
-    """The image, then each label map (truth, predictions) in colour, side by side;
-    ``scale`` enlarges every tile by pixel repetition (small images stay legible). Bare
-    pixels: ``panel_figure`` adds column titles and a legend."""
-    tiles = [np.asarray(image, dtype=np.uint8)]
-    tiles += [colorize(m, [tuple(c) for c in palette]) for m in maps]
-    tiles = [tile.repeat(scale, axis=0).repeat(scale, axis=1) for tile in tiles]
-    height = tiles[0].shape[0]
-    spacer = np.full((height, gap, 3), 255, dtype=np.uint8)
-    row: list[np.ndarray] = []
-    for tile in tiles:
-        row += [tile, spacer]
-    return np.concatenate(row[:-1], axis=1)
 
 
 # panel_figure's layout, in pixels

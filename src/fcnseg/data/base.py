@@ -27,7 +27,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Subset
 
+from .errors import DatasetError
 from .palettes import Color, colors_to_indices
+from .transforms import Compose
 
 __all__ = [
     "DatasetError",
@@ -64,10 +66,6 @@ _DECODE_ERRORS = (
     zlib.error,
     Image.DecompressionBombError,
 )
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent: the message names it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -465,8 +463,6 @@ class SegmentationDataset(Dataset):
     def apply_transforms(self, image: Any, label: Any, index: int) -> tuple[Any, Any]:
         if self.transforms is None:
             return image, label
-        from .transforms import Compose  # transforms know nothing of readers
-
         if isinstance(self.transforms, Compose):
             return self.transforms(image, label, index=index)
         return self.transforms(image, label)

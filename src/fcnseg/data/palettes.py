@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DatasetError
+
 __all__ = [
     "Color",
     "voc_palette",
@@ -110,8 +112,6 @@ def colors_to_indices(
     A colour that is not listed is an error naming the file, the colour and how many pixels
     carry it, because silently mapping it to void would hide a mislabelled mask.
     """
-    from .base import DatasetError  # the error type lives with the reader machinery
-
     keys = _codes(np.asarray(colors, dtype=np.int32).reshape(-1, 3))
     order = np.argsort(keys)
     keys, targets = keys[order], np.asarray(values, dtype=np.int64)[order]

@@ -31,8 +31,6 @@ __all__ = [
     "iter_fields",
     "to_int64",
     "packed_varints",
-    "packed_floats",
-    "packed_doubles",
     "RepeatedNumbers",
 ]
 
@@ -166,13 +164,3 @@ def _packed(view: memoryview, dtype: str, what: str) -> np.ndarray:
         raise CaffeFormatError(f"packed {what} of {len(view)} bytes is not a multiple of {size}")
     # frombuffer views the slice (bounded by the input); astype makes an owned native copy
     return np.frombuffer(view, dtype=dtype).astype(dtype[1:])
-
-
-def packed_floats(view: memoryview) -> np.ndarray:
-    """Little-endian float32 values of a packed ``repeated float`` field."""
-    return _packed(view, "<f4", "float")
-
-
-def packed_doubles(view: memoryview) -> np.ndarray:
-    """Little-endian float64 values of a packed ``repeated double`` field."""
-    return _packed(view, "<f8", "double")

@@ -34,6 +34,7 @@ import dataclasses
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import threading
@@ -64,6 +65,7 @@ from ..surgery import transplant
 from . import checkpoint as ckpt
 from .average import WeightAverage
 from .budget import PROBE_STEPS, REPLAN_EVERY, Budget, Costs, minutes, moved, plan_steps
+from .claim import claim_run
 from .distributed import (
     Context,
     all_mean,
@@ -240,10 +242,11 @@ def train(
         with collective_timeouts(context, config.ddp_timeout_seconds):
             run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
             run_dir = Path(_broadcast(str(run_dir), context))
-            if config.staged:
-                result = _train_stages(config, run_dir, context, resume, callbacks)
-            else:
-                result = _train_one(config.resolved(), run_dir, context, resume, callbacks)
+            with claim_run(run_dir) if context.is_main else contextlib.nullcontext():
+                if config.staged:
+                    result = _train_stages(config, run_dir, context, resume, callbacks)
+                else:
+                    result = _train_one(config.resolved(), run_dir, context, resume, callbacks)
             barrier(context)  # a rank leaving gloo while another still talks can abort it
             return result
     finally:
@@ -365,12 +368,24 @@ def _load_resume(run_dir: Path) -> ckpt.ModelRecord:
     path = run_dir / "last.pt"
     if not path.is_file():
         raise ckpt.CheckpointError(
-            f"cannot resume {run_dir}: it holds no last.pt (was the run started there?)"
+            f"cannot resume {run_dir}: it holds no last.pt{_restart(run_dir)}"
         )
     checkpoint = ckpt.load_checkpoint(path)
     if checkpoint.training is None:
         raise ckpt.CheckpointError(f"{path} holds weights only: it cannot resume a run")
     return checkpoint
+
+
+def _restart(run_dir: Path) -> str:
+    """How to start again a run that stopped before its first last.pt (from its config)."""
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return " (was the run started there?)"
+    replace = " --overwrite" if (run_dir / "best.pt").is_file() else ""
+    return (
+        f" (its run stopped before its first one); start it again: fcnseg train --config "
+        f"{shlex.quote(str(config))} --run-dir {shlex.quote(str(run_dir))}{replace}"
+    )
 
 
 def _setup(

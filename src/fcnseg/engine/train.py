@@ -61,7 +61,7 @@ from ..models import FCN, ModelSpec
 from ..models.backbones import set_activation_checkpointing
 from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
-from ..surgery import transplant
+from ..surgery import class_layers, transplant, without_layers
 from . import checkpoint as ckpt
 from .average import WeightAverage
 from .budget import PROBE_STEPS, REPLAN_EVERY, Budget, Costs, minutes, moved, plan_steps
@@ -674,14 +674,34 @@ def _build_model(config: TrainConfig, spec: ModelSpec, *, init: bool) -> FCN:
     if init and config.init_streams:
         _fuse_streams(model, config)
     if init and config.init_from:
-        source = ckpt.load_checkpoint(config.init_from)
-        report = transplant(model, source.state_dict)
-        if not report.copied and not report.coerced:
-            raise ConfigError(
-                f"init_from = {config.init_from}: none of its weights fit {config.model}"
-            )
-        print(f"init_from {config.init_from}: {report}")
+        _init_from(model, config)
     return model
+
+
+def _init_from(model: FCN, config: TrainConfig) -> None:
+    """Transplant the ``init_from`` checkpoint's weights by name; score layers made for
+    another class count start as a new model's, and the line printed names them."""
+    source = ckpt.load_checkpoint(config.init_from)
+    fresh = class_layers(source.state_dict, model, heads=_head_names(model))
+    report = transplant(model, without_layers(source.state_dict, fresh))
+    if not report.copied and not report.coerced:
+        raise ConfigError(f"init_from = {config.init_from}: none of its weights fit {config.model}")
+    note = ""
+    if fresh:
+        note = (
+            f"; re-initialised for {_class_counts(model.spec)} classes (the checkpoint has "
+            f"{_class_counts(source.spec)}): {', '.join(fresh)}"
+        )
+    print(f"init_from {config.init_from}: {report}{note}")
+
+
+def _head_names(model: FCN) -> list[str]:
+    heads = list(model.task_heads().values())
+    return [name for name, module in model.named_modules() if any(module is h for h in heads)]
+
+
+def _class_counts(spec: ModelSpec) -> str:
+    return " / ".join(str(count) for count in spec.task_classes.values())
 
 
 def _fuse_streams(model: FCN, config: TrainConfig) -> None:

@@ -183,3 +183,23 @@ def test_init_from_another_class_count_starts_the_score_layers_anew(tmp_path, fc
     mine = dict(trained.backbone.named_parameters())
     for name, tensor in source.backbone.named_parameters():  # lr 1e-30: as transplanted
         assert torch.allclose(mine[name], tensor, rtol=0, atol=1e-12), name
+
+
+@needs_camvid
+def test_a_crop_larger_than_every_image_is_one_warning(tmp_path, fcnseg_cli):
+    """The folder default crop (512) on 64x48 images pads every sample: one warning line
+    names the crop, the largest image and the key to set; a crop that fits says nothing."""
+    data = make_folder_dataset(tmp_path / "small", "index", count=4)
+    quick = ["model=fcn32s_efficientnet_lite0", "pretrained_backbone=false", "max_iters=1",
+             "batch_size=2", "threads=1", "num_workers=0", "overlays=0"]  # fmt: skip
+    result = fcnseg_cli("train", f"root={data}", f"output={tmp_path / 'runs'}", *quick)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "crop_size" in line]
+    assert warned == [
+        "fcnseg: warning: crop_size 512 exceeds every training image (the largest is 64x48, "
+        "128x96 at scale 2): each sample is padded to 512x512, which slows training for "
+        "nothing; set crop_size=128 or less"
+    ]
+    result = fcnseg_cli("train", f"root={data}", f"output={tmp_path / 'runs'}", "crop_size=128", *quick)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "crop_size" not in result.stderr

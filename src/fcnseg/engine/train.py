@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -402,6 +404,8 @@ def _setup(
     data = _build_data(config)
     spec = model_spec(config, data)
     _check_inputs(config, data, spec)
+    if context.is_main:
+        _warn_oversized_crop(config, data.train)
     model = _build_model(config, spec, init=init).to(context.device)
     if config.channels_last and not context.distributed:  # DDP: see TrainConfig
         model = model.to(memory_format=torch.channels_last)
@@ -543,6 +547,50 @@ def _check_inputs(config: TrainConfig, data: _Data, spec: ModelSpec) -> None:
             f"{config.dataset} have {_channels(given)}: set in_channels (or inputs) to the "
             "data's, or train on data with those channels"
         )
+
+
+def _warn_oversized_crop(config: TrainConfig, dataset: Dataset) -> None:
+    """Warn when ``crop_size`` exceeds every training image at the largest scale: every
+    sample is then padded to the crop, and the padding costs as much compute as the image
+    (512 crops of 64-pixel images train about 15 times slower for nothing)."""
+    crop = config.crop_size
+    if not crop:
+        return
+    scale = max(config.scale_range) if config.scale_range else 1.0
+    largest = _largest_image(dataset, below=crop / scale)
+    if largest is None:
+        return
+    width, height = largest
+    scaled = f", {round(width * scale)}x{round(height * scale)} at scale {scale:g}"
+    fit = int(max(width, height) * scale)
+    warnings.warn(
+        f"crop_size {crop} exceeds every training image (the largest is {width}x{height}"
+        f"{scaled if scale != 1 else ''}): each sample is padded to {crop}x{crop}, which "
+        f"slows training for nothing; set crop_size={fit} or less",
+        stacklevel=2,
+    )
+
+
+def _largest_image(dataset: Dataset, *, below: float) -> tuple[int, int] | None:
+    """(width, height) of the training image with the longest side, read from the file
+    headers, when every side is shorter than ``below``; None when one is not (the scan stops
+    there) or the dataset names no image files."""
+    base = _base(dataset)
+    samples = getattr(base, "samples", None)
+    if not samples:
+        return None
+    indices = dataset.indices if isinstance(dataset, Subset) else range(len(samples))
+    largest = (0, 0)
+    for index in indices:
+        try:
+            with Image.open(samples[index].image) as image:
+                size = image.size
+        except (OSError, ValueError):  # the reader says what is wrong, when it reads it
+            return None
+        if max(size) >= below:
+            return None
+        largest = max(largest, size, key=max)
+    return largest
 
 
 def _channels(inputs: dict[str, int]) -> str:

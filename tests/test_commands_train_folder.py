@@ -5,13 +5,16 @@ announcement, and the progress: one bar on a terminal, loss lines in a log."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from own_data import make_folder_dataset, needs_camvid
+from own_data import CLASSES, camvid_frames, make_folder_dataset, needs_camvid, save_mask
 
+import fcnseg
 from fcnseg.cli import main
 from fcnseg.config import ConfigError, load_config
+from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.engine.feedback import Feedback
 from fcnseg.engine.optim import LRSchedule, fit_warmup
 from fcnseg.engine.splits import hold_out
@@ -141,3 +144,62 @@ def test_a_folder_with_a_train_split_only_holds_out_from_it(tmp_path):
     ]
     explicit = load_config(None, ["dataset=folder", f"root={data}", "val_split=none"])
     assert fit_folder_splits(explicit) == (explicit, [])  # none is a choice, kept
+
+
+def _five_class_folder(root: Path) -> Path:
+    """root/images, root/masks (CamVid's first five classes, the rest ignored), classes.txt."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(CLASSES[:5]) + "\n")
+    for stem, image, labels in camvid_frames(4):
+        image.save(root / "images" / f"{stem}.png")
+        labels[labels >= 5] = 255
+        save_mask(root / "masks" / f"{stem}.png", labels, "index")
+    return root
+
+
+@needs_camvid
+def test_init_from_another_class_count_starts_the_score_layers_anew(tmp_path, fcnseg_cli):
+    """A 3-class checkpoint starts a 5-class run: the backbone transfers, and the score
+    layers start as a new model's (zero), named in the one line that says so."""
+    data = _five_class_folder(tmp_path / "five")
+    source = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=3)
+    with torch.no_grad():
+        source.head.score_fr.weight.fill_(1.0)  # a trained score layer, for three classes
+    weights = fcnseg.save_weights(tmp_path / "three.pt", source, classes=["a", "b", "c"])
+    run = tmp_path / "run"
+    result = fcnseg_cli(
+        "train", "--run-dir", run, f"root={data}", "model=fcn32s_efficientnet_lite0",
+        f"init_from={weights}", "pretrained_backbone=false", "lr=1e-30", "max_iters=1", *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("init_from")]
+    assert line.endswith(
+        "; re-initialised for 5 classes (the checkpoint has 3): head.score_fr, head.upscore"
+    )
+    trained = load_checkpoint(run / "last.pt").build()
+    assert trained.head.score_fr.weight.shape[0] == 5
+    assert trained.head.score_fr.weight.abs().max() < 1e-12  # not the source's ones
+    mine = dict(trained.backbone.named_parameters())
+    for name, tensor in source.backbone.named_parameters():  # lr 1e-30: as transplanted
+        assert torch.allclose(mine[name], tensor, rtol=0, atol=1e-12), name
+
+
+@needs_camvid
+def test_a_crop_larger_than_every_image_is_one_warning(tmp_path, fcnseg_cli):
+    """The folder default crop (512) on 64x48 images pads every sample: one warning line
+    names the crop, the largest image and the key to set; a crop that fits says nothing."""
+    data = make_folder_dataset(tmp_path / "small", "index", count=4)
+    quick = ["model=fcn32s_efficientnet_lite0", "pretrained_backbone=false", "max_iters=1",
+             "batch_size=2", "threads=1", "num_workers=0", "overlays=0"]  # fmt: skip
+    result = fcnseg_cli("train", f"root={data}", f"output={tmp_path / 'runs'}", *quick)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "crop_size" in line]
+    assert warned == [
+        "fcnseg: warning: crop_size 512 exceeds every training image (the largest is 64x48, "
+        "128x96 at scale 2): each sample is padded to 512x512, which slows training for "
+        "nothing; set crop_size=128 or less"
+    ]
+    result = fcnseg_cli("train", f"root={data}", f"output={tmp_path / 'runs'}", "crop_size=128", *quick)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "crop_size" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import resource
 import signal
@@ -20,6 +21,7 @@ from slim_models import SLIM, register_slim
 import fcnseg
 from fcnseg.cli import main
 from fcnseg.engine.checkpoint import load_checkpoint
+from fcnseg.engine.claim import LOCK_NAME, claim_run
 from fcnseg.fileio import FileFormatError
 from fcnseg.modelfile import read_record
 from fcnseg.models import ModelSpec
@@ -115,6 +117,84 @@ def test_resume_of_a_finished_run_trains_on_when_given_more(tmp_path, capsys, fi
     assert len(lrs) == 4 and lrs[2] > 0  # the schedule runs to the new end, not past the old
 
 
+# ------------------------------------------------------------------ one run per run folder
+
+
+def _train_command(*args) -> list[str]:
+    return [sys.executable, "-m", "fcnseg", "train", *map(str, args)]
+
+
+def test_a_run_folder_held_by_a_live_run_is_refused_in_one_line(
+    tmp_path, capsys, fcnseg_cli, file_hashes, one_line_error
+):
+    config = tiny_config(tmp_path, output=str(tmp_path / "runs"), name="busy")
+    run = tmp_path / "runs" / "busy"
+    assert main(["train", "--config", str(config)]) == 0
+    capsys.readouterr()
+    with claim_run(run):  # this test process stands for a run still training there
+        before = file_hashes(tmp_path)
+        for args in (["--config", config, "--overwrite"], ["--resume", run, "epochs=2"]):
+            result = fcnseg_cli("train", *args)
+            assert result.returncode == 2, result.stderr
+            line = one_line_error(result)
+            assert line.startswith(f"fcnseg: error: {run} is in use by another fcnseg train")
+            assert f"(process {os.getpid()})" in line and "wait for it to end" in line
+        assert file_hashes(tmp_path) == before  # not cleared, not resumed, not appended
+    assert not (run / LOCK_NAME).exists()
+    assert main(["train", "--resume", str(run), "epochs=2"]) == 0  # free again
+
+
+def test_two_trainings_of_one_name_started_together_one_trains(
+    tmp_path, cli_environment, one_line_error
+):
+    runs = tmp_path / "runs"
+    configs = []
+    for seed in (1, 2):  # the same name, told apart by their seeds
+        folder = tmp_path / f"config{seed}"
+        folder.mkdir()
+        configs.append(tiny_config(folder, output=str(runs), name="same", seed=seed))
+    processes = [
+        subprocess.Popen(
+            _train_command("--config", config), env=cli_environment,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for config in configs
+    ]
+    results = [(process, *process.communicate(timeout=300)) for process in processes]
+    codes = sorted(process.returncode for process, _, _ in results)
+    assert codes == [0, 2], [err for _, _, err in results]
+    (winner,) = [seed for seed, (p, _, _) in zip((1, 2), results, strict=True) if p.returncode == 0]
+    (loser,) = [r for r in results if r[0].returncode == 2]
+    line = one_line_error(subprocess.CompletedProcess([], 2, loser[1], loser[2]))
+    run = runs / "same"
+    # refused while the other trained, or after it had finished
+    assert f"{run} is in use by another fcnseg train" in line or "already holds a run" in line
+    assert json.loads((run / "config.json").read_text())["seed"] == winner
+    for checkpoint in ("best.pt", "last.pt"):
+        assert load_checkpoint(run / checkpoint).training["config"]["seed"] == winner
+    assert events(run).count("start") == 1
+
+
+def test_a_crashed_run_leaves_its_folder_free(tmp_path, cli_environment, fcnseg_cli):
+    config = tiny_config(tmp_path, output=str(tmp_path / "runs"), name="crash")
+    run = tmp_path / "runs" / "crash"
+    crash = (
+        "import os, sys\n"
+        "from fcnseg.engine.claim import claim_run\n"
+        "held = claim_run(sys.argv[1])\n"
+        "held.__enter__()\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", crash, str(run)], env=cli_environment, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert (run / LOCK_NAME).is_file()  # left behind, but no process holds it
+    result = fcnseg_cli("train", "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert not (run / LOCK_NAME).exists()
+
+
 # ----------------------------------------------------------------------------- a full disk
 
 
@@ -144,6 +224,61 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(
     monkeypatch.setattr(torch, "save", save)
     assert main(["train", "--resume", str(run)]) == 0  # and the run goes on from there
     assert load_checkpoint(run / "last.pt").training["iteration"] == 2
+
+
+def _disk_full_at(monkeypatch, name: str):
+    """torch.save fails on the first write of ``name`` (a full disk); the real one back."""
+    save = torch.save
+
+    def full_disk(obj, target, *args, **kwargs):
+        if Path(target).name.startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    return save
+
+
+def test_a_full_disk_before_the_first_checkpoint_gives_advice_that_works(
+    tmp_path, capsys, monkeypatch
+):
+    config = tiny_config(tmp_path, output=str(tmp_path / "runs"), name="early")
+    run = tmp_path / "runs" / "early"
+    save = _disk_full_at(monkeypatch, "best.pt")  # the first checkpoint a run writes
+    assert main(["train", "--config", str(config)]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.endswith("make room, then run the command again")
+    assert (run / "config.json").is_file() and not list(run.glob("*.pt"))
+    # resuming has nothing to resume: it names the command that starts the run again
+    assert main(["train", "--resume", str(run)]) == 2
+    line = one_line(capsys.readouterr().err)
+    again = f"start it again: fcnseg train --config {run / 'config.json'} --run-dir {run}"
+    assert line.endswith(again)
+    assert main(again.split(": ", 1)[1].split()[1:]) == 1  # accepted: it trains, disk still full
+    assert one_line(capsys.readouterr().err).endswith("then run the command again")
+    monkeypatch.setattr(torch, "save", save)  # room made
+    assert main(["train", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} held no checkpoint (its run stopped before the first): starting again" in out
+    assert events(run).count("start") == 1  # the failed attempts' logs went with them
+    assert load_checkpoint(run / "last.pt").training["finished"]
+
+
+def test_a_full_disk_after_best_before_last_says_overwrite_and_that_works(
+    tmp_path, capsys, monkeypatch
+):
+    config = tiny_config(tmp_path, output=str(tmp_path / "runs"), name="half")
+    run = tmp_path / "runs" / "half"
+    save = _disk_full_at(monkeypatch, "last.pt")
+    assert main(["train", "--config", str(config)]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.endswith("make room, then run the command again with --overwrite (it replaces "
+                         "the best.pt kept)")  # fmt: skip
+    assert (run / "best.pt").is_file() and not (run / "last.pt").exists()
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["train", "--config", str(config)]) == 2  # best.pt is not replaced unasked
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--overwrite"]) == 0
 
 
 def test_a_file_size_limit_is_one_line_naming_the_file(tmp_path, fcnseg_cli, cli_environment):

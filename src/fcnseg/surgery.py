@@ -9,7 +9,7 @@ name, and resize the score layers of a trained model to another class count.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,8 @@ __all__ = [
     "TransplantReport",
     "WeightMismatchError",
     "transplant",
+    "class_layers",
+    "without_layers",
     "expand_score",
 ]
 
@@ -201,6 +203,32 @@ def transplant(
         for key in report.copied + report.coerced:
             target[key].copy_(source[key].reshape(target[key].shape))
     return report
+
+
+def class_layers(
+    src: Mapping[str, torch.Tensor], dst: nn.Module, heads: Sequence[str]
+) -> list[str]:
+    """The layers under ``heads`` (module names of ``dst``) whose tensors in ``src`` have
+    other shapes than ``dst``'s: score and upsampling layers made for another class count.
+
+    Fine-tuning a trained net on another label set keeps its features and starts these
+    anew, as Section 4.3 starts the score layers of a net made from a classifier; a shape
+    mismatch outside the heads is a different backbone, for ``transplant`` to refuse.
+    """
+    shapes = {key: tensor.shape for key, tensor in dst.state_dict().items()}
+    layers: list[str] = []
+    for key, tensor in src.items():
+        layer = key.rpartition(".")[0]
+        inside = any(layer == head or layer.startswith(head + ".") for head in heads)
+        if inside and key in shapes and shapes[key] != tensor.shape and layer not in layers:
+            layers.append(layer)
+    return layers
+
+
+def without_layers(state: Mapping[str, torch.Tensor], layers: Sequence[str]) -> dict:
+    """``state`` without the tensors of ``layers`` (module names): what ``transplant`` then
+    leaves as the target initialised them."""
+    return {key: value for key, value in state.items() if key.rpartition(".")[0] not in layers}
 
 
 def expand_score(model: nn.Module, num_classes: int) -> nn.Module:

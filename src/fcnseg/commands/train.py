@@ -10,6 +10,7 @@ torchrun --nproc_per_node 2 -m fcnseg.cli train --config configs/camvid.toml
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, load_config
 from ..engine.checkpoint import WriteError
+from ..engine.claim import claim_run
 from ..engine.distributed import CollectiveTimeoutError
 from ..engine.runfolder import clear_run, holds_run
 from ..engine.train import NonFiniteLossError, default_run_dir, train
@@ -82,8 +84,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         run_dir = default_run_dir(config, stem=stem)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
-    if args.resume is None and holds_run(run_dir):
-        if not args.overwrite:
+    with claim_run(run_dir) if main else contextlib.nullcontext():
+        if args.resume is None:
+            _take_folder(run_dir, overwrite=args.overwrite, main=main)
+        return _train(config, run_dir, resume=args.resume is not None, main=main)
+
+
+def _take_folder(run_dir: Path, *, overwrite: bool, main: bool) -> None:
+    """Refuse a folder that holds a run's checkpoints unless ``overwrite``. A folder whose
+    run stopped before its first checkpoint holds no run: its leftover logs are cleared."""
+    if holds_run(run_dir):
+        if not overwrite:
             raise ConfigError(
                 f"{run_dir} already holds a run: continue it with fcnseg train --resume "
                 f"{_quote(run_dir)}, or start it again with --overwrite (its checkpoints and "
@@ -92,9 +103,15 @@ def run(args: argparse.Namespace) -> int:
         if main:
             clear_run(run_dir)
             print(f"--overwrite: removed the run in {run_dir}")
-    resume = f"fcnseg train --resume {_quote(run_dir)}"
+    elif main and clear_run(run_dir):
+        print(f"{run_dir} held no checkpoint (its run stopped before the first): starting again")
+
+
+def _train(config: TrainConfig, run_dir: Path, *, resume: bool, main: bool) -> int:
+    """Train, then say how it ended; the exit status."""
+    command = f"fcnseg train --resume {_quote(run_dir)}"
     try:
-        result = train(config, run_dir, resume=args.resume is not None)
+        result = train(config, run_dir, resume=resume)
     except NonFiniteLossError as error:
         print(f"fcnseg: error: {error}", file=sys.stderr)
         return 1
@@ -106,13 +123,11 @@ def run(args: argparse.Namespace) -> int:
         # exception", status -6) after the line above. Everything this run wrote is closed.
         os._exit(1)
     except WriteError as error:
-        kept = any(run_dir.rglob("last.pt"))
-        then = f"then resume: {resume}" if kept else "then run the command again"
-        print(f"fcnseg: error: {error}; make room, {then}", file=sys.stderr)
+        print(f"fcnseg: error: {error}; make room, {_then(run_dir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: the step was abandoned
         kept = "last.pt keeps the last saved step" if any(run_dir.rglob("last.pt")) else ""
-        then = f"; resume: {resume}" if kept else ""
+        then = f"; resume: {command}" if kept else ""
         print(f"fcnseg: interrupted{': ' + kept if kept else ''}{then}", file=sys.stderr)
         return 130
     if not main:
@@ -120,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if result.stopped == "interrupted":
         print(
             f"fcnseg: interrupted at iteration {result.iterations}: saved "
-            f"{result.last_checkpoint}; resume: {resume}",
+            f"{result.last_checkpoint}; resume: {command}",
             file=sys.stderr,
         )
         return 130
@@ -130,6 +145,16 @@ def run(args: argparse.Namespace) -> int:
         f"{100 * best:.1f}; run folder {result.run_dir}"
     )
     return 0
+
+
+def _then(run_dir: Path) -> str:
+    """What goes on from a run stopped by a failed write: resume from its last.pt; without
+    one, the command again (with --overwrite when a best.pt must be replaced)."""
+    if any(run_dir.rglob("last.pt")):
+        return f"then resume: fcnseg train --resume {_quote(run_dir)}"
+    if holds_run(run_dir):
+        return "then run the command again with --overwrite (it replaces the best.pt kept)"
+    return "then run the command again"
 
 
 def _without_config(overrides: list[str]) -> TrainConfig:

@@ -53,15 +53,17 @@ RUN_FILES = (
     "metrics.json", "curves.png", "confusion.png",
 )  # fmt: skip
 RUN_FOLDERS = ("overlays", "tb")
+CHECKPOINTS = ("last.pt", "best.pt")
 
 
 def holds_run(folder: Path) -> bool:
-    """Whether ``folder`` holds a run's files (its own or a stage's)."""
+    """Whether ``folder`` holds a run: a checkpoint of its own or of a stage. A folder whose
+    run stopped before its first checkpoint (a full disk, a NaN loss) holds only logs and
+    its config: running the command again starts that run anew there."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    marks = ("config.json", "last.pt", "best.pt", "log.jsonl")
-    if any((folder / name).exists() for name in marks):
+    if any((folder / name).exists() for name in CHECKPOINTS):
         return True
     return any(holds_run(stage) for stage in folder.glob("stage[0-9]-*"))
 

@@ -34,10 +34,12 @@ import dataclasses
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -60,10 +63,11 @@ from ..models import FCN, ModelSpec
 from ..models.backbones import set_activation_checkpointing
 from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
-from ..surgery import transplant
+from ..surgery import class_layers, transplant, without_layers
 from . import checkpoint as ckpt
 from .average import WeightAverage
 from .budget import PROBE_STEPS, REPLAN_EVERY, Budget, Costs, minutes, moved, plan_steps
+from .claim import claim_run
 from .distributed import (
     Context,
     all_mean,
@@ -240,10 +244,11 @@ def train(
         with collective_timeouts(context, config.ddp_timeout_seconds):
             run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
             run_dir = Path(_broadcast(str(run_dir), context))
-            if config.staged:
-                result = _train_stages(config, run_dir, context, resume, callbacks)
-            else:
-                result = _train_one(config.resolved(), run_dir, context, resume, callbacks)
+            with claim_run(run_dir) if context.is_main else contextlib.nullcontext():
+                if config.staged:
+                    result = _train_stages(config, run_dir, context, resume, callbacks)
+                else:
+                    result = _train_one(config.resolved(), run_dir, context, resume, callbacks)
             barrier(context)  # a rank leaving gloo while another still talks can abort it
             return result
     finally:
@@ -365,12 +370,24 @@ def _load_resume(run_dir: Path) -> ckpt.ModelRecord:
     path = run_dir / "last.pt"
     if not path.is_file():
         raise ckpt.CheckpointError(
-            f"cannot resume {run_dir}: it holds no last.pt (was the run started there?)"
+            f"cannot resume {run_dir}: it holds no last.pt{_restart(run_dir)}"
         )
     checkpoint = ckpt.load_checkpoint(path)
     if checkpoint.training is None:
         raise ckpt.CheckpointError(f"{path} holds weights only: it cannot resume a run")
     return checkpoint
+
+
+def _restart(run_dir: Path) -> str:
+    """How to start again a run that stopped before its first last.pt (from its config)."""
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return " (was the run started there?)"
+    replace = " --overwrite" if (run_dir / "best.pt").is_file() else ""
+    return (
+        f" (its run stopped before its first one); start it again: fcnseg train --config "
+        f"{shlex.quote(str(config))} --run-dir {shlex.quote(str(run_dir))}{replace}"
+    )
 
 
 def _setup(
@@ -387,6 +404,8 @@ def _setup(
     data = _build_data(config)
     spec = model_spec(config, data)
     _check_inputs(config, data, spec)
+    if context.is_main:
+        _warn_oversized_crop(config, data.train)
     model = _build_model(config, spec, init=init).to(context.device)
     if config.channels_last and not context.distributed:  # DDP: see TrainConfig
         model = model.to(memory_format=torch.channels_last)
@@ -530,6 +549,50 @@ def _check_inputs(config: TrainConfig, data: _Data, spec: ModelSpec) -> None:
         )
 
 
+def _warn_oversized_crop(config: TrainConfig, dataset: Dataset) -> None:
+    """Warn when ``crop_size`` exceeds every training image at the largest scale: every
+    sample is then padded to the crop, and the padding costs as much compute as the image
+    (512 crops of 64-pixel images train about 15 times slower for nothing)."""
+    crop = config.crop_size
+    if not crop:
+        return
+    scale = max(config.scale_range) if config.scale_range else 1.0
+    largest = _largest_image(dataset, below=crop / scale)
+    if largest is None:
+        return
+    width, height = largest
+    scaled = f", {round(width * scale)}x{round(height * scale)} at scale {scale:g}"
+    fit = int(max(width, height) * scale)
+    warnings.warn(
+        f"crop_size {crop} exceeds every training image (the largest is {width}x{height}"
+        f"{scaled if scale != 1 else ''}): each sample is padded to {crop}x{crop}, which "
+        f"slows training for nothing; set crop_size={fit} or less",
+        stacklevel=2,
+    )
+
+
+def _largest_image(dataset: Dataset, *, below: float) -> tuple[int, int] | None:
+    """(width, height) of the training image with the longest side, read from the file
+    headers, when every side is shorter than ``below``; None when one is not (the scan stops
+    there) or the dataset names no image files."""
+    base = _base(dataset)
+    samples = getattr(base, "samples", None)
+    if not samples:
+        return None
+    indices = dataset.indices if isinstance(dataset, Subset) else range(len(samples))
+    largest = (0, 0)
+    for index in indices:
+        try:
+            with Image.open(samples[index].image) as image:
+                size = image.size
+        except (OSError, ValueError):  # the reader says what is wrong, when it reads it
+            return None
+        if max(size) >= below:
+            return None
+        largest = max(largest, size, key=max)
+    return largest
+
+
 def _channels(inputs: dict[str, int]) -> str:
     return " + ".join(f"{name} {count} channel(s)" for name, count in inputs.items())
 
@@ -659,14 +722,34 @@ def _build_model(config: TrainConfig, spec: ModelSpec, *, init: bool) -> FCN:
     if init and config.init_streams:
         _fuse_streams(model, config)
     if init and config.init_from:
-        source = ckpt.load_checkpoint(config.init_from)
-        report = transplant(model, source.state_dict)
-        if not report.copied and not report.coerced:
-            raise ConfigError(
-                f"init_from = {config.init_from}: none of its weights fit {config.model}"
-            )
-        print(f"init_from {config.init_from}: {report}")
+        _init_from(model, config)
     return model
+
+
+def _init_from(model: FCN, config: TrainConfig) -> None:
+    """Transplant the ``init_from`` checkpoint's weights by name; score layers made for
+    another class count start as a new model's, and the line printed names them."""
+    source = ckpt.load_checkpoint(config.init_from)
+    fresh = class_layers(source.state_dict, model, heads=_head_names(model))
+    report = transplant(model, without_layers(source.state_dict, fresh))
+    if not report.copied and not report.coerced:
+        raise ConfigError(f"init_from = {config.init_from}: none of its weights fit {config.model}")
+    note = ""
+    if fresh:
+        note = (
+            f"; re-initialised for {_class_counts(model.spec)} classes (the checkpoint has "
+            f"{_class_counts(source.spec)}): {', '.join(fresh)}"
+        )
+    print(f"init_from {config.init_from}: {report}{note}")
+
+
+def _head_names(model: FCN) -> list[str]:
+    heads = list(model.task_heads().values())
+    return [name for name, module in model.named_modules() if any(module is h for h in heads)]
+
+
+def _class_counts(spec: ModelSpec) -> str:
+    return " / ".join(str(count) for count in spec.task_classes.values())
 
 
 def _fuse_streams(model: FCN, config: TrainConfig) -> None:

@@ -3,8 +3,11 @@
 import subprocess
 import sys
 
+import pytest
+
 import fcnseg
 from fcnseg.cli import main
+from fcnseg.data import SYNTHETIC_CLASSES
 
 
 def test_models_lists_every_model(capsys):
@@ -51,3 +54,57 @@ def test_a_command_line_mistake_is_one_line(fcnseg_cli):
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and says in lines[0], result.stderr
         assert "--help' lists the options" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_an_unknown_device_is_one_line_before_any_work(
+    tmp_path, command, fcnseg_cli, make_checkpoint, file_hashes, one_line_error
+):
+    """--device cdua was torch's traceback (predict's after making its output folder)."""
+    checkpoint = make_checkpoint(tmp_path / "best.pt", SYNTHETIC_CLASSES)
+    reads = {
+        "eval": ["--data", "synthetic", "--option", "size=32", "--workers", "0"],
+        "predict": [checkpoint, "--out", tmp_path / "masks"],
+    }
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli(command, "--checkpoint", checkpoint, *reads[command], "--device", "cdua")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "device 'cdua' is not a device: choose auto, cpu, cuda or cuda:N" in line
+    assert file_hashes(tmp_path) == before and not (tmp_path / "masks").exists()
+
+
+def _onnx_file(path):
+    """A valid ONNX model (one Identity node): what fcnseg export writes is one too."""
+    onnx = pytest.importorskip("onnx")
+    value = {name: onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1])
+             for name in ("x", "y")}  # fmt: skip
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    graph = onnx.helper.make_graph([node], "identity", [value["x"]], [value["y"]])
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    return path
+
+
+# What each command reads an ONNX file given as --checkpoint with (outputs in tmp_path).
+_ONNX_AS_CHECKPOINT = {
+    "eval": ["eval", "--data", "synthetic"],
+    "export": ["export", "onnx", "--out", "again.onnx"],
+    "quantize": ["quantize", "--data", "synthetic", "--out", "int8.onnx"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(_ONNX_AS_CHECKPOINT))
+def test_an_onnx_file_as_checkpoint_is_named_so(
+    tmp_path, command, fcnseg_cli, file_hashes, one_line_error
+):
+    """A valid .onnx was called damaged or truncated: say what it is and where it goes."""
+    model = _onnx_file(tmp_path / "model.onnx")
+    args = [tmp_path / arg if arg.endswith(".onnx") else arg for arg in _ONNX_AS_CHECKPOINT[command]]
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli(*args, "--checkpoint", model)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert f"{model} is an ONNX file, not a PyTorch checkpoint" in line
+    assert f"fcnseg predict --checkpoint {model}" in line and f"--onnx {model}" in line
+    assert "damaged" not in line
+    assert file_hashes(tmp_path) == before

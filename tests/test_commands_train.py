@@ -82,6 +82,26 @@ def test_nan_learning_rate_names_the_key(config_file, fcnseg_cli, file_hashes, o
     assert file_hashes(config_file.parent) == before  # no run folder either
 
 
+@pytest.mark.parametrize(
+    "override, says",
+    [("device=cdua", "device 'cdua' is not a device: choose auto, cpu, cuda or cuda:N"),
+     ("train_options={colour = 1, size = 32}",
+      "train_options.colour is not an option of dataset 'synthetic': it takes size, "
+      "num_images, seed"),
+     ("val_options={sizes = 32}",
+      "val_options.sizes is not an option of dataset 'synthetic': did you mean 'size'?")],
+)  # fmt: skip
+def test_a_wrong_device_or_reader_option_is_one_line(
+    config_file, override, says, fcnseg_cli, file_hashes, one_line_error
+):
+    """Each was a traceback: torch's list of twenty device types, the reader's TypeError."""
+    before = file_hashes(config_file.parent)
+    result = fcnseg_cli("train", "--config", config_file, override)
+    assert result.returncode == 2
+    assert says in one_line_error(result)
+    assert file_hashes(config_file.parent) == before  # no run folder either
+
+
 # ---------------------------------------------------------------------- spec options (issue 12)
 
 

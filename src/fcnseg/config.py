@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .builder import resolve_spec
+from .data.base import reader_options
 from .fileio import atomic_write
 from .models.spec import SPEC_FIELDS, ModelSpec, SpecError
 
@@ -246,6 +247,9 @@ class TrainConfig:
                 f"{source}: init_streams and init_from both start the weights: keep one"
             )
         check_model_options(self.model, self.model_options, source)
+        _check_reader_options("train_options", self.dataset, self.train_options, source)
+        val_dataset = self.val_dataset or self.dataset
+        _check_reader_options("val_options", val_dataset, self.val_options, source)
         if self.staged and model_variant(self.model) != "8s":
             raise ConfigError(
                 f"{source}: staged training ends at an FCN-8s: set model to an fcn8s_* "
@@ -667,6 +671,22 @@ def _check_model_option(key: str, value: Any, source: str) -> None:
 
 _TASKS_EXAMPLE = "{ semantic = 33, geometric = 3 }"
 _INPUTS_EXAMPLE = "{ color = 3, depth = 1 }, or { depth = { channels = 1, normalization = {...} } }"
+
+
+def _check_reader_options(key: str, dataset: str, options: Mapping[str, Any], source: str):
+    """Refuse an option the dataset's reader does not take, naming those it does (the
+    reader would fail with a TypeError, after the run had started)."""
+    known = reader_options(dataset)
+    if known is None:
+        return
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            takes = f"it takes {', '.join(known)}" if known else "it takes none: drop " + key
+            raise ConfigError(
+                f"{source}: {key}.{name} is not an option of dataset {dataset!r}: {hint}{takes}"
+            )
 
 
 def _check_table(key: str, value: Any, source: str, example: str, *, allow_count: bool) -> None:

@@ -70,6 +70,7 @@ __all__ = [
 
 FORMAT = "fcnseg"
 VERSION = 2
+ONNX_SUFFIX = ".onnx"  # fcnseg export onnx / fcnseg quantize: not read here
 _LEGACY_CHECKPOINT = "fcnseg.checkpoint"  # fcnseg 0.1's training checkpoints
 
 
@@ -264,12 +265,26 @@ def read_record(path: str | Path, what: str = "model file") -> ModelRecord:
         state, metadata = read_safetensors(path)
         record = _from_safetensors(state, metadata, path)
     else:
-        loaded = read_torch_file(path, what)
+        try:
+            loaded = read_torch_file(path, what)
+        except FileFormatError:
+            if path.suffix.lower() == ONNX_SUFFIX:
+                raise FileFormatError(_onnx_given(path, what)) from None
+            raise
         if not _checksummed(loaded):
             check_archive(path, what)
         record = _from_torch(loaded, path)
     record.path = path
     return record
+
+
+def _onnx_given(path: Path, what: str) -> str:
+    """An exported model where a PyTorch file belongs is no damage: say where it goes."""
+    return (
+        f"{what} {path} is an ONNX file, not a PyTorch {what}: run it with fcnseg predict "
+        f"--checkpoint {path}, evaluate it with fcnseg eval --checkpoint <the .pt it was made "
+        f"from> --onnx {path}"
+    )
 
 
 def load_weights(

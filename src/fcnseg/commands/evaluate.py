@@ -21,11 +21,12 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Subset
 
-from ..engine.checkpoint import CheckpointError, load_checkpoint
+from ..engine.checkpoint import CheckpointError, load_checkpoint, writing
 from ..engine.distributed import Context, resolve_device
 from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics, task_metrics
 from ..engine.perimage import evaluate_per_image, worst, write_per_image_csv
 from ..engines import check_source
+from ..fileio import atomic_write
 from ..inference import Segmenter
 from ..metrics import json_safe
 from .options import (
@@ -38,6 +39,7 @@ from .options import (
     open_dataset,
     tta_of,
 )
+from .outputs import check_outputs
 from .table import print_table
 
 
@@ -88,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
             "it out to evaluate every image"
         )
     check_engine(args)
+    device = resolve_device(args.device)
+    outputs = {"--out": _report_path(args), "--per-image": args.per_image}
+    check_outputs(
+        {option: path for option, path in outputs.items() if path is not None},
+        {"--checkpoint": args.checkpoint, "--onnx": args.onnx},
+    )
     apply_threads(args)
     record = load_checkpoint(args.checkpoint)
     model = record.build()
@@ -96,11 +104,9 @@ def run(args: argparse.Namespace) -> int:
     classes = _classes(record, dataset, args)
     if args.max_images is not None:
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
-    device = resolve_device(args.device)
     progress = sys.stdout.isatty()  # quiet when piped or logged
     scores = None
     if args.per_image is not None:
-        _check_csv(args.per_image)
         confusion, scores = evaluate_per_image(
             runner,
             dataset,
@@ -125,15 +131,6 @@ def run(args: argparse.Namespace) -> int:
     if scores is not None:
         _report_images(args.per_image, scores, next(iter(classes.values())))
     return 0
-
-
-def _check_csv(path: Path) -> None:
-    """Before evaluating: a folder to write the CSV into (the model's tasks are checked by
-    ``evaluate_per_image`` before its first image)."""
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"--per-image {path}: the folder {path.parent} does not exist; create it"
-        )
 
 
 def _report_images(path: Path, scores, classes) -> None:
@@ -195,10 +192,15 @@ def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, 
     return classes
 
 
-def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
-    out = args.out or args.checkpoint.with_name(
+def _report_path(args: argparse.Namespace) -> Path:
+    """``--out``, or a name beside the checkpoint that says what was evaluated on what."""
+    return args.out or args.checkpoint.with_name(
         f"eval-{args.checkpoint.stem}-{args.data}-{args.split or 'all'}.json"
     )
+
+
+def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
+    out = _report_path(args)
     single = len(metrics) == 1  # a single task's metrics stay at the top level
     task = next(iter(metrics))
     report = {
@@ -213,8 +215,7 @@ def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
         if single
         else {t: m.matrix.tolist() for t, m in confusion.matrices.items()},
     }
-    try:
-        out.write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    except OSError as error:
-        raise PermissionError(f"cannot write {out} ({error.strerror}): pass --out FILE") from None
+    text = json.dumps(json_safe(report), indent=2) + "\n"
+    with writing(out):
+        atomic_write(out, lambda temporary: temporary.write_text(text))
     print(f"\nwrote {out}")

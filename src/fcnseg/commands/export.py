@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..engine.checkpoint import writing
 from ..export import check_onnx, export_onnx
 from ..modelfile import BareStateDict, load_weights, read_record, record_of
+from .outputs import check_outputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
+    check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint})
     try:
         record = read_record(args.checkpoint, what="checkpoint")
     except BareStateDict:  # its model named on the command line, or a one-line error
@@ -49,15 +52,16 @@ def run_onnx(args: argparse.Namespace) -> int:
             if given is not None and given != recorded:
                 raise ValueError(f"{args.checkpoint} holds {recorded}, not {what} {given}")
         model = record.build()
-    export_onnx(
-        model,
-        args.out,
-        opset=args.opset,
-        example_size=tuple(args.example_size),
-        classes=record.classes,
-        palette=record.palette,
-        ignore_index=record.ignore_index,
-    )
+    with writing(args.out):
+        export_onnx(
+            model,
+            args.out,
+            opset=args.opset,
+            example_size=tuple(args.example_size),
+            classes=record.classes,
+            palette=record.palette,
+            ignore_index=record.ignore_index,
+        )
     inputs = " + ".join(f"{i.name} {i.channels}" for i in model.spec.inputs)
     tasks = ", ".join(f"{t.name} {t.classes}" for t in model.spec.tasks)
     print(

@@ -273,10 +273,11 @@ def run(args: argparse.Namespace) -> int:
     tiling = _tiling(args)
     check_engine(args)
     apply_threads(args)
+    device = resolve_device(args.device)
     check_writable(args.out)
     segmenter = Segmenter.from_checkpoint(
         args.checkpoint,
-        device=resolve_device(args.device),
+        device=device,
         tiling=tiling,
         tta=tta_of(args),
         engine=args.engine,

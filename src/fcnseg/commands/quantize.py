@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..data import DatasetError
+from ..engine.checkpoint import writing
 from ..engines import cached_onnx, onnx_module
 from ..fileio import atomic_write
 from ..metrics import json_safe
@@ -40,6 +41,7 @@ from ..quantize import (
     sensitive_activations,
 )
 from .options import add_dataset, add_threads, apply_threads, open_dataset, split_name
+from .outputs import check_outputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
                          "drop --fp32-activations")  # fmt: skip
     if args.out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {args.out}: name the int8 file .onnx")
+    outputs = {"--out": args.out}
+    if args.val_split is not None:
+        outputs["the report of --out"] = args.out.with_suffix(".json")
+    check_outputs(outputs, {"--checkpoint": args.checkpoint})
     apply_threads(args)
     record = read_record(args.checkpoint, what="checkpoint")
     model = record.build()
@@ -99,16 +105,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibrating on {count} {args.data} {args.split} images ({args.calibration})")
     batches = CalibrationImages(calibration, record.spec, count)
     options = dict(keep_head=not args.int8_head, method=args.calibration)
-    quantize_onnx(fp32, args.out, batches, **options)
+    with writing(args.out):
+        quantize_onnx(fp32, args.out, batches, **options)
     kept: list[str] = []
     if args.fp32_activations:
         ranked = sensitive_activations(fp32, args.out, batches)[: args.fp32_activations]
         kept = [name for name, _ in ranked]
         worst = ", ".join(f"{name} ({ratio:.1f} dB)" for name, ratio in ranked)
         print(f"keeping in fp32 the {len(kept)} activations int8 rounds worst: {worst}")
-        keep_fp32(args.out, fp32, kept)
+        with writing(args.out):
+            keep_fp32(args.out, fp32, kept)
     elif args.agreement is not None:
-        kept = _fewest_fp32(args, record, fp32, calibration, batches)
+        with writing(args.out):
+            kept = _fewest_fp32(args, record, fp32, calibration, batches)
     print(f"wrote {args.out}")
     if args.val_split is None:
         return 0
@@ -121,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
                **dataclasses.asdict(report)}  # fmt: skip
     report_path = args.out.with_suffix(".json")
     text = json.dumps(json_safe(summary), indent=2) + "\n"
-    atomic_write(report_path, lambda tmp: tmp.write_text(text))
+    with writing(report_path):
+        atomic_write(report_path, lambda tmp: tmp.write_text(text))
     print(f"wrote {report_path}")
     return 0
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from ..builder import build_model, load_backbone
+from ..engine.checkpoint import writing
 from ..modelfile import BareStateDict, read_record, save_weights
 from ..models import FCN, LogDepth, Normalization
 from ..surgery import TransplantReport
 from ..weights import caffe
 from ..weights.foreign import detect_layout
+from .outputs import check_outputs
 from .table import print_table
 
 CAFFE_SUFFIXES = (".caffemodel", ".prototxt")
@@ -133,11 +135,13 @@ def run_convert(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
     if not args.file.is_file():
         raise FileNotFoundError(f"{args.file}: no such weight file")
+    check_outputs({"--out": args.out}, {"the input": args.file})
     model = build_model(args.model, num_classes=args.num_classes)
     report = _convert(args.source, args.file, model)
     print(f"{args.file} -> {model.name} ({args.num_classes} classes)")
     print_report(report)
-    save_weights(args.out, model)
+    with writing(args.out):
+        save_weights(args.out, model)
     inputs = "; ".join(
         f"{item.name}: {describe_normalization(item.normalization)}" for item in model.spec.inputs
     )

@@ -52,6 +52,7 @@ __all__ = [
     "register_dataset",
     "build_dataset",
     "list_datasets",
+    "reader_options",
     "item_names",
 ]
 
@@ -544,6 +545,25 @@ def build_dataset(
             f"dataset {name!r} is generated and takes no root: drop root= (or --root)"
         )
     return entry.factory(split=split, **options)
+
+
+# What build_dataset and the engine pass themselves: not a reader option of a config.
+_PASSED = frozenset({"self", "root", "split", "transforms"})
+
+
+def reader_options(name: str) -> tuple[str, ...] | None:
+    """The keyword options the reader ``name`` takes (``train_options``, ``--option``), so
+    that a misspelt one is refused before any work; None when any key may be right (an
+    unregistered name, a reader taking ``**options``)."""
+    if name not in _REGISTRY:
+        return None
+    try:
+        parameters = inspect.signature(_REGISTRY[name].factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the reader decide
+        return None
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    return tuple(parameter.name for parameter in parameters if parameter.name not in _PASSED)
 
 
 def _takes_no_split(factory: Callable[..., Dataset]) -> bool:

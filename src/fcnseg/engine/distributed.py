@@ -63,15 +63,24 @@ class Context:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" is CUDA when there is one, else CPU; "cuda" under torchrun is this rank's GPU."""
+    """ "auto" is CUDA when there is one, else CPU; "cuda" under torchrun is this rank's GPU.
+    Every device name (the ``device`` config key, ``--device``) is read here: a name torch
+    does not know is one line naming it and the choices."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # torch lists its twenty device types, not the fix
+        raise ValueError(
+            f"device {name!r} is not a device: choose auto, cpu, cuda or cuda:N (the GPU's "
+            "index)"
+        ) from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but no CUDA GPU is visible: use cpu")
-        if name == "cuda":
+        if device.index is None:
             return torch.device("cuda", local_rank)
-    return torch.device(name)
+    return device
 
 
 def setup(device: str = "auto", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Context:

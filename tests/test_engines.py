@@ -47,14 +47,18 @@ def tiny_backbone():
         yield
 
 
-def tiny_checkpoint(path, kind: str = "plain", seed: int = 0, classes: int = 5):
-    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers (register
-    ``TINY`` first: the ``tiny_backbone`` fixture)."""
+def tiny_checkpoint(
+    path, kind: str = "plain", seed: int = 0, classes: int = 5, random_scores: bool = True
+):
+    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers, or zero ones
+    as built (register ``TINY`` first: the ``tiny_backbone`` fixture)."""
     spec = registered_spec(KINDS[kind])
     fields = {} if spec.tasks else {"tasks": {"semantic": classes}}
     spec = dataclasses.replace(spec, backbone=TINY, name=None, **fields)
     torch.manual_seed(seed)
-    model = randomise_scores(fcnseg.build_model(spec), seed=seed)
+    model = fcnseg.build_model(spec)
+    if random_scores:
+        model = randomise_scores(model, seed=seed)
     return ckpt.save_checkpoint(record_of(model), path)
 
 

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 from slim_models import fcn_on
+from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
 
 import fcnseg
+from fcnseg.cli import main
 from fcnseg.models import FCN
 from fcnseg.models.backbones import VGG16
 
@@ -24,7 +26,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from fcnseg.export import check_onnx, export_onnx, load_onnx  # noqa: E402
+from fcnseg.export import OnnxCheck, check_onnx, export_onnx, load_onnx  # noqa: E402
 
 SIZES = ((97, 131), (160, 224))
 
@@ -100,3 +102,31 @@ def test_load_onnx_errors_name_the_file(tmp_path) -> None:
     garbage.write_bytes(b"not a model")
     with pytest.raises(ValueError, match=r"garbage\.onnx: not a loadable ONNX model"):
         load_onnx(garbage)
+
+
+@pytest.mark.parametrize("random_scores", [False, True])
+def test_the_export_check_of_untrained_score_layers_says_it_proves_nothing(
+    tmp_path, capsys, random_scores
+) -> None:
+    """Score layers start at zero, so an untrained model scores every pixel 0 in PyTorch and
+    in any graph: a difference of 0 then says nothing of the export."""
+    path = tiny_checkpoint(tmp_path / "model.pt", random_scores=random_scores)
+    out = tmp_path / "model.onnx"
+    assert main(["export", "onnx", "--checkpoint", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    checks = [line for line in printed if line.startswith("onnxruntime vs PyTorch at ")]
+    assert len(checks) == 2, printed
+    for line in checks:
+        if random_scores:
+            assert "max abs diff" in line and "proves nothing" not in line, line
+        else:
+            assert "proves nothing: the model's scores are all zero" in line, line
+            assert "max abs diff" not in line, line
+
+
+def test_a_check_of_constant_scores_proves_nothing() -> None:
+    constant = OnnxCheck((97, 131), max_abs_diff=0.0, max_abs_logit=1.5, spread=0.0)
+    assert constant.proves_nothing and "proves nothing" in str(constant)
+    assert "one constant" in str(constant)
+    varied = OnnxCheck((97, 131), max_abs_diff=1e-6, max_abs_logit=1.5, spread=2.0)
+    assert not varied.proves_nothing and "max abs diff 1.00e-06" in str(varied)

@@ -306,9 +306,22 @@ class OnnxCheck:
     size: tuple[int, int]
     max_abs_diff: float
     max_abs_logit: float  # the scale the difference is to be read against
+    spread: float  # the least (max - min) of a task's PyTorch scores
+
+    @property
+    def proves_nothing(self) -> bool:
+        """Whether PyTorch gave some task one score everywhere (all zero for score layers
+        still at their zero init): any graph that outputs that constant would match."""
+        return self.spread == 0.0
 
     def __str__(self) -> str:
         height, width = self.size
+        if self.proves_nothing:
+            value = "all zero" if self.max_abs_logit == 0.0 else "one constant"
+            return (
+                f"{height}x{width}: proves nothing: the model's scores are {value} (e.g. "
+                "untrained score layers), so any graph giving that value would match"
+            )
         return (
             f"{height}x{width}: max abs diff {self.max_abs_diff:.2e} "
             f"(logits up to {self.max_abs_logit:.2e})"
@@ -339,8 +352,9 @@ def check_onnx(
     every task's scores.
 
     Sizes unlike the traced example show whether the crops really follow the input. A
-    different output shape raises; the largest difference over the tasks is returned.
-    The model's mode is left as it was.
+    different output shape raises; the largest difference over the tasks is returned,
+    with whether it proves anything (``OnnxCheck.proves_nothing``: constant scores match
+    any graph that gives the constant). The model's mode is left as it was.
     """
     runner = load_onnx(path)
     generator = torch.Generator().manual_seed(seed)
@@ -353,7 +367,7 @@ def check_onnx(
             with torch.no_grad():
                 expected = model({k: v.to(device) for k, v in images.items()}, by_task=True)
             got = runner({name: image.numpy() for name, image in images.items()})
-            diff, scale = 0.0, 0.0
+            diff, scale, spread = 0.0, 0.0, float("inf")
             for task, scores in expected.items():
                 scores = scores.cpu().numpy()
                 if got[task].shape != scores.shape:
@@ -363,5 +377,6 @@ def check_onnx(
                     )
                 diff = max(diff, float(np.abs(got[task] - scores).max()))
                 scale = max(scale, float(np.abs(scores).max()))
-            checks.append(OnnxCheck((height, width), diff, scale))
+                spread = min(spread, float(scores.max() - scores.min()))
+            checks.append(OnnxCheck((height, width), diff, scale, spread))
     return checks

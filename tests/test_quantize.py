@@ -4,10 +4,14 @@ and agrees with fp32; ``fcnseg quantize`` writes it with a report; bad input is 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from slim_models import TINY, model_inputs
 from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
 
@@ -244,6 +248,51 @@ def test_quantize_command_keeps_fp32_what_an_agreement_needs(tmp_path, capsys):
     assert _record(out)["quantization"]["fp32_activations"] == report["fp32_activations"]
     printed = capsys.readouterr().out
     assert "0 activations fp32:" in printed and "synthetic train images after the calibration" in printed
+
+
+# ``fcnseg`` in a fresh process, as a user runs it, with the tiny test net registered first;
+# after the command, how many handlers the root logger has
+TINY_CLI = """import logging, sys, slim_models
+from fcnseg.cli import main
+from fcnseg.models.backbones import BACKBONES
+BACKBONES[slim_models.TINY] = slim_models.TinyVGG
+status = main(sys.argv[1:])
+print(f"root logger handlers: {len(logging.getLogger().handlers)}")
+sys.exit(status)
+"""
+
+
+def _folder_dataset(root, classes: int, images: int = 3):
+    """An images/ + masks/ folder without splits, every class in every mask."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("".join(f"class{i}\n" for i in range(classes)))
+    rng = np.random.default_rng(0)
+    for index in range(images):
+        image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{index}.png")
+        mask = (np.arange(40 * 48).reshape(40, 48) + index) % classes
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{index}.png")
+    return root
+
+
+def test_quantize_says_what_it_calibrates_on_and_nothing_of_onnxruntime(tmp_path, cli_environment):
+    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    root = _folder_dataset(tmp_path / "data", classes=7)
+    tests = str(Path(__file__).resolve().parent)
+    env = {**cli_environment, "PYTHONPATH": f"{cli_environment['PYTHONPATH']}:{tests}"}
+    result = subprocess.run(
+        [sys.executable, "-c", TINY_CLI, "quantize", "--checkpoint", str(path), "--data", "folder",
+         "--root", str(root), "--split", "none", "--images", "2", "--val-split", "none",
+         "--out", str(tmp_path / "model.int8.onnx")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "WARNING:root" not in result.stderr and result.stderr == "", result.stderr
+    printed = result.stdout.splitlines()
+    assert "calibrating on 2 folder images (minmax)" in printed, printed
+    assert "None" not in result.stdout
+    assert printed[-1] == "root logger handlers: 0"  # the user's logging left as it was
 
 
 @pytest.mark.parametrize(

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +130,35 @@ def _method(name: str):
     return methods[name]
 
 
+def _not_quantizer_chatter(record: logging.LogRecord) -> bool:
+    """False for what onnxruntime logs below ERROR: its advice to pre-process the graph
+    (shape inference, which an fcnseg export has) and notes on what it leaves alone."""
+    return record.levelno >= logging.ERROR or f"{os.sep}onnxruntime{os.sep}" not in record.pathname
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Keep onnxruntime's quantizer off the terminal while it runs, and the user's logging
+    as it was.
+
+    The quantizer logs through the root logger (``logging.warning``), which would also give
+    a root logger without handlers one to stderr for good (``logging.basicConfig``). For
+    the call, the root logger drops the quantizer's records below ERROR and, when it has no
+    handler, holds Python's last-resort one (what prints otherwise unhandled records), so
+    nothing is configured; both come off afterwards."""
+    root = logging.getLogger()
+    stand_in = [] if root.handlers or logging.lastResort is None else [logging.lastResort]
+    for handler in stand_in:
+        root.addHandler(handler)
+    root.addFilter(_not_quantizer_chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_quantizer_chatter)
+        for handler in stand_in:
+            root.removeHandler(handler)
+
+
 def quantize_onnx(
     fp32: Path | str,
     out: Path | str,
@@ -151,20 +183,21 @@ def quantize_onnx(
     record = {prop.key: prop.value for prop in source.metadata_props}
     with tempfile.TemporaryDirectory(prefix="fcnseg-quantize-") as folder:
         written = Path(folder) / "int8.onnx"
-        quantize_static(
-            str(fp32),
-            str(written),
-            _Reader(batches),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=_method(method),
-            nodes_to_exclude=sorted(exclude),
-            # ranges of a few batches at a time; onnxruntime's CalibMaxIntermediateOutputs
-            # drops what it collected instead of merging it (onnxruntime 1.32)
-            extra_options={"CalibStridedMinMax": _stride(len(batches))},
-        )
+        with _quiet_quantizer():
+            quantize_static(
+                str(fp32),
+                str(written),
+                _Reader(batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+                calibrate_method=_method(method),
+                nodes_to_exclude=sorted(exclude),
+                # ranges of a few batches at a time; onnxruntime's CalibMaxIntermediateOutputs
+                # drops what it collected instead of merging it (onnxruntime 1.32)
+                extra_options={"CalibStridedMinMax": _stride(len(batches))},
+            )
         model = onnx.load(str(written))
     how = {"int8": "qdq per-channel", "calibration": method,
            "head": "fp32" if keep_head else "int8", "fp32_activations": []}  # fmt: skip

@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 from slim_models import TINY, model_inputs
 from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
+from test_export_onnx import flip_a_weight_byte
 
 import fcnseg
 from fcnseg import engines
 from fcnseg.cli import main
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.export import weights_digest
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 
@@ -162,6 +164,37 @@ def test_a_kept_relu6_output_gets_its_clip_back(tmp_path):
     assert before.min() < 0 and before.max() > 6
     assert np.array_equal(after, np.clip(before, 0, 6))
     assert len(np.unique(after)) > 256  # more values than uint8 has: not rounded
+
+
+def test_each_int8_file_records_the_digest_of_its_own_weights(quantized, tmp_path):
+    path, fp32, int8 = quantized
+    mixed = quantize_onnx(fp32, tmp_path / "mixed.onnx", _batches(path), fp32_activations=["relu_1"])
+    keep_fp32(mixed, fp32, ["max_pool2d_2"])  # edited again: digested again
+    digests = [_record(file)["weights_sha256"] for file in (fp32, int8, mixed)]
+    assert digests[0] != digests[1]  # not the fp32 file's, carried over with its record
+    for file, digest in zip((fp32, int8, mixed), digests, strict=True):
+        assert weights_digest(onnx.load(str(file))) == digest
+    Segmenter.from_checkpoint(mixed, engine="onnxruntime")  # loads: the digest holds
+
+
+def test_a_damaged_int8_file_is_one_line_and_nothing_changes(
+    quantized, tmp_path, fcnseg_cli, one_line_error, file_hashes
+):
+    _, fp32, int8 = quantized
+    damaged = tmp_path / "model.int8.onnx"
+    damaged.write_bytes(int8.read_bytes())
+    flip_a_weight_byte(damaged)
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli("predict", "--checkpoint", damaged, tmp_path / "photos",
+                        "--out", tmp_path / "masks")  # fmt: skip
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert str(damaged) in line and "do not match the digest" in line and "export it again" in line
+    with pytest.raises(ValueError, match="do not match the digest"):
+        keep_fp32(damaged, fp32, ["relu_1"])  # not edited, nor given a new digest
+    assert file_hashes(tmp_path) == before
 
 
 def test_keeping_fp32_a_tensor_int8_left_alone_is_refused(quantized, tmp_path):

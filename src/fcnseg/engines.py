@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import RECORD_KEY, OnnxSegmenter, export_onnx, read_onnx_record
+from .export import RECORD_KEY, OnnxSegmenter, check_weights, export_onnx, read_onnx_record
 from .modelfile import ModelRecord, read_record
 from .models import ModelSpec
 
@@ -146,22 +146,24 @@ def user_cache() -> Path:
 
 
 def _metadata(path: Path | str) -> dict[str, str]:
-    """An ONNX file's metadata_props (its graph is parsed, its weights' external data not)."""
+    """An ONNX file's metadata_props, once its weights match the digest it records."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError on bytes that are not a model, ...
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise EngineError(
             f"{path} is not a readable ONNX file ({first}): export it again "
             "(fcnseg export onnx, or fcnseg quantize)"
         ) from None
+    check_weights(model, path)
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
 def recorded_source(path: Path) -> str | None:
-    """The checkpoint digest an exported file records (None: none, or unreadable)."""
+    """The checkpoint digest an exported file records (None: none, unreadable, or damaged
+    weights)."""
     try:
         return json.loads(_metadata(path)[RECORD_KEY]).get(SOURCE_KEY)
     except Exception:  # a half-written or foreign file: export again

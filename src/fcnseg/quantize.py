@@ -45,7 +45,7 @@ import torch
 
 from .engine.evaluate import model_inputs, model_targets, task_metrics
 from .engines import onnx_module
-from .export import RECORD_KEY, require_module
+from .export import RECORD_KEY, check_weights, require_module, seal
 from .fileio import atomic_write
 from .metrics import MultiTaskConfusion
 
@@ -171,7 +171,8 @@ def quantize_onnx(
     """Write the int8 (QDQ, per-channel weights) version of the fp32 file ``fp32``, its
     activation ranges calibrated on ``batches`` (a sequence of normalised N x C x H x W
     arrays by input name, read lazily); ``fp32_activations`` (tensor names) stay fp32
-    (``keep_fp32``). The fcnseg record (spec, classes, palette) is carried over. Atomic."""
+    (``keep_fp32``). The fcnseg record (spec, classes, palette) is carried over, with the
+    digest of the int8 file's own weights; ``fp32`` must match its own. Atomic."""
     require_module("onnxruntime")
     if not len(batches):
         raise ValueError("no calibration images: give one or more")
@@ -179,6 +180,7 @@ def quantize_onnx(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     source = onnx.load(str(fp32))
+    check_weights(source, fp32)
     exclude = set(head_nodes(source) if keep_head else [])
     record = {prop.key: prop.value for prop in source.metadata_props}
     with tempfile.TemporaryDirectory(prefix="fcnseg-quantize-") as folder:
@@ -204,18 +206,22 @@ def quantize_onnx(
     _mark(model, record, how)
     if fp32_activations:
         _unquantize(model, source, fp32_activations)
+    seal(model)
     return atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def keep_fp32(int8: Path | str, fp32: Path | str, tensors: Sequence[str]) -> Path:
     """Rewrite the int8 file ``int8`` (written by ``quantize_onnx`` from the file ``fp32``)
     with ``tensors`` (activation names) in fp32: no recalibration, the other ranges are kept.
-    Atomic; returns ``int8``."""
+    Its weights' digest is written anew. Atomic; returns ``int8``."""
     require_module("onnxruntime")
     import onnx
 
-    model = onnx.load(str(int8))
-    _unquantize(model, onnx.load(str(fp32)), tensors)
+    model, source = onnx.load(str(int8)), onnx.load(str(fp32))
+    check_weights(model, int8)
+    check_weights(source, fp32)
+    _unquantize(model, source, tensors)
+    seal(model)
     return atomic_write(int8, lambda tmp: onnx.save(model, str(tmp)))
 
 

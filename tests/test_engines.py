@@ -11,7 +11,9 @@ reordered sums differ by ~1e-6 here.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -45,14 +47,18 @@ def tiny_backbone():
         yield
 
 
-def tiny_checkpoint(path, kind: str = "plain", seed: int = 0, classes: int = 5):
-    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers (register
-    ``TINY`` first: the ``tiny_backbone`` fixture)."""
+def tiny_checkpoint(
+    path, kind: str = "plain", seed: int = 0, classes: int = 5, random_scores: bool = True
+):
+    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers, or zero ones
+    as built (register ``TINY`` first: the ``tiny_backbone`` fixture)."""
     spec = registered_spec(KINDS[kind])
     fields = {} if spec.tasks else {"tasks": {"semantic": classes}}
     spec = dataclasses.replace(spec, backbone=TINY, name=None, **fields)
     torch.manual_seed(seed)
-    model = randomise_scores(fcnseg.build_model(spec), seed=seed)
+    model = fcnseg.build_model(spec)
+    if random_scores:
+        model = randomise_scores(model, seed=seed)
     return ckpt.save_checkpoint(record_of(model), path)
 
 
@@ -99,6 +105,25 @@ def test_engine_tiled_prediction_matches_torch_tiled(engine, tmp_path):
         image, probabilities=True
     )
     np.testing.assert_allclose(got[1], reference[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ("torch", *ONNX_ENGINES))
+def test_one_segmenter_serves_many_threads(engine, tmp_path):
+    """Requests from several threads at once, of mixed sizes, each get their own image's
+    result: an engine that shares one request between callers hands out others' masks."""
+    _needs(engine)
+    segmenter = Segmenter.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt"), engine=engine)
+    images = [raw_images(segmenter.spec, *SIZES[seed % len(SIZES)], seed)["image"]
+              for seed in range(6)]  # fmt: skip
+    expected = [segmenter.predict(image, probabilities=True) for image in images]
+    for (_, first), (_, second) in itertools.combinations(expected, 2):  # a mix-up shows
+        assert first.shape != second.shape or np.abs(first - second).max() > 1e-3
+    order = [index % len(images) for index in range(24)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda index: segmenter.predict(images[index], True), order))
+    for index, (labels, probs) in zip(order, got, strict=True):
+        assert np.array_equal(labels, expected[index][0]), (engine, index)
+        np.testing.assert_allclose(probs, expected[index][1], atol=1e-6)
 
 
 def test_export_cache_is_reused_and_follows_the_checkpoint(tmp_path):

@@ -9,22 +9,26 @@ VGG16 in the reference's caffe geometry (pad 100, ceil-mode pools, crops 5, 9, 3
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from slim_models import fcn_on
+from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
 
 import fcnseg
+from fcnseg.cli import main
 from fcnseg.models import FCN
 from fcnseg.models.backbones import VGG16
 
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from fcnseg.export import check_onnx, export_onnx, load_onnx  # noqa: E402
+from fcnseg.export import OnnxCheck, check_onnx, export_onnx, load_onnx  # noqa: E402
 
 SIZES = ((97, 131), (160, 224))
 
@@ -100,3 +104,78 @@ def test_load_onnx_errors_name_the_file(tmp_path) -> None:
     garbage.write_bytes(b"not a model")
     with pytest.raises(ValueError, match=r"garbage\.onnx: not a loadable ONNX model"):
         load_onnx(garbage)
+
+
+@pytest.mark.parametrize("random_scores", [False, True])
+def test_the_export_check_of_untrained_score_layers_says_it_proves_nothing(
+    tmp_path, capsys, random_scores
+) -> None:
+    """Score layers start at zero, so an untrained model scores every pixel 0 in PyTorch and
+    in any graph: a difference of 0 then says nothing of the export."""
+    path = tiny_checkpoint(tmp_path / "model.pt", random_scores=random_scores)
+    out = tmp_path / "model.onnx"
+    assert main(["export", "onnx", "--checkpoint", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    checks = [line for line in printed if line.startswith("onnxruntime vs PyTorch at ")]
+    assert len(checks) == 2, printed
+    for line in checks:
+        if random_scores:
+            assert "max abs diff" in line and "proves nothing" not in line, line
+        else:
+            assert "proves nothing: the model's scores are all zero" in line, line
+            assert "max abs diff" not in line, line
+
+
+def test_a_check_of_constant_scores_proves_nothing() -> None:
+    constant = OnnxCheck((97, 131), max_abs_diff=0.0, max_abs_logit=1.5, spread=0.0)
+    assert constant.proves_nothing and "proves nothing" in str(constant)
+    assert "one constant" in str(constant)
+    varied = OnnxCheck((97, 131), max_abs_diff=1e-6, max_abs_logit=1.5, spread=2.0)
+    assert not varied.proves_nothing and "max abs diff 1.00e-06" in str(varied)
+
+
+def flip_a_weight_byte(path: Path) -> None:
+    """Flip one byte in the middle of the largest weight's raw data: the file still parses
+    as ONNX, only a weight has changed."""
+    weight = max(onnx.load(str(path)).graph.initializer, key=lambda init: len(init.raw_data))
+    data = bytearray(path.read_bytes())
+    start = data.find(weight.raw_data)
+    assert start >= 0 and data.find(weight.raw_data, start + 1) < 0  # found, once
+    data[start + len(weight.raw_data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert onnx.load(str(path)).graph.initializer  # still a readable model
+
+
+def test_an_onnx_file_with_a_flipped_weight_byte_is_one_line(
+    tmp_path, fcnseg_cli, one_line_error, file_hashes
+) -> None:
+    exported = export_onnx(slim_fcn8s_vgg16(), tmp_path / "model.onnx", example_size=(64, 64))
+    flip_a_weight_byte(exported)
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli("predict", "--checkpoint", exported, tmp_path / "photos",
+                        "--out", tmp_path / "masks")  # fmt: skip
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert str(exported) in line and "do not match the digest" in line and "export it again" in line
+    assert file_hashes(tmp_path) == before
+    with pytest.raises(ValueError, match="do not match the digest"):
+        load_onnx(exported)
+
+
+def test_an_onnx_file_written_before_the_digest_still_loads(tmp_path, fcnseg_cli) -> None:
+    exported = export_onnx(slim_fcn8s_vgg16(), tmp_path / "model.onnx", example_size=(64, 64))
+    model = onnx.load(str(exported))
+    entry = next(prop for prop in model.metadata_props if prop.key == "fcnseg.record")
+    record = json.loads(entry.value)
+    assert "weights_sha256" in record
+    del record["weights_sha256"]
+    entry.value = json.dumps(record)
+    onnx.save(model, str(exported))
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
+    result = fcnseg_cli("predict", "--checkpoint", exported, tmp_path / "photos",
+                        "--out", tmp_path / "masks")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "masks" / "street.png").is_file()

@@ -4,17 +4,23 @@ and agrees with fp32; ``fcnseg quantize`` writes it with a report; bad input is 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from slim_models import TINY, model_inputs
 from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
+from test_export_onnx import flip_a_weight_byte
 
 import fcnseg
 from fcnseg import engines
 from fcnseg.cli import main
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.export import weights_digest
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 
@@ -160,6 +166,37 @@ def test_a_kept_relu6_output_gets_its_clip_back(tmp_path):
     assert len(np.unique(after)) > 256  # more values than uint8 has: not rounded
 
 
+def test_each_int8_file_records_the_digest_of_its_own_weights(quantized, tmp_path):
+    path, fp32, int8 = quantized
+    mixed = quantize_onnx(fp32, tmp_path / "mixed.onnx", _batches(path), fp32_activations=["relu_1"])
+    keep_fp32(mixed, fp32, ["max_pool2d_2"])  # edited again: digested again
+    digests = [_record(file)["weights_sha256"] for file in (fp32, int8, mixed)]
+    assert digests[0] != digests[1]  # not the fp32 file's, carried over with its record
+    for file, digest in zip((fp32, int8, mixed), digests, strict=True):
+        assert weights_digest(onnx.load(str(file))) == digest
+    Segmenter.from_checkpoint(mixed, engine="onnxruntime")  # loads: the digest holds
+
+
+def test_a_damaged_int8_file_is_one_line_and_nothing_changes(
+    quantized, tmp_path, fcnseg_cli, one_line_error, file_hashes
+):
+    _, fp32, int8 = quantized
+    damaged = tmp_path / "model.int8.onnx"
+    damaged.write_bytes(int8.read_bytes())
+    flip_a_weight_byte(damaged)
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli("predict", "--checkpoint", damaged, tmp_path / "photos",
+                        "--out", tmp_path / "masks")  # fmt: skip
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert str(damaged) in line and "do not match the digest" in line and "export it again" in line
+    with pytest.raises(ValueError, match="do not match the digest"):
+        keep_fp32(damaged, fp32, ["relu_1"])  # not edited, nor given a new digest
+    assert file_hashes(tmp_path) == before
+
+
 def test_keeping_fp32_a_tensor_int8_left_alone_is_refused(quantized, tmp_path):
     _, fp32, int8 = quantized
     copy = tmp_path / "copy.onnx"
@@ -244,6 +281,51 @@ def test_quantize_command_keeps_fp32_what_an_agreement_needs(tmp_path, capsys):
     assert _record(out)["quantization"]["fp32_activations"] == report["fp32_activations"]
     printed = capsys.readouterr().out
     assert "0 activations fp32:" in printed and "synthetic train images after the calibration" in printed
+
+
+# ``fcnseg`` in a fresh process, as a user runs it, with the tiny test net registered first;
+# after the command, how many handlers the root logger has
+TINY_CLI = """import logging, sys, slim_models
+from fcnseg.cli import main
+from fcnseg.models.backbones import BACKBONES
+BACKBONES[slim_models.TINY] = slim_models.TinyVGG
+status = main(sys.argv[1:])
+print(f"root logger handlers: {len(logging.getLogger().handlers)}")
+sys.exit(status)
+"""
+
+
+def _folder_dataset(root, classes: int, images: int = 3):
+    """An images/ + masks/ folder without splits, every class in every mask."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("".join(f"class{i}\n" for i in range(classes)))
+    rng = np.random.default_rng(0)
+    for index in range(images):
+        image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{index}.png")
+        mask = (np.arange(40 * 48).reshape(40, 48) + index) % classes
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{index}.png")
+    return root
+
+
+def test_quantize_says_what_it_calibrates_on_and_nothing_of_onnxruntime(tmp_path, cli_environment):
+    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    root = _folder_dataset(tmp_path / "data", classes=7)
+    tests = str(Path(__file__).resolve().parent)
+    env = {**cli_environment, "PYTHONPATH": f"{cli_environment['PYTHONPATH']}:{tests}"}
+    result = subprocess.run(
+        [sys.executable, "-c", TINY_CLI, "quantize", "--checkpoint", str(path), "--data", "folder",
+         "--root", str(root), "--split", "none", "--images", "2", "--val-split", "none",
+         "--out", str(tmp_path / "model.int8.onnx")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "WARNING:root" not in result.stderr and result.stderr == "", result.stderr
+    printed = result.stdout.splitlines()
+    assert "calibrating on 2 folder images (minmax)" in printed, printed
+    assert "None" not in result.stdout
+    assert printed[-1] == "root logger handlers: 0"  # the user's logging left as it was
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ batch, height and width. A changed checkpoint has another digest, so it is expor
 each cached file also records the digest it came from and is exported again when that
 does not match. Every model of the library runs on every engine: the export has one input
 per model input and one output per task, so multi-input, multi-task and tiled prediction
-work the same way on each.
+work the same way on each. One Segmenter may be called from many threads on every engine
+(OpenVINO gives each concurrent call its own infer request).
 
 ``auto`` picks by what benchmarks/engines.py measured (docs/BENCHMARKS.md, "Engines"):
 OpenVINO was the fastest fp32 engine for FCN-8s VGG16 (500 x 500) and EfficientNet-Lite0
@@ -31,8 +32,10 @@ import hashlib
 import importlib
 import json
 import os
+import queue
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import RECORD_KEY, OnnxSegmenter, export_onnx, read_onnx_record
+from .export import RECORD_KEY, OnnxSegmenter, check_weights, export_onnx, read_onnx_record
 from .modelfile import ModelRecord, read_record
 from .models import ModelSpec
 
@@ -143,22 +146,24 @@ def user_cache() -> Path:
 
 
 def _metadata(path: Path | str) -> dict[str, str]:
-    """An ONNX file's metadata_props (its graph is parsed, its weights' external data not)."""
+    """An ONNX file's metadata_props, once its weights match the digest it records."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError on bytes that are not a model, ...
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise EngineError(
             f"{path} is not a readable ONNX file ({first}): export it again "
             "(fcnseg export onnx, or fcnseg quantize)"
         ) from None
+    check_weights(model, path)
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
 def recorded_source(path: Path) -> str | None:
-    """The checkpoint digest an exported file records (None: none, or unreadable)."""
+    """The checkpoint digest an exported file records (None: none, unreadable, or damaged
+    weights)."""
     try:
         return json.loads(_metadata(path)[RECORD_KEY]).get(SOURCE_KEY)
     except Exception:  # a half-written or foreign file: export again
@@ -210,7 +215,11 @@ def check_source(onnx_file: Path | str, checkpoint: Path | str) -> None:
 
 
 class OpenVinoRunner:
-    """An ONNX file compiled by OpenVINO for the CPU, in fp32."""
+    """An ONNX file compiled by OpenVINO for the CPU, in fp32, safe to call from many threads.
+
+    An infer request holds one call's inputs and outputs, so two threads on one request
+    read each other's results: each call takes an idle request from a pool (a new one when
+    all are busy) and gives it back when done. The compiled model is shared."""
 
     def __init__(self, path: Path | str, spec: ModelSpec, threads: int | None = None) -> None:
         import openvino
@@ -223,16 +232,30 @@ class OpenVinoRunner:
         except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise EngineError(f"{path}: OpenVINO cannot compile it ({first})") from None
-        self.request = self.compiled.create_infer_request()
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        self.idle.put(self.compiled.create_infer_request())
         self.spec = spec
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {
             name: np.ascontiguousarray(inputs[name], np.float32) for name in self.spec.input_names
         }
-        results = self.request.infer(feed)
+        with self._request() as request:
+            results = request.infer(feed, share_outputs=False)  # copies: the request is reused
         by_name = {output.get_any_name(): value for output, value in results.items()}
         return {task: np.asarray(by_name[task]) for task in self.spec.task_names}
+
+    @contextmanager
+    def _request(self) -> Iterator[Any]:
+        """An infer request no other call is using, back in the pool afterwards."""
+        try:
+            request = self.idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            yield request
+        finally:
+            self.idle.put(request)
 
 
 def file_record(path: Path | str) -> dict[str, Any]:

@@ -22,12 +22,15 @@ the graph down afterwards, which works here but is one more step).
 
 The file's metadata (``metadata_props``) records the model's spec, class names, palette and
 ignore label as JSON (``fcnseg.record``), for ``load_onnx`` and ``fcnseg predict``: a
-Segmenter from the ONNX file names and colours classes as the checkpoint it came from.
+Segmenter from the ONNX file names and colours classes as the checkpoint it came from. The
+record also holds the sha256 of the weights (``weights_sha256``), checked when the file is
+read: a damaged weight would otherwise run, and give wrong labels without a word.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import warnings
@@ -50,13 +53,17 @@ __all__ = [
     "OnnxCheck",
     "OnnxSegmenter",
     "check_onnx",
+    "check_weights",
     "export_onnx",
     "load_onnx",
     "read_onnx_record",
     "require_module",
+    "seal",
+    "weights_digest",
 ]
 
 RECORD_KEY = "fcnseg.record"
+WEIGHTS_KEY = "weights_sha256"  # in the record: what the file's initializers hash to
 _NOISY_LOGGERS = (
     "torch.onnx",
     "torch.fx.experimental.symbolic_shapes",
@@ -127,6 +134,43 @@ def onnx_record(
     return {RECORD_KEY: json.dumps(record)}
 
 
+def weights_digest(model) -> str:
+    """The sha256 of an ONNX model's weights: each initializer's name, element type, shape
+    and bytes, in name order."""
+    numpy_helper = require_module("onnx").numpy_helper
+    digest = hashlib.sha256()
+    for init in sorted(model.graph.initializer, key=lambda init: init.name):
+        digest.update(f"{init.name}|{init.data_type}|{tuple(init.dims)}|".encode())
+        digest.update(init.raw_data or numpy_helper.to_array(init).tobytes())
+    return digest.hexdigest()
+
+
+def seal(model) -> None:
+    """Write the digest of the weights of ``model`` (an ``onnx.ModelProto`` with an fcnseg
+    record) into its record; call it last, after every edit of the graph."""
+    for entry in model.metadata_props:
+        if entry.key == RECORD_KEY:
+            record = json.loads(entry.value)
+            record[WEIGHTS_KEY] = weights_digest(model)
+            entry.value = json.dumps(record)
+
+
+def check_weights(model, path: Path | str) -> None:
+    """Refuse a file whose weights do not hash to the digest its record holds: a byte
+    flipped on disk or in a copy. Files without a digest (older fcnseg) pass."""
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    try:
+        expected = json.loads(meta[RECORD_KEY]).get(WEIGHTS_KEY)
+    except (KeyError, ValueError, AttributeError):  # no record: read_onnx_record says so
+        return
+    if expected is not None and weights_digest(model) != expected:
+        raise ValueError(
+            f"{path}: its weights do not match the digest written with them (the file was "
+            "damaged after it was written): export it again (fcnseg export onnx, or fcnseg "
+            "quantize)"
+        )
+
+
 class _Positional(nn.Module):
     """The model with its inputs as positional tensors and its outputs as a tuple, in the
     spec's order: what the exporter traces."""
@@ -163,6 +207,7 @@ def export_onnx(
     atomically, with ordinary permissions.
     """
     require_module("onnxscript")  # the exporter's own dependency: fail with the install line
+    onnx = require_module("onnx")
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     height, width = example_size[-2:]
@@ -196,7 +241,9 @@ def export_onnx(
             f"{written}); pass --opset 17 or later"
         )
     program.model.metadata_props.update(onnx_record(model, classes, palette, ignore_index, source))
-    return atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
+    exported = program.model_proto
+    seal(exported)
+    return atomic_write(path, lambda tmp: onnx.save(exported, str(tmp)))
 
 
 class OnnxSegmenter:
@@ -295,8 +342,11 @@ def read_onnx_record(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
 def load_onnx(
     path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None
 ) -> OnnxSegmenter:
-    """An onnxruntime session for an exported FCN, callable on numpy batches."""
-    return OnnxSegmenter(path, providers=providers, threads=threads)
+    """An onnxruntime session for an exported FCN, callable on numpy batches; a file whose
+    weights do not match the digest it records is refused (``check_weights``)."""
+    runner = OnnxSegmenter(path, providers=providers, threads=threads)
+    check_weights(require_module("onnx").load(str(path)), path)
+    return runner
 
 
 @dataclass(frozen=True)
@@ -306,9 +356,22 @@ class OnnxCheck:
     size: tuple[int, int]
     max_abs_diff: float
     max_abs_logit: float  # the scale the difference is to be read against
+    spread: float  # the least (max - min) of a task's PyTorch scores
+
+    @property
+    def proves_nothing(self) -> bool:
+        """Whether PyTorch gave some task one score everywhere (all zero for score layers
+        still at their zero init): any graph that outputs that constant would match."""
+        return self.spread == 0.0
 
     def __str__(self) -> str:
         height, width = self.size
+        if self.proves_nothing:
+            value = "all zero" if self.max_abs_logit == 0.0 else "one constant"
+            return (
+                f"{height}x{width}: proves nothing: the model's scores are {value} (e.g. "
+                "untrained score layers), so any graph giving that value would match"
+            )
         return (
             f"{height}x{width}: max abs diff {self.max_abs_diff:.2e} "
             f"(logits up to {self.max_abs_logit:.2e})"
@@ -339,8 +402,9 @@ def check_onnx(
     every task's scores.
 
     Sizes unlike the traced example show whether the crops really follow the input. A
-    different output shape raises; the largest difference over the tasks is returned.
-    The model's mode is left as it was.
+    different output shape raises; the largest difference over the tasks is returned,
+    with whether it proves anything (``OnnxCheck.proves_nothing``: constant scores match
+    any graph that gives the constant). The model's mode is left as it was.
     """
     runner = load_onnx(path)
     generator = torch.Generator().manual_seed(seed)
@@ -353,7 +417,7 @@ def check_onnx(
             with torch.no_grad():
                 expected = model({k: v.to(device) for k, v in images.items()}, by_task=True)
             got = runner({name: image.numpy() for name, image in images.items()})
-            diff, scale = 0.0, 0.0
+            diff, scale, spread = 0.0, 0.0, float("inf")
             for task, scores in expected.items():
                 scores = scores.cpu().numpy()
                 if got[task].shape != scores.shape:
@@ -363,5 +427,6 @@ def check_onnx(
                     )
                 diff = max(diff, float(np.abs(got[task] - scores).max()))
                 scale = max(scale, float(np.abs(scores).max()))
-            checks.append(OnnxCheck((height, width), diff, scale))
+                spread = min(spread, float(scores.max() - scores.min()))
+            checks.append(OnnxCheck((height, width), diff, scale, spread))
     return checks

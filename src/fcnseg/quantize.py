@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ import torch
 
 from .engine.evaluate import model_inputs, model_targets, task_metrics
 from .engines import onnx_module
-from .export import RECORD_KEY, require_module
+from .export import RECORD_KEY, check_weights, require_module, seal
 from .fileio import atomic_write
 from .metrics import MultiTaskConfusion
 
@@ -127,6 +130,35 @@ def _method(name: str):
     return methods[name]
 
 
+def _not_quantizer_chatter(record: logging.LogRecord) -> bool:
+    """False for what onnxruntime logs below ERROR: its advice to pre-process the graph
+    (shape inference, which an fcnseg export has) and notes on what it leaves alone."""
+    return record.levelno >= logging.ERROR or f"{os.sep}onnxruntime{os.sep}" not in record.pathname
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Keep onnxruntime's quantizer off the terminal while it runs, and the user's logging
+    as it was.
+
+    The quantizer logs through the root logger (``logging.warning``), which would also give
+    a root logger without handlers one to stderr for good (``logging.basicConfig``). For
+    the call, the root logger drops the quantizer's records below ERROR and, when it has no
+    handler, holds Python's last-resort one (what prints otherwise unhandled records), so
+    nothing is configured; both come off afterwards."""
+    root = logging.getLogger()
+    stand_in = [] if root.handlers or logging.lastResort is None else [logging.lastResort]
+    for handler in stand_in:
+        root.addHandler(handler)
+    root.addFilter(_not_quantizer_chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_quantizer_chatter)
+        for handler in stand_in:
+            root.removeHandler(handler)
+
+
 def quantize_onnx(
     fp32: Path | str,
     out: Path | str,
@@ -139,7 +171,8 @@ def quantize_onnx(
     """Write the int8 (QDQ, per-channel weights) version of the fp32 file ``fp32``, its
     activation ranges calibrated on ``batches`` (a sequence of normalised N x C x H x W
     arrays by input name, read lazily); ``fp32_activations`` (tensor names) stay fp32
-    (``keep_fp32``). The fcnseg record (spec, classes, palette) is carried over. Atomic."""
+    (``keep_fp32``). The fcnseg record (spec, classes, palette) is carried over, with the
+    digest of the int8 file's own weights; ``fp32`` must match its own. Atomic."""
     require_module("onnxruntime")
     if not len(batches):
         raise ValueError("no calibration images: give one or more")
@@ -147,42 +180,48 @@ def quantize_onnx(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     source = onnx.load(str(fp32))
+    check_weights(source, fp32)
     exclude = set(head_nodes(source) if keep_head else [])
     record = {prop.key: prop.value for prop in source.metadata_props}
     with tempfile.TemporaryDirectory(prefix="fcnseg-quantize-") as folder:
         written = Path(folder) / "int8.onnx"
-        quantize_static(
-            str(fp32),
-            str(written),
-            _Reader(batches),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=_method(method),
-            nodes_to_exclude=sorted(exclude),
-            # ranges of a few batches at a time; onnxruntime's CalibMaxIntermediateOutputs
-            # drops what it collected instead of merging it (onnxruntime 1.32)
-            extra_options={"CalibStridedMinMax": _stride(len(batches))},
-        )
+        with _quiet_quantizer():
+            quantize_static(
+                str(fp32),
+                str(written),
+                _Reader(batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+                calibrate_method=_method(method),
+                nodes_to_exclude=sorted(exclude),
+                # ranges of a few batches at a time; onnxruntime's CalibMaxIntermediateOutputs
+                # drops what it collected instead of merging it (onnxruntime 1.32)
+                extra_options={"CalibStridedMinMax": _stride(len(batches))},
+            )
         model = onnx.load(str(written))
     how = {"int8": "qdq per-channel", "calibration": method,
            "head": "fp32" if keep_head else "int8", "fp32_activations": []}  # fmt: skip
     _mark(model, record, how)
     if fp32_activations:
         _unquantize(model, source, fp32_activations)
+    seal(model)
     return atomic_write(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def keep_fp32(int8: Path | str, fp32: Path | str, tensors: Sequence[str]) -> Path:
     """Rewrite the int8 file ``int8`` (written by ``quantize_onnx`` from the file ``fp32``)
     with ``tensors`` (activation names) in fp32: no recalibration, the other ranges are kept.
-    Atomic; returns ``int8``."""
+    Its weights' digest is written anew. Atomic; returns ``int8``."""
     require_module("onnxruntime")
     import onnx
 
-    model = onnx.load(str(int8))
-    _unquantize(model, onnx.load(str(fp32)), tensors)
+    model, source = onnx.load(str(int8)), onnx.load(str(fp32))
+    check_weights(model, int8)
+    check_weights(source, fp32)
+    _unquantize(model, source, tensors)
+    seal(model)
     return atomic_write(int8, lambda tmp: onnx.save(model, str(tmp)))
 
 

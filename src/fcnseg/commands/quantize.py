@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _images_of(args, split: str | None) -> str:
+    """How the output names a split's images: "camvid train images", or "folder images"
+    for a dataset read whole (``--split none``)."""
+    return f"{args.data} {split} images" if split else f"{args.data} images"
+
+
 def _dataset(args, split, normalization):
     dataset = open_dataset(args, split, normalization)
     if len(dataset) == 0:
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = _dataset(args, args.split, model.normalization)
     fp32 = cached_onnx(args.checkpoint, record)
     count = min(args.images, len(calibration))
-    print(f"calibrating on {count} {args.data} {args.split} images ({args.calibration})")
+    print(f"calibrating on {count} {_images_of(args, args.split)} ({args.calibration})")
     batches = CalibrationImages(calibration, record.spec, count)
     options = dict(keep_head=not args.int8_head, method=args.calibration)
     with writing(args.out):
@@ -142,10 +148,10 @@ CHECK_IMAGES = 50  # training images after the calibration ones that --agreement
 def _fewest_fp32(args, record, fp32: Path, calibration, batches) -> list[str]:
     """``--agreement``: the fewest activations kept fp32 for the share of labels asked."""
     check = CalibrationImages(calibration, record.spec, CHECK_IMAGES, start=len(batches))
-    what = f"{len(check)} {args.data} {args.split} images after the calibration ones"
+    what = f"{len(check)} {_images_of(args, args.split)} after the calibration ones"
     if not len(check):  # every image calibrated: check on (some of) them
         check = CalibrationImages(calibration, record.spec, CHECK_IMAGES)
-        what = f"{len(check)} of the calibration images (no others in {args.split})"
+        what = f"{len(check)} of the calibration images (no other {_images_of(args, args.split)})"
     ranked = [name for name, _ in sensitive_activations(fp32, args.out, batches)]
     threads = args.threads or torch.get_num_threads()
     agreement = Agreement(fp32, list(check), record.spec, threads)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .data.base import image_to_tensor, open_image, read_depth, read_image
+from .data.base import image_to_tensor, open_image, read_depth, read_image, rgb_array
 from .data.palettes import flat_palette, voc_palette
 from .engine.distributed import resolve_device
 from .engines import (
@@ -380,38 +380,46 @@ def load_input(image: ImageLike, item: InputSpec | None = None) -> torch.Tensor:
 
 
 def load_rgb(image: ImageLike) -> torch.Tensor:
-    """A 3 x H x W float tensor of 0..255 RGB from any accepted image form.
+    """A 3 x H x W float tensor of 0..255 RGB from any accepted image form, by one rule.
 
-    Arrays and tensors are taken as 0..255, whatever their dtype: uint8 as it is, and float
-    too (the scale ``fcnseg.data`` readers produce). A float image whose largest value is at
-    most 1.0 and that is not all zero is refused with a ValueError: it looks like 0..1
-    (torchvision's ToTensor), which the model would see as an almost black image; multiply
-    it by 255 first.
+    A file path and a PIL image of any mode convert alike (``rgb_array``): a 16-bit PIL
+    image is scaled from 0..65535 as its file is, not clipped to near-white. Arrays and
+    tensors are taken as 0..255, whatever their dtype: uint8 as it is, and float too (the
+    scale ``fcnseg.data`` readers produce). Values they cannot hold in 0..255 are refused
+    with a ValueError rather than predicted as garbage: any value above 255 (a 16-bit
+    array: scale it first), and a float image whose largest value is at most 1.0 and that
+    is not all zero (it looks like 0..1, torchvision's ToTensor: multiply it by 255).
     """
     if isinstance(image, str | Path):
         array = read_image(Path(image))  # EXIF-upright, any mode to RGB; DatasetError if bad
         return image_to_tensor(array)
     if isinstance(image, Image.Image):
-        return image_to_tensor(np.asarray(image.convert("RGB")))
+        return image_to_tensor(rgb_array(image))
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a 3 x H x W image tensor, got shape {tuple(image.shape)}")
-        if image.is_floating_point():
-            _check_0_to_255(float(image.max()) if image.numel() else 0.0)
+        if image.dtype != torch.uint8 and image.numel():
+            _check_0_to_255(float(image.max()), image.is_floating_point())
         return image.float()
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(f"expected an H x W x 3 RGB array, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.floating):
-        _check_0_to_255(float(array[..., :3].max(initial=0.0)))
+    if array.dtype != np.uint8 and array.size:
+        _check_0_to_255(float(array[..., :3].max()), np.issubdtype(array.dtype, np.floating))
     return image_to_tensor(array[..., :3].astype(np.float32))
 
 
-def _check_0_to_255(largest: float) -> None:
-    """Refuse a float image in 0..1: predicting it as 0..255 gives garbage without a word."""
-    if 0.0 < largest <= 1.0:
+def _check_0_to_255(largest: float, floating: bool) -> None:
+    """Refuse an image whose values are not 0..255: predicting them as 0..255 gives garbage
+    without a word."""
+    if largest > 255:
+        raise ValueError(
+            f"the image's values reach {largest:g}, above 255: scale it to 0..255 (a 16-bit "
+            "image: divide by 257; images are 0..255, uint8 or float)"
+        )
+    if floating and 0.0 < largest <= 1.0:
         raise ValueError(
             f"the float image's values are at most {largest:g}, which looks like 0..1 "
             "(ToTensor): multiply by 255 (images are 0..255, uint8 or float)"

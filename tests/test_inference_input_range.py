@@ -1,6 +1,6 @@
-"""Image value ranges at ``Segmenter.predict``: uint8 and float inputs are 0..255;
-a float image in 0..1 (torchvision's ToTensor) is refused instead of silently predicted as an
-almost black image."""
+"""Image value ranges at ``Segmenter.predict``: every input form is 0..255, and a PIL image
+converts as its file does; values above 255, and a float image in 0..1 (torchvision's
+ToTensor), are refused instead of silently predicted as a white or almost black image."""
 
 import numpy as np
 import pytest

@@ -61,6 +61,7 @@ from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import figure_pixels, overlay_figure
+from .globbing import file_identity, glob_files
 from .options import add_engine, add_threads, add_tta, apply_threads, check_engine, tta_of
 
 # The PNG text chunk that marks predict's outputs (masks and overlays).
@@ -141,7 +142,9 @@ def _tiling(args: argparse.Namespace) -> Tiling | None:
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image paths from files, folders (their images, sorted) and glob patterns; and the
     inputs that matched nothing, with the reason. Folders and globs leave out the masks and
-    overlays predict wrote (a file named on its own is taken as it is)."""
+    overlays predict wrote (a file named on its own is taken as it is). Each real file comes
+    once, by its first path, however many paths or links lead to it (``globbing``); a link
+    that leads back to itself raises a ValueError naming it."""
     found: list[Path] = []
     failed: list[tuple[str, str]] = []
     for item in inputs:
@@ -155,15 +158,23 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
         elif path.exists():
             found.append(path)
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            images = [p for p in matches if p.is_file() and not written_by_predict(p)]
+            images = [p for p in glob_files(item) if not written_by_predict(p)]
             if not images:
                 failed.append((item, "pattern matches no file"))
             found += images
         else:
+            file_identity(path)  # raises for a link that leads back to itself
             failed.append((item, "no such file or folder"))
-    unique = list(dict.fromkeys(found))
-    return unique, failed
+    return _each_file_once(found), failed
+
+
+def _each_file_once(paths: list[Path]) -> list[Path]:
+    """``paths`` in order, less those that reach a file an earlier one reached; a path to
+    nothing stays (its reading reports it)."""
+    unique: dict[object, Path] = {}
+    for path in paths:
+        unique.setdefault(file_identity(path) or path, path)
+    return list(unique.values())
 
 
 def written_by_predict(path: Path) -> bool:
@@ -204,7 +215,7 @@ class OutputNames:
             self.suffixes.append("_overlay.png")
         if args.probabilities:
             self.suffixes.append("_probs.npy")
-        self.inputs = {path.resolve() for path in inputs}
+        self.inputs = {file_identity(path) for path in inputs} - {None}
         self.used: set[str] = set()
 
     def stem(self, path: Path) -> str:
@@ -221,9 +232,9 @@ class OutputNames:
         for name in maps:
             for suffix in self.suffixes:
                 target = self.out / f"{name}{suffix}"
-                if target.resolve() in self.inputs:
-                    return False
-                if target.exists() and not written_by_predict(target):
+                if os.path.lexists(target) and not written_by_predict(target):
+                    return False  # a user's file, or a link of theirs (to nothing, or a loop)
+                if file_identity(target) in self.inputs:
                     return False
         return True
 

@@ -39,7 +39,7 @@ from .fileio import atomic_write
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
-from .tiling import Tiling, sliding_window
+from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
 
 __all__ = ["Segmenter", "load_rgb", "load_input", "save_mask", "mask_image"]
@@ -60,7 +60,8 @@ class Segmenter:
     ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster,
     ``InferenceOptions(compile=True)`` compiles it (worth it for many images of one size).
     ``tiling`` (``fcnseg.tiling.Tiling``) scores images larger than a tile in overlapping
-    tiles, bounding memory by the tile size instead of the image size. ``tta`` averages
+    tiles, bounding memory by the tile size instead of the image size; a tile side below
+    the model's coarsest stride is refused (``check_tile_size``). ``tta`` averages
     the scores of flipped and rescaled copies of each image (``fcnseg.tta``).
 
     ``classes`` and ``palette`` are lists for a single-task model, or dicts by task; left
@@ -85,6 +86,8 @@ class Segmenter:
         self.tta = tta
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.speed = speed or InferenceOptions()
+        if tiling is not None:
+            check_tile_size(tiling, self.spec.output_stride)
         self.tiling = tiling
         self.model = prepare_model(model.to(self.device).eval(), self.speed)
         self._runner = compiled(self.model, self.speed)

@@ -250,3 +250,22 @@ def test_a_users_looping_link_in_the_output_folder_is_left_alone(checkpoint, tmp
     assert result.returncode == 0, result.stderr
     assert f"{image} -> {out / 'x-2.png'}" in result.stdout
     assert (out / "x.png").readlink() == Path("x.png")
+
+
+def test_an_image_too_large_for_memory_is_named_with_the_tile_to_use(
+    checkpoint, tmp_path, capsys, monkeypatch, file_hashes
+):
+    photo = _image(tmp_path / "photos" / "huge.png", 30, 40)
+    before = file_hashes(tmp_path / "photos")
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB.")
+
+    monkeypatch.setattr("fcnseg.inference.fast_forward", no_memory)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(photo), "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fcnseg: error: {photo}: image 30x40 does not fit in memory")
+    assert "--tile 1024" in line
+    assert not any(out.iterdir())
+    assert file_hashes(tmp_path / "photos") == before

@@ -255,13 +255,35 @@ class Segmenter:
 
     def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's float32 scores by task for a normalised batch (inputs by name),
-        whole or tile by tile, averaged over the TTA copies when asked."""
+        whole or tile by tile, averaged over the TTA copies when asked. A batch that does
+        not fit in memory raises a MemoryError that says which tiles to use."""
         forward = partial(fast_forward, self._by_task, options=self.speed)
         if self.tiling is not None:
             forward = partial(sliding_window, forward, tiling=self.tiling)
-        if self.tta is not None:
-            return tta_forward(forward, batch, self.tta)
-        return forward(batch)
+        try:
+            if self.tta is not None:
+                return tta_forward(forward, batch, self.tta)
+            return forward(batch)
+        except (MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+            height, width = next(iter(batch.values())).shape[-2:]
+            raise MemoryError(self._tile_advice(height, width)) from None
+
+    def _tile_advice(self, height: int, width: int) -> str:
+        """What to do about an image that does not fit: tiles of 1024 (the size the
+        benchmarks measure for Lite0), or half the tiles already used."""
+        if self.tiling is None:
+            what, side = "to predict whole", 1024
+        else:
+            tile_height, tile_width = self.tiling.size
+            what, side = f"in tiles of {tile_height}x{tile_width}", min(self.tiling.size) // 2
+        if side < self.spec.output_stride:
+            return f"image {height}x{width} does not fit in memory {what}: free some memory"
+        return (
+            f"image {height}x{width} does not fit in memory {what}: predict it in tiles of "
+            f"{side} pixels (tiling=Tiling.of({side}); fcnseg predict --tile {side})"
+        )
 
     def _by_task(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self._runner(batch, by_task=True)
@@ -301,6 +323,15 @@ def _is_many(image: Any) -> bool:
     if isinstance(image, list | tuple):
         return True
     return isinstance(image, torch.Tensor | np.ndarray) and image.ndim == 4
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure: Python's MemoryError, or torch's
+    RuntimeError on the CPU ("not enough memory") or a GPU ("out of memory")."""
+    if isinstance(error, MemoryError):
+        return True
+    message = str(error)
+    return "not enough memory" in message or "out of memory" in message
 
 
 def _single_or_dict(by_task: Mapping[str, Any]) -> Any:

@@ -306,9 +306,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         stem = names.stem(path)
         rgb = _backdrop(images, segmenter.spec)
-        result = segmenter.predict(images, probabilities=args.probabilities)
-        labels, probs = result if args.probabilities else (result, None)
         source = " + ".join(str(file) for file in files.values())
+        try:
+            result = segmenter.predict(images, probabilities=args.probabilities)
+        except MemoryError as error:  # the advice holds for the images after it too: stop
+            raise ValueError(f"{source}: {error}") from None
+        labels, probs = result if args.probabilities else (result, None)
         try:
             if isinstance(labels, dict):  # a multi-task model: one map per task
                 masks = []

@@ -6,8 +6,10 @@ For each image it writes ``<name>.png``, an index PNG whose pixel values are the
 indices shown in the dataset's palette, and ``<name>_overlay.png``; ``--probabilities`` adds
 ``<name>_probs.npy`` (C x H x W float32). Images of any size are predicted whole, or with
 ``--tile 1024`` in overlapping 1024 x 1024 tiles (memory bounded by the tile, not the
-image; ``fcnseg.tiling``). An input that cannot be read is reported at the end; the others
-are still processed.
+image; ``fcnseg.tiling``; a tile below the model's coarsest stride is refused). An input
+that cannot be read is reported at the end; the others are still processed. A recursive
+glob (``'photos/**/*.jpg'``) enters each real folder once, whatever links lead back into
+it, and each real file is predicted once, however many paths name it.
 
 ``--engine`` runs the model on onnxruntime or OpenVINO (``auto``: the fastest measured),
 from an export cached beside the checkpoint; ``--tta`` / ``--tta-scales`` average the

@@ -190,3 +190,82 @@ def test_a_progress_bar_over_many_images_on_a_terminal_only(
     assert main([*args, "--out", str(tmp_path / "shown")]) == 0
     shown = capsys.readouterr().out
     assert "predict: 100%" in shown and "3/3" in shown and shown.count(" -> ") == 3
+
+
+def test_a_recursive_glob_predicts_each_real_image_once_through_looping_links(
+    checkpoint, tmp_path, fcnseg_cli, file_hashes
+):
+    """A link to its own folder and one to its parent: glob.glob would walk them round and
+    round; each real image is predicted once, however many paths reach it."""
+    images = tmp_path / "images"
+    _image(images / "a.png", 16, 16)
+    _image(images / "sub" / "b.png", 16, 16, seed=1)
+    (images / "self").symlink_to(".")
+    (images / "sub" / "up").symlink_to("..")
+    before = file_hashes(images)
+    out = tmp_path / "out"
+    pattern, again = str(images / "**" / "*.png"), str(images / "self" / "sub" / "b.png")
+    result = fcnseg_cli(
+        "predict", "--checkpoint", checkpoint, pattern, again, "--out", out, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 image(s) predicted" in result.stdout
+    sources = [line.split(" -> ")[0] for line in result.stdout.splitlines() if " -> " in line]
+    assert sources == [str(images / "a.png"), str(images / "sub" / "b.png")]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "a.png",
+        "a_overlay.png",
+        "b.png",
+        "b_overlay.png",
+    ]
+    assert file_hashes(images) == before
+
+
+@pytest.mark.parametrize("given", ["folder", "glob", "link"])
+def test_a_link_that_leads_back_to_itself_is_one_line(
+    checkpoint, tmp_path, fcnseg_cli, one_line_error, file_hashes, given
+):
+    photos = tmp_path / "photos"
+    _image(photos / "a.png", 16, 16)
+    (photos / "loop.png").symlink_to("loop.png")
+    before = file_hashes(photos)
+    inputs = {"folder": photos, "glob": photos / "*.png", "link": photos / "loop.png"}
+    out = tmp_path / "out"
+    result = fcnseg_cli("predict", "--checkpoint", checkpoint, inputs[given], "--out", out)
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        f"fcnseg: error: {photos / 'loop.png'} is a symbolic link that leads back to itself: "
+        "point it at an image or remove it"
+    )
+    assert not any(out.iterdir())
+    assert file_hashes(photos) == before
+
+
+def test_a_users_looping_link_in_the_output_folder_is_left_alone(checkpoint, tmp_path, fcnseg_cli):
+    image = _image(tmp_path / "in" / "x.png", 16, 16)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.png").symlink_to("x.png")
+    result = fcnseg_cli("predict", "--checkpoint", checkpoint, image, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"{image} -> {out / 'x-2.png'}" in result.stdout
+    assert (out / "x.png").readlink() == Path("x.png")
+
+
+def test_an_image_too_large_for_memory_is_named_with_the_tile_to_use(
+    checkpoint, tmp_path, capsys, monkeypatch, file_hashes
+):
+    photo = _image(tmp_path / "photos" / "huge.png", 30, 40)
+    before = file_hashes(tmp_path / "photos")
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB.")
+
+    monkeypatch.setattr("fcnseg.inference.fast_forward", no_memory)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(photo), "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fcnseg: error: {photo}: image 30x40 does not fit in memory")
+    assert "--tile 1024" in line
+    assert not any(out.iterdir())
+    assert file_hashes(tmp_path / "photos") == before

@@ -8,6 +8,7 @@ from PIL import Image
 import fcnseg
 from fcnseg.data import SYNTHETIC_CLASSES, DatasetError, voc_palette
 from fcnseg.inference import Segmenter, load_rgb, save_mask
+from fcnseg.tiling import Tiling
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small images: threads only wait
 
@@ -158,3 +159,18 @@ def test_save_mask_records_text_chunks(tmp_path):
     assert mask.mode == "P" and np.array_equal(np.asarray(mask), labels)
     with pytest.raises(ValueError, match="256 classes"):
         save_mask(np.full((2, 2), 300), tmp_path / "big.png", voc_palette(3))
+
+
+def _no_memory(*args, **kwargs):
+    raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB.")
+
+
+def test_an_image_too_large_for_memory_says_to_tile(checkpoint_path, monkeypatch):
+    monkeypatch.setattr("fcnseg.inference.fast_forward", _no_memory)
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    with pytest.raises(MemoryError, match=r"image 40x60 .*tiling=Tiling\.of\(1024\)") as whole:
+        Segmenter.from_checkpoint(checkpoint_path).predict(image)
+    tiled = Segmenter.from_checkpoint(checkpoint_path, tiling=Tiling.of(512))
+    with pytest.raises(MemoryError, match=r"in tiles of 512x512: .*Tiling\.of\(256\)") as in_tiles:
+        tiled.predict(np.zeros((600, 700, 3), dtype=np.uint8))
+    assert "\n" not in str(whole.value) + str(in_tiles.value)

@@ -118,3 +118,31 @@ def test_predict_cli_tiles_and_rejects_bad_tiles(checkpoint, tmp_path, capsys):
     assert "--tile-overlap 48 must be at least 0 and less than --tile 48" in capsys.readouterr().err
     assert main([*args, "--out", str(out), "--tile-overlap", "8"]) == 2
     assert "--tile-overlap needs --tile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [16, (64, 31)])
+def test_tiles_below_the_coarsest_stride_are_refused(checkpoint, size):
+    """FCN-8s Lite0 scores from stride-32 features: a tile narrower than one of their cells
+    would change most labels without a word."""
+    with pytest.raises(ValueError, match=r"use tiles of at least 32 pixels") as error:
+        Segmenter.from_checkpoint(checkpoint, tiling=Tiling.of(size, 0))
+    assert "\n" not in str(error.value)
+    assert Segmenter.from_checkpoint(checkpoint, tiling=Tiling.of(32)).tiling.size == (32, 32)
+
+
+def test_predict_cli_refuses_a_tile_below_the_coarsest_stride(
+    checkpoint, tmp_path, fcnseg_cli, one_line_error, file_hashes
+):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    array = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(array).save(photos / "a.png")
+    before = file_hashes(photos)
+    out = tmp_path / "out"
+    result = fcnseg_cli("predict", "--checkpoint", checkpoint, photos, "--out", out, "--tile", "16")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "tile 16x16 is smaller than the 32-pixel stride" in line
+    assert "(--tile 32" in line
+    assert not out.exists() or not any(out.iterdir())
+    assert file_hashes(photos) == before

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .data.base import image_to_tensor, open_image, read_depth, read_image
+from .data.base import image_to_tensor, open_image, read_depth, read_image, rgb_array
 from .data.palettes import flat_palette, voc_palette
 from .engine.distributed import resolve_device
 from .engines import (
@@ -39,7 +39,7 @@ from .fileio import atomic_write
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
-from .tiling import Tiling, sliding_window
+from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
 
 __all__ = ["Segmenter", "load_rgb", "load_input", "save_mask", "mask_image"]
@@ -60,7 +60,8 @@ class Segmenter:
     ``InferenceOptions(bf16=True)`` adds bf16 autocast where bf16 measures faster,
     ``InferenceOptions(compile=True)`` compiles it (worth it for many images of one size).
     ``tiling`` (``fcnseg.tiling.Tiling``) scores images larger than a tile in overlapping
-    tiles, bounding memory by the tile size instead of the image size. ``tta`` averages
+    tiles, bounding memory by the tile size instead of the image size; a tile side below
+    the model's coarsest stride is refused (``check_tile_size``). ``tta`` averages
     the scores of flipped and rescaled copies of each image (``fcnseg.tta``).
 
     ``classes`` and ``palette`` are lists for a single-task model, or dicts by task; left
@@ -85,6 +86,8 @@ class Segmenter:
         self.tta = tta
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.speed = speed or InferenceOptions()
+        if tiling is not None:
+            check_tile_size(tiling, self.spec.output_stride)
         self.tiling = tiling
         self.model = prepare_model(model.to(self.device).eval(), self.speed)
         self._runner = compiled(self.model, self.speed)
@@ -252,13 +255,35 @@ class Segmenter:
 
     def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's float32 scores by task for a normalised batch (inputs by name),
-        whole or tile by tile, averaged over the TTA copies when asked."""
+        whole or tile by tile, averaged over the TTA copies when asked. A batch that does
+        not fit in memory raises a MemoryError that says which tiles to use."""
         forward = partial(fast_forward, self._by_task, options=self.speed)
         if self.tiling is not None:
             forward = partial(sliding_window, forward, tiling=self.tiling)
-        if self.tta is not None:
-            return tta_forward(forward, batch, self.tta)
-        return forward(batch)
+        try:
+            if self.tta is not None:
+                return tta_forward(forward, batch, self.tta)
+            return forward(batch)
+        except (MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+            height, width = next(iter(batch.values())).shape[-2:]
+            raise MemoryError(self._tile_advice(height, width)) from None
+
+    def _tile_advice(self, height: int, width: int) -> str:
+        """What to do about an image that does not fit: tiles of 1024 (the size the
+        benchmarks measure for Lite0), or half the tiles already used."""
+        if self.tiling is None:
+            what, side = "to predict whole", 1024
+        else:
+            tile_height, tile_width = self.tiling.size
+            what, side = f"in tiles of {tile_height}x{tile_width}", min(self.tiling.size) // 2
+        if side < self.spec.output_stride:
+            return f"image {height}x{width} does not fit in memory {what}: free some memory"
+        return (
+            f"image {height}x{width} does not fit in memory {what}: predict it in tiles of "
+            f"{side} pixels (tiling=Tiling.of({side}); fcnseg predict --tile {side})"
+        )
 
     def _by_task(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self._runner(batch, by_task=True)
@@ -298,6 +323,15 @@ def _is_many(image: Any) -> bool:
     if isinstance(image, list | tuple):
         return True
     return isinstance(image, torch.Tensor | np.ndarray) and image.ndim == 4
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure: Python's MemoryError, or torch's
+    RuntimeError on the CPU ("not enough memory") or a GPU ("out of memory")."""
+    if isinstance(error, MemoryError):
+        return True
+    message = str(error)
+    return "not enough memory" in message or "out of memory" in message
 
 
 def _single_or_dict(by_task: Mapping[str, Any]) -> Any:
@@ -380,38 +414,46 @@ def load_input(image: ImageLike, item: InputSpec | None = None) -> torch.Tensor:
 
 
 def load_rgb(image: ImageLike) -> torch.Tensor:
-    """A 3 x H x W float tensor of 0..255 RGB from any accepted image form.
+    """A 3 x H x W float tensor of 0..255 RGB from any accepted image form, by one rule.
 
-    Arrays and tensors are taken as 0..255, whatever their dtype: uint8 as it is, and float
-    too (the scale ``fcnseg.data`` readers produce). A float image whose largest value is at
-    most 1.0 and that is not all zero is refused with a ValueError: it looks like 0..1
-    (torchvision's ToTensor), which the model would see as an almost black image; multiply
-    it by 255 first.
+    A file path and a PIL image of any mode convert alike (``rgb_array``): a 16-bit PIL
+    image is scaled from 0..65535 as its file is, not clipped to near-white. Arrays and
+    tensors are taken as 0..255, whatever their dtype: uint8 as it is, and float too (the
+    scale ``fcnseg.data`` readers produce). Values they cannot hold in 0..255 are refused
+    with a ValueError rather than predicted as garbage: any value above 255 (a 16-bit
+    array: scale it first), and a float image whose largest value is at most 1.0 and that
+    is not all zero (it looks like 0..1, torchvision's ToTensor: multiply it by 255).
     """
     if isinstance(image, str | Path):
         array = read_image(Path(image))  # EXIF-upright, any mode to RGB; DatasetError if bad
         return image_to_tensor(array)
     if isinstance(image, Image.Image):
-        return image_to_tensor(np.asarray(image.convert("RGB")))
+        return image_to_tensor(rgb_array(image))
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a 3 x H x W image tensor, got shape {tuple(image.shape)}")
-        if image.is_floating_point():
-            _check_0_to_255(float(image.max()) if image.numel() else 0.0)
+        if image.dtype != torch.uint8 and image.numel():
+            _check_0_to_255(float(image.max()), image.is_floating_point())
         return image.float()
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ValueError(f"expected an H x W x 3 RGB array, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.floating):
-        _check_0_to_255(float(array[..., :3].max(initial=0.0)))
+    if array.dtype != np.uint8 and array.size:
+        _check_0_to_255(float(array[..., :3].max()), np.issubdtype(array.dtype, np.floating))
     return image_to_tensor(array[..., :3].astype(np.float32))
 
 
-def _check_0_to_255(largest: float) -> None:
-    """Refuse a float image in 0..1: predicting it as 0..255 gives garbage without a word."""
-    if 0.0 < largest <= 1.0:
+def _check_0_to_255(largest: float, floating: bool) -> None:
+    """Refuse an image whose values are not 0..255: predicting them as 0..255 gives garbage
+    without a word."""
+    if largest > 255:
+        raise ValueError(
+            f"the image's values reach {largest:g}, above 255: scale it to 0..255 (a 16-bit "
+            "image: divide by 257; images are 0..255, uint8 or float)"
+        )
+    if floating and 0.0 < largest <= 1.0:
         raise ValueError(
             f"the float image's values are at most {largest:g}, which looks like 0..1 "
             "(ToTensor): multiply by 255 (images are 0..255, uint8 or float)"

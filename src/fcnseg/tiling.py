@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Tiling", "tile_starts", "sliding_window"]
+__all__ = ["Tiling", "tile_starts", "sliding_window", "check_tile_size"]
 
 Batch = torch.Tensor | Mapping[str, torch.Tensor]
 Scores = torch.Tensor | dict[str, torch.Tensor]
@@ -53,6 +53,25 @@ class Tiling:
     @property
     def stride(self) -> tuple[int, int]:
         return self.size[0] - self.overlap[0], self.size[1] - self.overlap[1]
+
+
+def check_tile_size(tiling: Tiling, stride: int) -> None:
+    """Refuse tiles with a side below ``stride``, the stride of the coarsest features a net
+    scores (``ModelSpec.output_stride``: 32 for the paper's nets, 16 or 8 rarefied).
+
+    Every label is scored from those features (score_fr; the skips only refine them). A
+    tile narrower than one of their cells gives them less than a cell of image and the
+    rest zero padding, and changes most labels without a word. The floor is that one cell
+    (four times FCN-8s's score stride of 8), not more: past it a wider tile only keeps more
+    context (scaling.py measures the agreement), a trade against memory the user makes.
+    """
+    if min(tiling.size) < stride:
+        height, width = tiling.size
+        raise ValueError(
+            f"tile {height}x{width} is smaller than the {stride}-pixel stride of the model's "
+            f"coarsest features, which every label is scored from: use tiles of at least "
+            f"{stride} pixels (--tile {stride} or more; larger tiles keep more context)"
+        )
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:

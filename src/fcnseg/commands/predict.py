@@ -6,8 +6,10 @@ For each image it writes ``<name>.png``, an index PNG whose pixel values are the
 indices shown in the dataset's palette, and ``<name>_overlay.png``; ``--probabilities`` adds
 ``<name>_probs.npy`` (C x H x W float32). Images of any size are predicted whole, or with
 ``--tile 1024`` in overlapping 1024 x 1024 tiles (memory bounded by the tile, not the
-image; ``fcnseg.tiling``). An input that cannot be read is reported at the end; the others
-are still processed.
+image; ``fcnseg.tiling``; a tile below the model's coarsest stride is refused). An input
+that cannot be read is reported at the end; the others are still processed. A recursive
+glob (``'photos/**/*.jpg'``) enters each real folder once, whatever links lead back into
+it, and each real file is predicted once, however many paths name it.
 
 ``--engine`` runs the model on onnxruntime or OpenVINO (``auto``: the fastest measured),
 from an export cached beside the checkpoint; ``--tta`` / ``--tta-scales`` average the
@@ -61,6 +63,7 @@ from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import figure_pixels, overlay_figure
+from .globbing import file_identity, glob_files
 from .options import add_engine, add_threads, add_tta, apply_threads, check_engine, tta_of
 
 # The PNG text chunk that marks predict's outputs (masks and overlays).
@@ -141,7 +144,9 @@ def _tiling(args: argparse.Namespace) -> Tiling | None:
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image paths from files, folders (their images, sorted) and glob patterns; and the
     inputs that matched nothing, with the reason. Folders and globs leave out the masks and
-    overlays predict wrote (a file named on its own is taken as it is)."""
+    overlays predict wrote (a file named on its own is taken as it is). Each real file comes
+    once, by its first path, however many paths or links lead to it (``globbing``); a link
+    that leads back to itself raises a ValueError naming it."""
     found: list[Path] = []
     failed: list[tuple[str, str]] = []
     for item in inputs:
@@ -155,15 +160,23 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
         elif path.exists():
             found.append(path)
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            images = [p for p in matches if p.is_file() and not written_by_predict(p)]
+            images = [p for p in glob_files(item) if not written_by_predict(p)]
             if not images:
                 failed.append((item, "pattern matches no file"))
             found += images
         else:
+            file_identity(path)  # raises for a link that leads back to itself
             failed.append((item, "no such file or folder"))
-    unique = list(dict.fromkeys(found))
-    return unique, failed
+    return _each_file_once(found), failed
+
+
+def _each_file_once(paths: list[Path]) -> list[Path]:
+    """``paths`` in order, less those that reach a file an earlier one reached; a path to
+    nothing stays (its reading reports it)."""
+    unique: dict[object, Path] = {}
+    for path in paths:
+        unique.setdefault(file_identity(path) or path, path)
+    return list(unique.values())
 
 
 def written_by_predict(path: Path) -> bool:
@@ -204,7 +217,7 @@ class OutputNames:
             self.suffixes.append("_overlay.png")
         if args.probabilities:
             self.suffixes.append("_probs.npy")
-        self.inputs = {path.resolve() for path in inputs}
+        self.inputs = {file_identity(path) for path in inputs} - {None}
         self.used: set[str] = set()
 
     def stem(self, path: Path) -> str:
@@ -221,9 +234,9 @@ class OutputNames:
         for name in maps:
             for suffix in self.suffixes:
                 target = self.out / f"{name}{suffix}"
-                if target.resolve() in self.inputs:
-                    return False
-                if target.exists() and not written_by_predict(target):
+                if os.path.lexists(target) and not written_by_predict(target):
+                    return False  # a user's file, or a link of theirs (to nothing, or a loop)
+                if file_identity(target) in self.inputs:
                     return False
         return True
 
@@ -296,9 +309,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         stem = names.stem(path)
         rgb = _backdrop(images, segmenter.spec)
-        result = segmenter.predict(images, probabilities=args.probabilities)
-        labels, probs = result if args.probabilities else (result, None)
         source = " + ".join(str(file) for file in files.values())
+        try:
+            result = segmenter.predict(images, probabilities=args.probabilities)
+        except MemoryError as error:  # the advice holds for the images after it too: stop
+            raise ValueError(f"{source}: {error}") from None
+        labels, probs = result if args.probabilities else (result, None)
         try:
             if isinstance(labels, dict):  # a multi-task model: one map per task
                 masks = []

@@ -38,6 +38,7 @@ __all__ = [
     "LabelMap",
     "SegmentationDataset",
     "read_image",
+    "rgb_array",
     "read_label",
     "read_mat",
     "read_depth",
@@ -209,8 +210,11 @@ def _too_large(path: Path, kind: str, error: Image.DecompressionBombError) -> st
     )
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    """H x W x 3 uint8 from any PIL mode: gray, palette, alpha, CMYK, 16-bit and float."""
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """H x W x 3 uint8 from any PIL mode: gray, palette, alpha, CMYK, 16-bit and float.
+
+    PIL's own ``convert("RGB")`` clips 16-bit values to 255 (a near-white image): every
+    image, read from a file or given in memory, is converted here instead."""
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image)
@@ -244,7 +248,7 @@ def read_image(path: Path, match: tuple[int, int] | None = None) -> np.ndarray:
         upright = ImageOps.exif_transpose(image)
         if match is None or (upright.height, upright.width) == tuple(match):
             image = upright
-    return _to_rgb(image)
+    return rgb_array(image)
 
 
 def read_label(

@@ -228,7 +228,8 @@ def test_convert_torchvision_and_export_onnx(tmp_path, capsys) -> None:
     assert main([*export, "--example-size", "64", "64"]) == 0
     printed = capsys.readouterr().out
     assert "wrote" in printed and "fcn32s_resnet18 (inputs image 3; classes semantic 2)" in printed
-    assert len(re.findall(r"onnxruntime vs PyTorch at \d+x\d+: max abs diff \d", printed)) == 2
+    # converted backbone weights leave the score layers at zero: the check says it proves nothing
+    assert len(re.findall(r"onnxruntime vs PyTorch at \d+x\d+: proves nothing", printed)) == 2
     assert onnx_path.is_file()
 
 

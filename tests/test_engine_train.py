@@ -15,7 +15,8 @@ from fcnseg.builder import resolve_spec
 from fcnseg.config import ConfigError, TrainConfig
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
-from fcnseg.engine.train import NonFiniteLossError, _build_model, model_spec, train
+from fcnseg.engine.setup import build_model_for, model_spec
+from fcnseg.engine.train import NonFiniteLossError, train
 from fcnseg.losses import SegmentationLoss
 from fcnseg.modelfile import record_of
 
@@ -167,7 +168,7 @@ def test_init_from_transplants_and_new_skips_start_at_zero(tmp_path):
     ckpt.save_checkpoint(source, tmp_path / "32s.pt")
     config = tiny(tmp_path, model="fcn16s_efficientnet_lite0", init_from=str(tmp_path / "32s.pt"))
     spec = resolve_spec(config.model, num_classes=7)
-    fine = _build_model(config.resolved(), spec, init=True)
+    fine = build_model_for(config.resolved(), spec, init=True)
     assert torch.equal(fine.head.score_fr.weight, coarse.head.score_fr.weight)
     assert torch.equal(fine.backbone._conv_stem.weight, coarse.backbone._conv_stem.weight)
     assert not fine.head.score_pool4.weight.any() and not fine.head.score_pool4.bias.any()

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import sys
 import time
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 from test_engine_train import tiny
 
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.engine import loop
 from fcnseg.engine.budget import (
     PACE_STEPS,
     PROBE_STEPS,
@@ -123,8 +123,7 @@ def test_a_run_that_slows_down_after_the_probe_is_planned_again_and_ends_its_sch
     """Steps three times slower after the probe: the first plan no longer fits. Planned again
     every REPLAN_EVERY steps, the run still ends inside the budget with its schedule run out,
     instead of being cut off by the hard stop at a high learning rate."""
-    engine = sys.modules["fcnseg.engine.train"]  # the module: fcnseg.engine.train is train()
-    step = engine._train_step
+    step = loop.train_step
 
     def slower(run, position, micro):
         began = time.perf_counter()
@@ -133,7 +132,7 @@ def test_a_run_that_slows_down_after_the_probe_is_planned_again_and_ends_its_sch
             time.sleep(2 * (time.perf_counter() - began))
         return result
 
-    monkeypatch.setattr(engine, "_train_step", slower)
+    monkeypatch.setattr(loop, "train_step", slower)
     budget_minutes = 0.4
     config = tiny(tmp_path, epochs=1000, time_budget_minutes=budget_minutes, overlays=0)
     config = dataclasses.replace(config, optimizer="adamw", lr=1e-3)

@@ -11,7 +11,7 @@ from fcnseg import build_model
 from fcnseg.cli import main
 from fcnseg.config import load_config
 from fcnseg.engine.checkpoint import load_checkpoint
-from fcnseg.engine.train import _build_data, _build_model, model_spec
+from fcnseg.engine.setup import build_data, build_model_for, model_spec
 from fcnseg.inference import Segmenter
 from fcnseg.losses import SegmentationLoss
 
@@ -122,10 +122,10 @@ def test_in_channels_with_the_pretrained_backbone(config_file):
     4-channel images, so the run is checked where it is built, and training on 3-channel
     synthetic images stops before the first step with one line naming the channels."""
     config = load_config(config_file, ["in_channels=4", "pretrained_backbone=true"]).resolved()
-    data = _build_data(config)
+    data = build_data(config)
     spec = model_spec(config, data)
     assert spec.input_channels == {"image": 4} and spec.pretrained_backbone
-    model = _build_model(config, spec, init=True)
+    model = build_model_for(config, spec, init=True)
     rgb = build_model("fcn32s_efficientnet_lite0", num_classes=7, pretrained_backbone=True)
     stem, rgb_stem = model.backbone._conv_stem.weight, rgb.backbone._conv_stem.weight
     assert stem.shape[1] == 4

@@ -22,7 +22,8 @@ from fcnseg.data import NYUD_NORMALIZATION
 from fcnseg.data.nyud import NYUD_CLASSES
 from fcnseg.data.palettes import voc_palette
 from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engine.train import _build_model, _criterion, train
+from fcnseg.engine.setup import build_criterion, build_model_for
+from fcnseg.engine.train import train
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 from fcnseg.models import FCN, InputSpec, ModelSpec, backbones, registry
@@ -238,14 +239,14 @@ def test_late_fusion_from_two_stream_checkpoints_starts_at_their_mean(tmp_path, 
     streams = {"color": save(color, tmp_path / "rgb.pt"), "hha": save(hha, tmp_path / "hha.pt")}
     start = TrainConfig(model="fcn32s_slim_rgbhha_late", init_streams=streams)
     spec = resolve_spec(start.model, num_classes=40)
-    fused = _build_model(start, spec, init=True).eval()
+    fused = build_model_for(start, spec, init=True).eval()
     x = {"color": torch.randn(1, 3, H, W), "hha": torch.randn(1, 3, H, W)}
     with torch.no_grad():
         expected = 0.5 * color(x["color"]) + 0.5 * hha(x["hha"])
         torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
     wrong = TrainConfig(model="fcn32s_slim_rgbhha_late", init_streams={"color": streams["color"]})
     with pytest.raises(ValueError, match="one checkpoint per stream"):
-        _build_model(wrong, spec, init=True)
+        build_model_for(wrong, spec, init=True)
 
 
 def test_late_fusion_trains_from_streams_and_reloads(tmp_path, one_thread):
@@ -311,7 +312,9 @@ def test_siftflow_two_heads_train_with_task_metrics_and_predict_both_maps(tmp_pa
         best.metrics["geometric"]["pixel_acc"]
     )
     # Dice (or focal) applies to every task of a multi-task model
-    dice = _criterion(dataclasses.replace(cfg, loss="dice").resolved(), _Labels(best), best.spec)
+    dice = build_criterion(
+        dataclasses.replace(cfg, loss="dice").resolved(), _Labels(best), best.spec
+    )
     assert {task: loss.loss for task, loss in dice.losses.items()} == {
         "semantic": "dice",
         "geometric": "dice",

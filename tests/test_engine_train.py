@@ -13,9 +13,11 @@ from PIL import Image
 from fcnseg import build_model, losses
 from fcnseg.builder import resolve_spec
 from fcnseg.config import ConfigError, TrainConfig
+from fcnseg.engine import Hook
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
-from fcnseg.engine.train import NonFiniteLossError, _build_model, model_spec, train
+from fcnseg.engine.setup import build_model_for, model_spec
+from fcnseg.engine.train import NonFiniteLossError, train
 from fcnseg.losses import SegmentationLoss
 from fcnseg.modelfile import record_of
 
@@ -167,11 +169,48 @@ def test_init_from_transplants_and_new_skips_start_at_zero(tmp_path):
     ckpt.save_checkpoint(source, tmp_path / "32s.pt")
     config = tiny(tmp_path, model="fcn16s_efficientnet_lite0", init_from=str(tmp_path / "32s.pt"))
     spec = resolve_spec(config.model, num_classes=7)
-    fine = _build_model(config.resolved(), spec, init=True)
+    fine = build_model_for(config.resolved(), spec, init=True)
     assert torch.equal(fine.head.score_fr.weight, coarse.head.score_fr.weight)
     assert torch.equal(fine.backbone._conv_stem.weight, coarse.backbone._conv_stem.weight)
     assert not fine.head.score_pool4.weight.any() and not fine.head.score_pool4.bias.any()
     assert (fine.spec.upsample, fine.spec.learnable_upsample) == ("deconv", False)
+
+
+class _Recorder(Hook):
+    """Says which of the loop's named points it was called at, and stops after step 3."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_train_start(self, run, progress):
+        self.calls.append("train start")
+
+    def on_step_end(self, run, progress, info):
+        self.calls.append(f"step {info.iteration}")
+        return "callback" if info.iteration == 3 else None
+
+    def on_validation_end(self, run, progress, metrics):
+        self.calls.append(f"val {progress.position.iteration} {metrics['mean_iu'] >= 0}")
+
+    def on_save(self, run, progress, record, *, resumable):
+        self.calls.append("save last" if resumable else "save best")
+        return record
+
+    def on_train_end(self, run, progress):
+        self.calls.append("train end")
+
+    def on_end(self, run, progress, stopped):
+        self.calls.append(f"end {stopped}")
+
+
+def test_a_hook_is_called_at_the_named_points_and_can_stop_the_run(tmp_path):
+    recorder = _Recorder()
+    result = train(tiny(tmp_path, overlays=0), callbacks=[recorder])
+    assert result.stopped == "callback" and result.iterations == 3
+    assert recorder.calls == [
+        "train start", "step 1", "step 2", "step 3",
+        "val 3 True", "save best", "save last", "train end", "end callback",
+    ]  # fmt: skip
 
 
 def test_staged_paper_training_chains_the_stages(tmp_path):

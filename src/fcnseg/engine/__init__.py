@@ -2,12 +2,14 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
+from .hooks import Hook
 from .train import NonFiniteLossError, StepInfo, TrainResult, train
 
 __all__ = [
     "train",
     "TrainResult",
     "StepInfo",
+    "Hook",
     "NonFiniteLossError",
     "evaluate",
     "CheckpointError",

@@ -1,6 +1,9 @@
 """What a run shows while it trains: on a terminal, one progress bar for the whole run (steps
 done, ETA, epoch, loss, lr); when stdout is a file or a pipe (a log, a batch job), a line
-every ``every`` steps with the same numbers, since a bar's carriage returns read as noise."""
+every ``every`` steps with the same numbers, since a bar's carriage returns read as noise.
+
+``Console`` is that output as one hook of the training loop (the bar or the step lines, and
+each validation's metrics); ``announce`` says what a run will do before it does it."""
 
 from __future__ import annotations
 
@@ -9,7 +12,13 @@ import sys
 import time
 from datetime import timedelta
 
-__all__ = ["Feedback"]
+from ..config import RANDOM_SPLIT, TrainConfig
+from .budget import PROBE_STEPS, minutes
+from .evaluate import format_metrics
+from .hooks import Hook, StepInfo
+from .state import Progress, Run, total_steps
+
+__all__ = ["Feedback", "Console", "announce"]
 
 
 class Feedback:
@@ -98,3 +107,89 @@ class Feedback:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Console(Hook):
+    """The run's ``Feedback`` driven by the loop: the bar (or step lines) while it trains,
+    a line with each validation's metrics."""
+
+    def on_train_start(self, run: Run, progress: Progress) -> None:
+        run.feedback.open(progress.position.iteration)
+
+    def on_step_end(self, run: Run, progress: Progress, info: StepInfo) -> str | None:
+        position = progress.position
+        run.feedback.step(
+            position.iteration, position.epoch, info.loss, info.lr, progress.window.rate()
+        )
+        return None
+
+    def on_validation_end(self, run: Run, progress: Progress, metrics: dict) -> None:
+        tasks = run.spec.task_names
+        if len(tasks) == 1:
+            text = format_metrics(metrics)
+        else:
+            text = "; ".join(f"{task}: {format_metrics(metrics[task])}" for task in tasks)
+        run.feedback.write(f"iteration {progress.position.iteration}: {text}")
+
+    def on_train_end(self, run: Run, progress: Progress) -> None:
+        run.feedback.close()
+
+
+def announce(run: Run, progress: Progress, *, resumed: bool, extended: bool = False) -> None:
+    """What the run will do, before it does it: the notes of what it chose (splits, warm-up),
+    then data, steps and epochs, schedule, where the weights start, and the run folder."""
+    config, position = run.config, progress.position
+    for note in run.notes:
+        print(note)
+    verb = f"resuming at iteration {position.iteration}" if resumed else "training"
+    if extended:
+        verb = f"training on from iteration {position.iteration} (the run had finished)"
+    total = total_steps(run, position)
+    epochs = math.ceil(total / run.steps_per_epoch)
+    steps = f"{total} steps = {epochs} epoch(s)"
+    if config.time_budget_minutes and not position.planned_iters:
+        steps = (
+            f"steps planned after {PROBE_STEPS} to fit the time budget of "
+            f"{minutes(config.time_budget_minutes * 60)} (at most {total} = {epochs} epoch(s))"
+        )
+    print(
+        f"{verb} {config.model} ({config.recipe} recipe) on {config.dataset}: "
+        f"{len(run.data.train)} train / {len(run.data.val)} val images{_val_source(config)}\n"
+        f"  {steps} of {run.steps_per_epoch} steps, "
+        f"{config.batch_size * config.accumulate} x {run.context.world_size} images a step; "
+        f"{config.optimizer} lr {config.lr:g}, {config.schedule} schedule, warm-up "
+        f"{config.warmup_iters or 0} steps\n"
+        f"  weights: {_weights_source(config)}{_average_note(config)}\n"
+        f"  run folder {run.run_dir}",
+        flush=True,
+    )
+
+
+def _average_note(config: TrainConfig) -> str:
+    if not config.ema_decay:
+        return ""
+    span = round(1 / (1 - config.ema_decay))
+    return (
+        f"; validated and saved as their moving average (ema_decay {config.ema_decay:g}, "
+        f"about {span} steps)"
+    )
+
+
+def _val_source(config: TrainConfig) -> str:
+    if config.val_split == RANDOM_SPLIT:
+        return f" (a random {config.val_fraction:.0%} held out, split_seed {config.split_seed})"
+    same = config.val_dataset in (None, config.dataset) and config.val_root == config.root
+    if same and config.val_split == config.train_split:
+        return " (the training images: val measures fit, not generalisation)"
+    return ""
+
+
+def _weights_source(config: TrainConfig) -> str:
+    """Where the weights start, in words."""
+    if config.init_from:
+        return f"from {config.init_from}"
+    if config.init_streams:
+        return "fused from " + ", ".join(config.init_streams.values())
+    if config.model_options.get("pretrained_backbone"):
+        return "ImageNet-pretrained backbone (pretrained_backbone = true)"
+    return "random, trained from scratch (pretrained_backbone = true starts from ImageNet)"

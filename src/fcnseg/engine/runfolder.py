@@ -22,7 +22,9 @@ The train and val records also go, for tools that read tables or TensorBoard, to
 A resumed run truncates all of them at the checkpoint's iteration (TensorBoard is told to
 purge the later steps), so every step appears once.
 
-``write_report`` adds metrics.json, curves.png, confusion.png and overlays/.
+``write_report`` adds metrics.json, curves.png, confusion.png and overlays/. ``RunLogger`` is
+the log as one hook of the training loop: the start, train and val records, and the report
+at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,9 +46,13 @@ from torch.utils.data import Dataset
 from .. import viz
 from ..data.palettes import voc_palette
 from ..metrics import json_safe
+from ..modelfile import ModelRecord
 from .checkpoint import load_checkpoint, writing
+from .distributed import all_mean
+from .hooks import Hook, StepInfo
+from .state import Progress, Run
 
-__all__ = ["RunLog", "write_report", "RUN_FILES", "holds_run", "clear_run"]
+__all__ = ["RunLog", "RunLogger", "write_report", "RUN_FILES", "holds_run", "clear_run"]
 
 # What a run writes into its folder (stage folders of a staged run hold the same)
 RUN_FILES = (
@@ -285,6 +292,75 @@ def write_report(
         model = best.build().to(device).eval()
         predictor = _Predictor(model, palette, tuple(classes), best.ignore_index)
         viz.save_overlays(predictor, val_set, run_dir / "overlays", count=overlays)
+
+
+class RunLogger(Hook):
+    """The run's ``RunLog`` driven by the loop: a "start" (or "resume") record, a "train"
+    record every ``log_every`` steps (the window's mean loss over the ranks), a "val" record
+    per validation, and at the end the report (rank 0)."""
+
+    def __init__(self) -> None:
+        self.resumed = False
+
+    def on_restore(self, run: Run, progress: Progress, record: ModelRecord) -> None:
+        self.resumed = True
+
+    def on_train_start(self, run: Run, progress: Progress) -> None:
+        run.log.write(
+            {
+                "event": "resume" if self.resumed else "start",
+                "iteration": progress.position.iteration,
+                "world_size": run.context.world_size,
+                "device": str(run.context.device),
+            }
+        )
+
+    def on_step_end(self, run: Run, progress: Progress, info: StepInfo) -> str | None:
+        position, window = progress.position, progress.window
+        if position.iteration % run.config.log_every != 0:
+            return None
+        loss = all_mean(sum(window.losses) / max(len(window.losses), 1), run.context)
+        run.log.write(
+            {
+                "event": "train",
+                "epoch": position.epoch,
+                "iteration": position.iteration,
+                "loss": loss,
+                "lr": info.lr,
+                "images_per_s": window.rate(),
+                "threads": torch.get_num_threads(),
+                "time": round(time.monotonic() - run.started, 3),
+            }
+        )
+        window.reset()
+        return None
+
+    def on_validation_end(self, run: Run, progress: Progress, metrics: dict) -> None:
+        position = progress.position
+        run.log.write(
+            {"event": "val", "epoch": position.epoch, "iteration": position.iteration, **metrics}
+        )
+
+    def on_end(self, run: Run, progress: Progress, stopped: str) -> None:
+        if not run.context.is_main:
+            return
+        spec, position = run.spec, progress.position
+        simple = len(spec.inputs) == 1 and len(spec.tasks) == 1  # one RGB input, one task
+        write_report(
+            run.run_dir,
+            run.log,
+            classes=run.data.classes[spec.task_names[0]],
+            val_set=run.data.val,
+            summary={
+                "iterations": position.iteration,
+                "best_iteration": position.best_iteration,
+                "last": progress.metrics,
+                **progress.summary,
+            },
+            overlays=run.config.overlays if simple else 0,
+            device=run.context.device,
+        )
+        run.log.close()
 
 
 class _Predictor:

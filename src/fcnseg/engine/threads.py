@@ -18,7 +18,8 @@ from collections import deque
 import torch
 from torch import nn
 
-from .train import StepInfo
+from .hooks import Hook, StepInfo
+from .state import Progress, Run
 
 __all__ = ["AdaptiveThreads", "probe_threads"]
 
@@ -50,8 +51,8 @@ def probe_threads(threads: int, net: nn.Module | None = None, repeats: int = 4) 
     return statistics.median(times[1:])
 
 
-class AdaptiveThreads:
-    """A training callback: one thread, or ``max_threads`` while that is clearly faster.
+class AdaptiveThreads(Hook):
+    """A training hook: one thread, or ``max_threads`` while that is clearly faster.
 
     Every ``period`` steps on one thread it probes both counts ``rounds`` times and moves up
     only if more threads won every round by a clear margin; a step on more threads slower
@@ -66,6 +67,10 @@ class AdaptiveThreads:
         self._since = period - 3  # first probe after a few steps: the first ones are slow
         self._net = _probe_net()
         torch.set_num_threads(1)
+
+    def on_step_end(self, run: Run, progress: Progress, info: StepInfo) -> str | None:
+        self(info)
+        return None
 
     def __call__(self, info: StepInfo) -> bool:
         if self.threads == 1:

@@ -1,6 +1,7 @@
 """Config files, overrides, validation and the two recipes."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from fcnseg.config import (
     parse_overrides,
     stage_models,
 )
+from fcnseg.models import registry
+from fcnseg.models.registry import list_models
+from fcnseg.models.spec import ModelSpec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
@@ -142,6 +146,53 @@ def test_stage_names():
     assert model_variant("fcn8s_atonce_vgg16") == "8s-atonce"
     with pytest.raises(ConfigError):
         stage_models("fcn16s_vgg16")
+
+
+# The paper's naming of its nets, fcn<variant>_[atonce_]<backbone and inputs>: every
+# registered model's name follows it, so it is an oracle for what the spec says.
+PAPER_NAME = re.compile(r"^fcn(32s|16s|8s)_(atonce_)?(.+)$")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_spec_gives_each_registered_model_its_named_variant_and_stages(name):
+    variant, atonce, rest = PAPER_NAME.match(name).groups()
+    assert model_variant(name) == variant + ("-atonce" if atonce else "")
+    if variant == "8s" and not atonce:
+        assert stage_models(name) == [f"fcn{stage}_{rest}" for stage in ("32s", "16s", "8s")]
+    else:
+        with pytest.raises(ConfigError, match="staged training needs an fcn8s_<backbone> model"):
+            stage_models(name)
+
+
+def test_variant_and_stages_come_from_the_spec_not_the_name(monkeypatch):
+    """Models registered under names of their own: their specs say what they are (the FCN-32s
+    here is fcn32s_vgg16's spec, and comes first by name)."""
+    monkeypatch.setitem(
+        registry._MODELS, "coarse_net", ModelSpec("vgg16", "32s", name="coarse_net")
+    )
+    monkeypatch.setitem(registry._MODELS, "fine_net", ModelSpec("vgg16", "8s", name="fine_net"))
+    assert model_variant("coarse_net") == "32s"
+    assert TrainConfig(recipe="paper", model="fine_net").resolved().lr == PAPER_LR["8s"]
+    assert stage_models("fine_net") == ["coarse_net", "fcn16s_vgg16", "fine_net"]
+    with pytest.raises(ConfigError, match="unknown model 'fcn8s_nothing'"):
+        stage_models("fcn8s_nothing")
+
+
+def test_a_load_is_validated_once(tmp_path, monkeypatch):
+    """The file and its overrides make one config, checked once; resolving checks the
+    resolved copy once more (the recipe may add what cannot train: a summed Dice loss)."""
+    sources = []
+    check = TrainConfig.validate
+    monkeypatch.setattr(
+        TrainConfig, "validate", lambda config, source="config": sources.append(source) or check(config, source)
+    )  # fmt: skip
+    path = tmp_path / "run.toml"
+    path.write_text('model = "fcn32s_vgg16"\nepochs = 2\n')
+    load_config(path, ["epochs=3"])
+    assert sources == [f"{path} with overrides"]
+    sources.clear()
+    load_config(path).resolved()
+    assert sources == [str(path), "config"]
 
 
 # A config.json written by fcnseg 0.1 (TrainConfig(model="fcn32s_efficientnet_lite0").resolved()):

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("weights.*",),
     ("builder",),
     ("modelfile",),
-    ("data.*", "losses", "metrics", "hha", "config", "viz"),
+    ("data.*", "losses", "metrics", "hha", "solver", "config.*", "viz"),
     ("engine.*",),
     ("speed", "tiling", "tta", "export", "engines", "quantize", "inference"),
     ("cli", "commands.*", "__main__", ""),  # "": the fcnseg package itself

@@ -39,6 +39,13 @@ from torch import nn
 
 __all__ = [
     "LOSSES",
+    "DICE_LOSSES",
+    "REDUCTIONS",
+    "DEFAULT_LOSS",
+    "FOCAL_GAMMA",
+    "SAMPLING_CELL",
+    "SEGMENTATION_REDUCTION",
+    "MULTITASK_REDUCTION",
     "SegmentationLoss",
     "MultiTaskLoss",
     "dice_loss",
@@ -50,6 +57,19 @@ __all__ = [
 
 
 LOSSES = ("cross_entropy", "dice", "focal", "ce+dice")
+# The losses with a Dice term: a mean over classes, which a cross-entropy summed over every
+# pixel would drown; they need reduction "mean".
+DICE_LOSSES = ("dice", "ce+dice")
+REDUCTIONS = ("sum", "mean")
+
+# Each loss option's default, for the losses here and the training config alike.
+DEFAULT_LOSS = "cross_entropy"  # the paper's
+FOCAL_GAMMA = 2.0  # Lin et al.'s choice
+SAMPLING_CELL = 32  # the stride of the coarsest scores: one receptive field per cell
+# One SegmentationLoss averages, as modern recipes do; a MultiTaskLoss sums, as the SIFT Flow
+# reference's two SoftmaxWithLoss layers do (normalize: false).
+SEGMENTATION_REDUCTION = "mean"
+MULTITASK_REDUCTION = "sum"
 
 
 class SegmentationLoss(nn.Module):
@@ -66,13 +86,13 @@ class SegmentationLoss(nn.Module):
     def __init__(
         self,
         *,
-        reduction: str = "mean",
+        reduction: str = SEGMENTATION_REDUCTION,
         ignore_index: int = 255,
         weight: Sequence[float] | torch.Tensor | None = None,
         sampling: float = 0.0,
-        sampling_cell: int = 32,
-        loss: str = "cross_entropy",
-        focal_gamma: float = 2.0,
+        sampling_cell: int = SAMPLING_CELL,
+        loss: str = DEFAULT_LOSS,
+        focal_gamma: float = FOCAL_GAMMA,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -80,8 +100,9 @@ class SegmentationLoss(nn.Module):
         if focal_gamma < 0:
             raise ValueError(f"focal_gamma must be at least 0, got {focal_gamma}")
         self.loss, self.focal_gamma = loss, float(focal_gamma)
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"loss reduction must be 'sum' or 'mean', got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            choices = " or ".join(map(repr, REDUCTIONS))
+            raise ValueError(f"loss reduction must be {choices}, got {reduction!r}")
         if not 0.0 <= sampling < 1.0:
             raise ValueError(f"loss sampling p must be in [0, 1), got {sampling}")
         if sampling_cell < 1:
@@ -125,10 +146,10 @@ def focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     *,
-    gamma: float = 2.0,
+    gamma: float = FOCAL_GAMMA,
     weight: torch.Tensor | None = None,
     ignore_index: int = 255,
-    reduction: str = "mean",
+    reduction: str = SEGMENTATION_REDUCTION,
 ) -> torch.Tensor:
     """``-w_y (1 - p_y)^gamma log p_y`` per labelled pixel (``p_y`` the softmax probability of
     its class ``y``, ``w_y`` its class weight or 1), summed, or divided by the sum of the
@@ -192,13 +213,13 @@ class MultiTaskLoss(nn.Module):
         weights: Mapping[str, float] | None = None,
         *,
         tasks: Sequence[str] = ("semantic", "geometric"),
-        reduction: str = "sum",
+        reduction: str = MULTITASK_REDUCTION,
         ignore_index: int = 255,
         class_weights: Mapping[str, Sequence[float]] | None = None,
         sampling: float = 0.0,
-        sampling_cell: int = 32,
-        loss: str = "cross_entropy",
-        focal_gamma: float = 2.0,
+        sampling_cell: int = SAMPLING_CELL,
+        loss: str = DEFAULT_LOSS,
+        focal_gamma: float = FOCAL_GAMMA,
     ) -> None:
         super().__init__()
         weights = dict(weights) if weights is not None else {task: 1.0 for task in tasks}

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from datetime import timedelta
 
 from ..config import RANDOM_SPLIT, TrainConfig
+from . import clock
 from .budget import PROBE_STEPS, minutes
 from .evaluate import format_metrics
 from .hooks import Hook, StepInfo
@@ -39,11 +39,11 @@ class Feedback:
         self.every, self.enabled = every, enabled
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.bar = None
-        self.started, self.first = time.monotonic(), 0
+        self.started, self.first = clock.now(), 0
 
     def open(self, done: int) -> None:
         """Start counting at ``done`` steps (a resumed run's position)."""
-        self.started, self.first = time.monotonic(), done
+        self.started, self.first = clock.now(), done
         if self.enabled and self.tty:
             from tqdm import tqdm
 
@@ -91,7 +91,7 @@ class Feedback:
         done = iteration - self.first
         if done <= 0:
             return "?"
-        seconds = (time.monotonic() - self.started) / done * (self.total - iteration)
+        seconds = (clock.now() - self.started) / done * (self.total - iteration)
         return str(timedelta(seconds=round(seconds)))
 
     def write(self, text: str) -> None:

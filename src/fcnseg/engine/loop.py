@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import pad_collate
 from ..metrics import METRIC_NAMES
+from . import clock
 from .distributed import Context, all_reduce_max
 from .evaluate import (
     autocast,
@@ -100,7 +100,7 @@ def train_one_epoch(run: Run, progress: Progress) -> str | None:
     while position.step_in_epoch < run.steps_per_epoch and position.iteration < total_steps(
         run, position
     ):
-        started = time.perf_counter()
+        started = clock.now()
         lr = run.optimizer.param_groups[0]["lr"]  # this step's (the schedule then moves)
         micro = [next(batches) for _ in range(config.accumulate)]
         loss, images = train_step(run, position, micro)
@@ -113,7 +113,7 @@ def train_one_epoch(run: Run, progress: Progress) -> str | None:
             loss=loss,
             lr=lr,
             images=images * run.context.world_size,
-            seconds=time.perf_counter() - started,
+            seconds=clock.now() - started,
         )
         progress.window.add(info)
         votes = [hook.on_step_end(run, progress, info) for hook in run.hooks]

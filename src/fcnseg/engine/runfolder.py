@@ -34,7 +34,6 @@ import importlib.util
 import json
 import shutil
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from .. import viz
 from ..data.palettes import voc_palette
 from ..metrics import json_safe
 from ..modelfile import ModelRecord
+from . import clock
 from .checkpoint import load_checkpoint, writing
 from .distributed import all_mean
 from .hooks import Hook, StepInfo
@@ -329,7 +329,7 @@ class RunLogger(Hook):
                 "lr": info.lr,
                 "images_per_s": window.rate(),
                 "threads": torch.get_num_threads(),
-                "time": round(time.monotonic() - run.started, 3),
+                "time": round(clock.now() - run.started, 3),
             }
         )
         window.reset()

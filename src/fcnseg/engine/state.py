@@ -8,7 +8,6 @@ and what the latest validation found.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..config import TrainConfig
 from ..losses import MultiTaskLoss
 from ..models import FCN, ModelSpec
 from . import checkpoint as ckpt
+from . import clock
 from .distributed import Context
 from .hooks import Hook, StepInfo
 
@@ -63,7 +63,7 @@ class Run:
     feedback: Feedback
     hooks: Sequence[Hook]  # the features around the loop, called in this order
     notes: tuple[str, ...] = ()  # what the run chose for the user (splits, warm-up), announced
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: clock.now())
 
     @property
     def net(self) -> FCN:

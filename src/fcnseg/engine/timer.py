@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 from torch.utils.data import Subset
 
+from . import clock
 from .budget import REPLAN_EVERY, Budget, Costs, minutes, moved, plan_steps
 from .distributed import all_reduce_max
 from .hooks import Hook, StepInfo
@@ -44,27 +44,27 @@ class Timer(Hook):
     def _up(self, run: Run) -> bool:
         """Past the time limit, or so near the budget's end that only the closing
         validation and checkpoint still fit."""
-        since_start = time.monotonic() - run.started
+        since_start = clock.now() - run.started
         up = bool(self.limit_minutes) and since_start > self.limit_minutes * 60
         if self.budget is not None:
             up = up or self.budget.up(since_start)
         return up
 
     def on_validation_start(self, run: Run, progress: Progress) -> None:
-        self._validation_began = time.perf_counter()
+        self._validation_began = clock.now()
 
     def on_validation_end(self, run: Run, progress: Progress, metrics: dict) -> None:
         if self.budget is not None:
-            self.budget.validated(time.perf_counter() - self._validation_began)
+            self.budget.validated(clock.now() - self._validation_began)
 
     def on_save_start(self, run: Run, progress: Progress) -> None:
         if self.budget is not None:
-            progress.position.seconds = self.budget.spent(time.monotonic() - run.started)
-        self._save_began = time.perf_counter()
+            progress.position.seconds = self.budget.spent(clock.now() - run.started)
+        self._save_began = clock.now()
 
     def on_save_end(self, run: Run, progress: Progress) -> None:
         if self.budget is not None:
-            self.budget.saved(time.perf_counter() - self._save_began)
+            self.budget.saved(clock.now() - self._save_began)
 
     def on_restore(self, run: Run, progress: Progress, record) -> None:
         if self.budget is not None:
@@ -80,7 +80,7 @@ class Timer(Hook):
             if budget.probe_done():
                 self._plan(run, progress, self._probe_costs(run, progress))
         elif position.iteration % REPLAN_EVERY == 0:
-            spent = budget.spent(time.monotonic() - run.started)
+            spent = budget.spent(clock.now() - run.started)
             pace = budget.pace(position.iteration, spent)
             if pace is not None:
                 self._plan(run, progress, dataclasses.replace(budget.costs, step=pace))
@@ -89,9 +89,9 @@ class Timer(Hook):
         """A step (the probe's median), a validation (its first images) and a checkpoint."""
         assert self.budget is not None
         validation = _validation_cost(run)
-        began = time.perf_counter()
+        began = clock.now()
         save(run, progress, finished=False)  # timed, and a checkpoint to resume from
-        seconds = time.perf_counter() - began
+        seconds = clock.now() - began
         run.model.train()
         return Costs(step=self.budget.step_cost(), validation=validation, save=seconds)
 
@@ -101,7 +101,7 @@ class Timer(Hook):
         budget, position = self.budget, progress.position
         assert budget is not None
         budget.costs = costs
-        spent = budget.spent(time.monotonic() - run.started)
+        spent = budget.spent(clock.now() - run.started)
         budget.planned(position.iteration, spent)
         planned = plan_steps(
             budget.seconds,
@@ -150,7 +150,7 @@ def _validation_cost(run: Run, images: int = 4) -> float:
     val = run.data.val
     count = min(images, len(val))
     evaluate_on(run, Subset(val, range(1)), progress=False)
-    began = time.perf_counter()
+    began = clock.now()
     evaluate_on(run, Subset(val, range(count)), progress=False)
-    per_image = (time.perf_counter() - began) / count
+    per_image = (clock.now() - began) / count
     return per_image * math.ceil(len(val) / run.context.world_size)

@@ -1,0 +1,80 @@
+"""What a machine with a GPU meets, proven on the CPU.
+
+The meta device stands in for the GPU: a tensor on it meets a CPU tensor only by error, so
+a model left on the CPU while its batches move, or scores that come back on the CPU while
+the labels moved, show here as they would on a GPU. The CUDA functions a resume calls are
+faked to be a machine with one GPU.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from slim_models import TINY, TinyVGG
+
+import fcnseg
+from fcnseg.cli import main
+from fcnseg.commands import evaluate as evaluate_command
+from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
+from fcnseg.models import FCN, registered_spec
+from fcnseg.models.backbones import BACKBONES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+META = torch.device("meta")
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch):
+    """FCN-32s on a tiny VGG for the synthetic classes, saved as a checkpoint."""
+    monkeypatch.setitem(BACKBONES, TINY, TinyVGG)
+    classes = list(SYNTHETIC_CLASSES)
+    spec = registered_spec("fcn32s_vgg16")
+    spec = dataclasses.replace(spec, backbone=TINY, name=None, tasks={"semantic": len(classes)})
+    model = fcnseg.build_model(spec)
+    palette = voc_palette(len(classes))
+    return fcnseg.save_weights(tmp_path / "best.pt", model, classes=classes, palette=palette)
+
+
+def _eval_args(checkpoint, *more):
+    return [
+        "eval", "--checkpoint", str(checkpoint), "--data", "synthetic", "--option", "size=32",
+        "--option", "num_images=2", "--workers", "0", *map(str, more),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def eval_on_meta(monkeypatch):
+    """``fcnseg eval`` whose device (``--device auto`` on a GPU machine) is the meta device."""
+    monkeypatch.setattr(evaluate_command, "resolve_device", lambda name: META)
+
+
+class _Forwarded(Exception):
+    """The model's first forward was reached."""
+
+
+@pytest.fixture
+def first_forward(monkeypatch):
+    """Each FCN forward records the devices of the model's weights and inputs, then stops
+    the command: a meta model cannot run (its upsampling reads its kernels' values)."""
+    seen = []
+
+    def forward(self, x, *, by_task=False):
+        seen.append({tensor.device for tensor in [*self.parameters(), *x.values()]})
+        raise _Forwarded
+
+    monkeypatch.setattr(FCN, "forward", forward)
+    return seen
+
+
+# ---------------------------------------------------------------------------- the torch engine
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_eval_runs_the_model_where_its_batches_go(
+    tmp_path, checkpoint, eval_on_meta, first_forward, per_image
+):
+    more = ["--per-image", tmp_path / "scores.csv"] if per_image else []
+    with pytest.raises(_Forwarded):
+        main(_eval_args(checkpoint, *more))
+    assert first_forward == [{META}]

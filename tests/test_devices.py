@@ -8,14 +8,18 @@ faked to be a machine with one GPU.
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from slim_models import TINY, TinyVGG
+from torch.overrides import TorchFunctionMode
 
 import fcnseg
+from fcnseg.builder import resolve_spec
 from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
+from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
 
@@ -78,3 +82,42 @@ def test_eval_runs_the_model_where_its_batches_go(
     with pytest.raises(_Forwarded):
         main(_eval_args(checkpoint, *more))
     assert first_forward == [{META}]
+
+
+# ------------------------------------------------------------------------------ ONNX engines
+
+
+class _HostCopies(TorchFunctionMode):
+    """Meta tensors copy to the CPU as zeros, as a GPU's copy with their values."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.cpu and args[0].is_meta:
+            return torch.zeros(args[0].shape, dtype=args[0].dtype)
+        return func(*args, **kwargs or {})
+
+
+def test_an_onnx_engine_gives_its_scores_on_the_device_of_its_inputs():
+    spec = resolve_spec("fcn32s_efficientnet_lite0", num_classes=3)
+    task = spec.task_names[0]
+    runner = lambda inputs: {task: np.zeros((1, 3, 8, 8), np.float32)}  # noqa: E731
+    module = EngineModule(runner, spec, "onnxruntime")
+    with _HostCopies():
+        scores = module({spec.input_names[0]: torch.empty(1, 3, 8, 8, device=META)})
+    assert {s.device for s in scores.values()} == {META}
+
+
+@pytest.mark.skipif(not installed("onnxruntime"), reason="onnxruntime and the ONNX exporter")
+def test_eval_on_an_onnx_engine_keeps_its_batches_on_the_cpu_and_says_so(
+    checkpoint, eval_on_meta, capsys
+):
+    """The engine runs on the CPU whatever --device names: the batches stay there, and a
+    device named but not used is one warning line."""
+    args = _eval_args(checkpoint, "--engine", "onnxruntime", "--device", "cuda")
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "fcnseg: warning: engine onnxruntime runs on the CPU: --device cuda is not used "
+        "(--engine torch runs the model there)"
+    ]
+    assert main([*args[:-2], "--device", "auto"]) == 0
+    assert capsys.readouterr().err == ""  # not named: nothing to warn of

@@ -19,6 +19,7 @@ from fcnseg.builder import resolve_spec
 from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
+from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
@@ -121,3 +122,53 @@ def test_eval_on_an_onnx_engine_keeps_its_batches_on_the_cpu_and_says_so(
     ]
     assert main([*args[:-2], "--device", "auto"]) == 0
     assert capsys.readouterr().err == ""  # not named: nothing to warn of
+
+
+# ------------------------------------------------------------------- resuming on fewer GPUs
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """torch.cuda as a machine that sees one GPU: setting another GPU's generator raises
+    as CUDA does; the states set are recorded by GPU index."""
+    restored = {}
+
+    def set_rng_state(state, device="cuda"):
+        index = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        index = index.index or 0
+        if index >= 1:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        restored[index] = state
+
+    for module in (torch.cuda, torch.cuda.random):  # set_rng_state_all calls the latter's
+        monkeypatch.setattr(module, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return restored
+
+
+def _weights_only(state, path):
+    torch.save(state, path)
+    return torch.load(path, weights_only=True)
+
+
+def test_generators_saved_from_four_gpus_resume_on_one(tmp_path, one_gpu):
+    gpus = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(4)]
+    saved = _weights_only({**ckpt.rng_state(), "cuda": gpus}, tmp_path / "rng.pt")
+    ckpt.set_rng_state(saved, torch.device("cuda", 0))
+    assert list(one_gpu) == [0] and torch.equal(one_gpu[0], gpus[0])
+
+
+def test_a_process_saves_and_restores_its_own_gpu_generator(tmp_path, one_gpu, monkeypatch):
+    own = torch.arange(16, dtype=torch.uint8)
+    asked = []
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda device="cuda": asked.append(device) or own
+    )
+    saved = _weights_only(ckpt.rng_state(torch.device("cuda", 0)), tmp_path / "rng.pt")
+    assert asked == [torch.device("cuda", 0)] and torch.equal(saved["cuda"], own)
+    ckpt.set_rng_state(saved, torch.device("cuda", 0))
+    assert list(one_gpu) == [0] and torch.equal(one_gpu[0], own)
+    ckpt.set_rng_state(saved)  # on the CPU the GPU's generator is left alone
+    assert list(one_gpu) == [0]

@@ -68,7 +68,7 @@ def save(run: Run, progress: Progress, *, finished: bool) -> None:
     progress.position.finished = finished
     for hook in run.hooks:
         hook.on_save_start(run, progress)
-    rng: Any = ckpt.rng_state()
+    rng: Any = ckpt.rng_state(run.context.device)
     if run.context.distributed:
         states: list[Any] = [None] * run.context.world_size
         dist.all_gather_object(states, rng)
@@ -185,7 +185,8 @@ def restore(run: Run, checkpoint: ckpt.ModelRecord) -> Progress:
     run.log.truncate_after(position.iteration)
     states = training["rng"]  # a list under DDP: one per rank; last, as they are left
     rank = run.context.rank
-    ckpt.set_rng_state(states[rank % len(states)] if isinstance(states, list) else states)
+    own = states[rank % len(states)] if isinstance(states, list) else states
+    ckpt.set_rng_state(own, run.context.device)
     progress = Progress(position, checkpoint.metrics or {}, checkpoint.confusion)
     for hook in run.hooks:
         hook.on_restore(run, progress, checkpoint)

@@ -20,6 +20,8 @@ from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
 from fcnseg.engine import checkpoint as ckpt
+from fcnseg.engine import setup
+from fcnseg.engine.resume import restore_scaler
 from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
@@ -172,3 +174,37 @@ def test_a_process_saves_and_restores_its_own_gpu_generator(tmp_path, one_gpu, m
     assert list(one_gpu) == [0] and torch.equal(one_gpu[0], own)
     ckpt.set_rng_state(saved)  # on the CPU the GPU's generator is left alone
     assert list(one_gpu) == [0]
+
+
+# ---------------------------------------------------------------- fp16 after a run without it
+
+
+@pytest.fixture
+def train_config(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        'model = "fcn32s_efficientnet_lite0"\n'
+        "train_options = { size = 32, num_images = 2 }\n"
+        "val_options = { size = 32, num_images = 1 }\n"
+        "epochs = 1\nbatch_size = 2\nnum_workers = 0\nthreads = 1\noverlays = 0\n"
+        'scale_range = [1.0, 1.0]\ncrop_size = 32\ndevice = "cpu"\n'
+    )
+    return path
+
+
+def test_a_run_saved_without_a_scaler_resumes_with_fp16(tmp_path, train_config, monkeypatch):
+    """amp = fp16 needs a GPU, so the resumed run's fp16 is asked of the setup directly:
+    its scaler is on (GradScaler runs on the CPU too) where the saved one was off."""
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(train_config), "--run-dir", str(run)]) == 0
+    monkeypatch.setattr(setup, "amp_dtype", lambda amp, device: torch.float16)
+    assert main(["train", "--resume", str(run), "epochs=2"]) == 0
+    assert ckpt.load_checkpoint(run / "last.pt").training["scaler"]["scale"] > 0
+
+
+def test_an_empty_scaler_state_leaves_the_scaler_as_built():
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    restore_scaler(scaler, torch.amp.GradScaler("cpu", enabled=False).state_dict())
+    assert scaler.get_scale() == 1024.0
+    restore_scaler(scaler, torch.amp.GradScaler("cpu", init_scale=8.0).state_dict())
+    assert scaler.get_scale() == 8.0

@@ -208,3 +208,49 @@ def test_an_empty_scaler_state_leaves_the_scaler_as_built():
     assert scaler.get_scale() == 1024.0
     restore_scaler(scaler, torch.amp.GradScaler("cpu", init_scale=8.0).state_dict())
     assert scaler.get_scale() == 8.0
+
+
+# ------------------------------------------------------------------------ out of GPU memory
+
+
+def _out_of_memory_in(monkeypatch, mode: str) -> None:
+    """The model's forward in ``mode`` (train or eval) raises torch's CUDA out-of-memory
+    error; in the other mode it runs."""
+    forward = FCN.forward
+
+    def short_of_memory(self, x, *, by_task=False):
+        if self.training == (mode == "train"):
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                "of 7.79 GiB of which 1.02 GiB is free.\nOf the allocated memory ..."
+            )
+        return forward(self, x, by_task=by_task)
+
+    monkeypatch.setattr(FCN, "forward", short_of_memory)
+
+
+@pytest.mark.parametrize(
+    ("mode", "phase", "fix"),
+    [
+        ("train", "a training step", "lower batch_size or crop_size"),
+        ("eval", "validation", "val_batch_size"),
+    ],
+)
+def test_training_out_of_gpu_memory_is_one_line(
+    tmp_path, train_config, monkeypatch, capsys, mode, phase, fix
+):
+    _out_of_memory_in(monkeypatch, mode)
+    assert main(["train", "--config", str(train_config), "--run-dir", str(tmp_path / "run")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fcnseg: error: the GPU ran out of memory in {phase} (fcnseg train)")
+    assert fix in line
+
+
+def test_eval_out_of_gpu_memory_is_one_line(checkpoint, monkeypatch, capsys):
+    _out_of_memory_in(monkeypatch, "eval")
+    assert main(_eval_args(checkpoint)) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "fcnseg: error: the GPU ran out of memory in evaluation (fcnseg eval): evaluate on the "
+        "CPU (--device cpu), or on smaller images"
+    )

@@ -4,9 +4,10 @@ states resuming needs.
 A checkpoint is an fcnseg model file (``fcnseg.modelfile``: spec, weights, classes, palette,
 metrics, confusion, checksum) whose ``training`` holds what resuming needs: "config" (the
 resolved TrainConfig as a dict), "epoch", "step_in_epoch" (optimizer steps done in that
-epoch), "iteration", "best_mean_iu", "optimizer", "scheduler", "scaler", "rng" (torch, CUDA,
-numpy and Python generator states). Everything in it is plain data or tensors, so it loads
-with ``torch.load(weights_only=True)``; writes are atomic.
+epoch), "iteration", "best_mean_iu", "optimizer", "scheduler", "scaler", "rng" (the generator
+states of torch on the CPU and on the process's own GPU, numpy and Python). Everything in it
+is plain data or tensors, so it loads with ``torch.load(weights_only=True)``; writes are
+atomic.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
+import torch
+
 from . import __version__
 from .commands import COMMANDS
+from .commands.memory import out_of_memory_advice
 from .data import DatasetError
 
 __all__ = ["main"]
@@ -48,6 +51,12 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # output piped into head and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except torch.OutOfMemoryError as error:  # a GPU's; the CPU's is a RuntimeError
+        print(f"fcnseg: error: {out_of_memory_advice(error, args.command)}", file=sys.stderr)
+        return 1
+    except MemoryError as error:  # a Segmenter's names the tiles that fit
+        print(f"fcnseg: error: {str(error) or 'out of memory: use smaller images'}", file=sys.stderr)
+        return 1
     except (DatasetError, ValueError, FileNotFoundError, KeyError, PermissionError) as error:
         print(f"fcnseg: error: {_message(error)}", file=sys.stderr)
         return 2

@@ -289,4 +289,5 @@ class EngineModule(nn.Module):
 
     def forward(self, x: Mapping[str, torch.Tensor], *, by_task: bool = True):
         outputs = self.runner({name: tensor.detach().cpu().numpy() for name, tensor in x.items()})
-        return {task: torch.from_numpy(np.asarray(scores)) for task, scores in outputs.items()}
+        device = next(iter(x.values())).device  # the caller's labels wait there
+        return {task: torch.from_numpy(np.asarray(s)).to(device) for task, s in outputs.items()}

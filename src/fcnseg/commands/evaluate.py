@@ -38,6 +38,7 @@ from .options import (
     check_engine,
     open_dataset,
     tta_of,
+    warn_cpu_engine,
 )
 from .outputs import check_outputs
 from .table import print_table
@@ -100,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     record = load_checkpoint(args.checkpoint)
     model = record.build()
     runner = _runner(args, model)
+    if isinstance(runner, _Scoring):  # an ONNX engine runs on the CPU whatever --device says
+        warn_cpu_engine(args, runner.segmenter.engine, device)
+        device = runner.segmenter.device
     dataset = open_dataset(args, args.split, model.normalization)
     classes = _classes(record, dataset, args)
     if args.max_images is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ __all__ = [
     "open_dataset",
     "split_name",
     "tta_of",
+    "warn_cpu_engine",
 ]
 
 
@@ -108,6 +110,17 @@ def check_engine(args: argparse.Namespace) -> None:
     """Refuse an unknown or missing engine in one line, before any file is read."""
     if args.engine is not None:
         require(args.engine)
+
+
+def warn_cpu_engine(args: argparse.Namespace, engine: str, device: torch.device) -> None:
+    """Say so when ``--device`` names a device the engine does not run on: the ONNX
+    engines run on the CPU, and a GPU asked for would otherwise sit idle unnoticed."""
+    if engine != "torch" and args.device != "auto" and device.type != "cpu":
+        warnings.warn(
+            f"engine {engine} runs on the CPU: --device {args.device} is not used "
+            "(--engine torch runs the model there)",
+            stacklevel=2,
+        )
 
 
 def _scales(text: str) -> tuple[float, ...]:

@@ -64,7 +64,15 @@ from ..models import ModelSpec
 from ..tiling import Tiling
 from ..viz import figure_pixels, overlay_figure
 from .globbing import file_identity, glob_files
-from .options import add_engine, add_threads, add_tta, apply_threads, check_engine, tta_of
+from .options import (
+    add_engine,
+    add_threads,
+    add_tta,
+    apply_threads,
+    check_engine,
+    tta_of,
+    warn_cpu_engine,
+)
 
 # The PNG text chunk that marks predict's outputs (masks and overlays).
 MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
@@ -296,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         threads=args.threads,
     )
+    warn_cpu_engine(args, segmenter.engine, device)
     jobs, failed = collect_inputs(args, segmenter.spec)
     tasks = list(segmenter.tasks) if len(segmenter.tasks) > 1 else None
     names = OutputNames(args, tasks, [file for _, files in jobs for file in files.values()])

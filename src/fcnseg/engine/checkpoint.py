@@ -4,9 +4,10 @@ states resuming needs.
 A checkpoint is an fcnseg model file (``fcnseg.modelfile``: spec, weights, classes, palette,
 metrics, confusion, checksum) whose ``training`` holds what resuming needs: "config" (the
 resolved TrainConfig as a dict), "epoch", "step_in_epoch" (optimizer steps done in that
-epoch), "iteration", "best_mean_iu", "optimizer", "scheduler", "scaler", "rng" (torch, CUDA,
-numpy and Python generator states). Everything in it is plain data or tensors, so it loads
-with ``torch.load(weights_only=True)``; writes are atomic.
+epoch), "iteration", "best_mean_iu", "optimizer", "scheduler", "scaler", "rng" (the generator
+states of torch on the CPU and on the process's own GPU, numpy and Python). Everything in it
+is plain data or tensors, so it loads with ``torch.load(weights_only=True)``; writes are
+atomic.
 """
 
 from __future__ import annotations
@@ -127,8 +128,10 @@ def save_checkpoint(record: ModelRecord, path: Path | str) -> Path:
 # Random number generator states (plain data, so they survive weights_only loading)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every generator a training step may draw from: torch (CPU and CUDA), numpy, Python."""
+def rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Every generator a training step may draw from: torch's on the CPU and on ``device``
+    (this process's GPU only, so a run resumes on a machine that sees fewer GPUs), numpy,
+    Python."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -141,12 +144,15 @@ def rng_state() -> dict[str, Any]:
         },
         "python": _python_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device)
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+    """Put back the generators ``rng_state`` saved; the CUDA one into ``device``, when it
+    is a GPU."""
     torch.set_rng_state(state["torch"])
     numpy = state["numpy"]
     np.random.set_state(
@@ -160,8 +166,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device)
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(_own_cuda_state(state["cuda"], device), device)
+
+
+def _own_cuda_state(saved: torch.Tensor | list[torch.Tensor], device: torch.device) -> Any:
+    """The state of ``device``'s generator: the one saved, or from a checkpoint that saved
+    every GPU's, that of the GPU of the same index (the first ones again past their count)."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return saved[index % len(saved)]
 
 
 def _python_state() -> list[Any]:

@@ -119,11 +119,14 @@ def evaluate(
     """Accumulate predictions of ``model`` (an FCN, possibly DDP-wrapped) over ``loader``
     (this rank's share): one confusion matrix per task.
 
-    The model runs in eval mode (dropout off, batch-norm statistics frozen) and is put back
-    in the mode it was in. ``compute()`` on each matrix sums every rank's. ``on_batch``
-    sees each batch's predicted labels and targets by task (per-image scores).
+    The model is moved to ``device`` (where the batches go: a model built on the CPU
+    evaluated on a GPU would meet its inputs on another device) and runs in eval mode
+    (dropout off, batch-norm statistics frozen); it is put back in the mode it was in.
+    ``compute()`` on each matrix sums every rank's. ``on_batch`` sees each batch's
+    predicted labels and targets by task (per-image scores).
     """
     device = torch.device(device)
+    model.to(device)
     spec = unwrap(model).spec
     confusion = MultiTaskConfusion(spec.task_classes, ignore_index)
     was_training = model.training

@@ -31,6 +31,7 @@ __all__ = [
     "diverged",
     "load_last",
     "restore",
+    "restore_scaler",
     "save",
     "stretch_schedule",
     "trained_state",
@@ -68,7 +69,7 @@ def save(run: Run, progress: Progress, *, finished: bool) -> None:
     progress.position.finished = finished
     for hook in run.hooks:
         hook.on_save_start(run, progress)
-    rng: Any = ckpt.rng_state()
+    rng: Any = ckpt.rng_state(run.context.device)
     if run.context.distributed:
         states: list[Any] = [None] * run.context.world_size
         dist.all_gather_object(states, rng)
@@ -181,15 +182,24 @@ def restore(run: Run, checkpoint: ckpt.ModelRecord) -> Progress:
     stretch_schedule(run.scheduler, total_steps(run, position))
     if position.planned_iters:  # a time budget planned the run's length
         run.feedback.retotal(position.planned_iters)
-    run.scaler.load_state_dict(training["scaler"])
+    restore_scaler(run.scaler, training["scaler"])
     run.log.truncate_after(position.iteration)
     states = training["rng"]  # a list under DDP: one per rank; last, as they are left
     rank = run.context.rank
-    ckpt.set_rng_state(states[rank % len(states)] if isinstance(states, list) else states)
+    own = states[rank % len(states)] if isinstance(states, list) else states
+    ckpt.set_rng_state(own, run.context.device)
     progress = Progress(position, checkpoint.metrics or {}, checkpoint.confusion)
     for hook in run.hooks:
         hook.on_restore(run, progress, checkpoint)
     return progress
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """The saved loss scale, if there is one: a run saved with the scaler off (amp off or
+    bf16) saved an empty state, so resumed with fp16 its scaler starts at its initial
+    scale, as a new run's does."""
+    if state:
+        scaler.load_state_dict(state)
 
 
 def stretch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, total: int) -> None:

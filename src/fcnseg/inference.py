@@ -27,7 +27,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from .data.base import image_to_tensor, open_image, read_depth, read_image, rgb_array
 from .data.palettes import flat_palette, voc_palette
-from .engine.distributed import resolve_device
+from .devices import resolve_device
 from .engines import (
     EngineError,
     cached_onnx,
@@ -38,6 +38,7 @@ from .engines import (
 from .fileio import atomic_write
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
+from .scoring import score
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
@@ -257,7 +258,7 @@ class Segmenter:
         """The model's float32 scores by task for a normalised batch (inputs by name),
         whole or tile by tile, averaged over the TTA copies when asked. A batch that does
         not fit in memory raises a MemoryError that says which tiles to use."""
-        forward = partial(fast_forward, self._by_task, options=self.speed)
+        forward = partial(fast_forward, self._scores, options=self.speed)
         if self.tiling is not None:
             forward = partial(sliding_window, forward, tiling=self.tiling)
         try:
@@ -285,8 +286,8 @@ class Segmenter:
             f"{side} pixels (tiling=Tiling.of({side}); fcnseg predict --tile {side})"
         )
 
-    def _by_task(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self._runner(batch, by_task=True)
+    def _scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return score(self._runner, batch)
 
     def batch(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
         """A batch of one, normalised, by input name. A single-input model takes the image

@@ -56,8 +56,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from .. import __version__
 from ..data import DatasetError
+from ..devices import resolve_device
 from ..engine.checkpoint import WriteError, writing
-from ..engine.distributed import resolve_device
 from ..fileio import atomic_write
 from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec

@@ -221,8 +221,15 @@ class Segmenter:
         """
         if _is_many(image):
             return self._predict_many(list(image), probabilities, batch_size)
-        scores = self.scores(self.batch(image))
-        return self._results(scores, 0, probabilities)
+        return _for_user(*self.label_maps(image, probabilities))
+
+    def label_maps(
+        self, image: ImageLike | Mapping[str, ImageLike], probabilities: bool = False
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """``predict`` of one image, by task whatever the model: the label maps, and their
+        probabilities (None unless asked). For code that handles every model alike, where
+        ``predict`` gives a single-task model's map itself."""
+        return _by_task(self.scores(self.batch(image)), 0, probabilities)
 
     def _predict_many(self, images: list, probabilities: bool, batch_size: int) -> list:
         if batch_size < 1:
@@ -242,17 +249,8 @@ class Segmenter:
                 }
                 scores = self.scores(batch)
                 for row, index in enumerate(chunk):
-                    results[index] = self._results(scores, row, probabilities)
+                    results[index] = _for_user(*_by_task(scores, row, probabilities))
         return results
-
-    def _results(self, scores: Mapping[str, torch.Tensor], row: int, probabilities: bool):
-        """The label maps (and probabilities) of image ``row`` of a batch's scores."""
-        results = {task: _label_map(s[row].float(), probabilities) for task, s in scores.items()}
-        if not probabilities:
-            return _single_or_dict(results)
-        labels = {task: r[0] for task, r in results.items()}
-        probs = {task: r[1] for task, r in results.items()}
-        return _single_or_dict(labels), _single_or_dict(probs)
 
     def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's float32 scores by task for a normalised batch (inputs by name),
@@ -333,6 +331,25 @@ def _out_of_memory(error: BaseException) -> bool:
         return True
     message = str(error)
     return "not enough memory" in message or "out of memory" in message
+
+
+def _by_task(
+    scores: Mapping[str, torch.Tensor], row: int, probabilities: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The label maps by task of image ``row`` of a batch's scores, and their
+    probabilities by task when asked."""
+    results = {task: _label_map(s[row].float(), probabilities) for task, s in scores.items()}
+    if not probabilities:
+        return results, None
+    return {task: r[0] for task, r in results.items()}, {t: r[1] for t, r in results.items()}
+
+
+def _for_user(labels: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray] | None):
+    """What ``predict`` gives: a single-task model's map itself (with its probabilities
+    when asked), dicts by task for several tasks."""
+    if probs is None:
+        return _single_or_dict(labels)
+    return _single_or_dict(labels), _single_or_dict(probs)
 
 
 def _single_or_dict(by_task: Mapping[str, Any]) -> Any:

@@ -178,9 +178,9 @@ def _speed_table(args, net: str, spec, threads: int) -> None:
 
 def _mean_iu(segmenter: Segmenter, dataset, spec) -> tuple[float, float]:
     """Mean IU over ``dataset`` and the median seconds per image."""
-    from fcnseg.engine.evaluate import task_metrics
     from fcnseg.metrics import MultiTaskConfusion
     from fcnseg.quantize import labelled_samples
+    from fcnseg.scoring import task_metrics
 
     confusion = MultiTaskConfusion(spec.task_classes, 255)
     times = []

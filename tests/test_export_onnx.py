@@ -179,3 +179,25 @@ def test_an_onnx_file_written_before_the_digest_still_loads(tmp_path, fcnseg_cli
                         "--out", tmp_path / "masks")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "masks" / "street.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("tasks", "recorded"),
+    [({"semantic": 5}, "holds 5,"), ({"semantic": 4, "geometric": 3}, "semantic 4, geometric 3")],
+    ids=["one task", "two tasks"],
+)
+def test_num_classes_must_be_the_count_of_every_task(
+    tmp_path, fcnseg_cli, one_line_error, file_hashes, tasks, recorded
+) -> None:
+    """``--num-classes`` that is not what the checkpoint records is refused before anything
+    is written; a two-task checkpoint (SIFT Flow's kind) is checked on both tasks, so the
+    first task's count alone does not pass."""
+    net = fcnseg.build_model("fcn32s_efficientnet_lite0", tasks=tasks)
+    path = fcnseg.save_weights(tmp_path / "model.pt", net)
+    before = file_hashes(tmp_path)
+    result = fcnseg_cli("export", "onnx", "--checkpoint", path, "--out", tmp_path / "model.onnx",
+                        "--num-classes", "4" if len(tasks) > 1 else "3", "--no-check")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    line = one_line_error(result)
+    assert str(path) in line and recorded in line and "--num-classes" in line
+    assert file_hashes(tmp_path) == before

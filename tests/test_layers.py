@@ -22,13 +22,20 @@ PACKAGE = "fcnseg"
 # Lowest first. A name covers the module, or the package and everything under it when it
 # ends in ".*" (the package's own __init__ included).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("fileio", "models.activation", "models.geometry", "models.normalization", "surgery"),
+    (
+        "fileio",
+        "devices",
+        "models.activation",
+        "models.geometry",
+        "models.normalization",
+        "surgery",
+    ),
     ("models.backbones.*", "models.upsample", "models.inputs", "models.spec"),
     ("models.fcn", "models.fusion", "models.multitask", "models.registry", "models", "dense"),
     ("weights.*",),
     ("builder",),
     ("modelfile",),
-    ("data.*", "losses", "metrics", "hha", "solver", "config.*", "viz"),
+    ("data.*", "losses", "metrics", "scoring", "hha", "solver", "config.*", "viz"),
     ("engine.*",),
     ("speed", "tiling", "tta", "export", "engines", "quantize", "inference"),
     ("cli", "commands.*", "__main__", ""),  # "": the fcnseg package itself
@@ -179,6 +186,21 @@ def test_module_level_imports_form_no_cycle() -> None:
     cycles = _cycles(edges)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
+
+# Prediction, export and quantization run a trained model: they stand beside the training
+# engine, not on it. What both need (devices, the scoring protocol) lies below both.
+BESIDE_TRAINING = ("speed", "tiling", "tta", "export", "engines", "quantize", "inference")
+
+
+def test_prediction_and_export_do_not_import_the_training_engine() -> None:
+    engine = f"{PACKAGE}.engine"
+    found = [
+        f"{item.source} imports {item.target} at line {item.line}"
+        for item in IMPORTS
+        if item.source.removeprefix(PACKAGE + ".") in BESIDE_TRAINING
+        and (item.target == engine or item.target.startswith(engine + "."))
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_no_import_of_the_library_hides_in_a_function() -> None:

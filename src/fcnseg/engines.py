@@ -280,8 +280,8 @@ def onnx_module(
 
 
 class EngineModule(nn.Module):
-    """A runner behind the model interface Segmenter and evaluation use
-    (``module(inputs_by_name, by_task=True)`` -> scores by task, torch tensors)."""
+    """A runner as a ``fcnseg.scoring.Scorer``: inputs by name in, scores by task out (torch
+    tensors), whatever ``by_task`` says, as an ONNX file has one output per task."""
 
     def __init__(self, runner, spec: ModelSpec, engine: str) -> None:
         super().__init__()

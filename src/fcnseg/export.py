@@ -48,6 +48,7 @@ from .builder import resolve_spec
 from .fileio import atomic_write
 from .models import FCN, ModelSpec
 from .models.normalization import from_record
+from .scoring import score
 
 __all__ = [
     "OnnxCheck",
@@ -180,9 +181,7 @@ class _Positional(nn.Module):
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        scores = self.model(
-            dict(zip(self.model.spec.input_names, inputs, strict=True)), by_task=True
-        )
+        scores = score(self.model, dict(zip(self.model.spec.input_names, inputs, strict=True)))
         return tuple(scores[task] for task in self.model.spec.task_names)
 
 
@@ -415,7 +414,7 @@ def check_onnx(
         for height, width in sizes:
             images = _images(model, (batch, height, width), generator)
             with torch.no_grad():
-                expected = model({k: v.to(device) for k, v in images.items()}, by_task=True)
+                expected = score(model, {k: v.to(device) for k, v in images.items()})
             got = runner({name: image.numpy() for name, image in images.items()})
             diff, scale, spread = 0.0, 0.0, float("inf")
             for task, scores in expected.items():

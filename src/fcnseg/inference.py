@@ -27,7 +27,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from .data.base import image_to_tensor, open_image, read_depth, read_image, rgb_array
 from .data.palettes import flat_palette, voc_palette
-from .engine.distributed import resolve_device
+from .devices import resolve_device
 from .engines import (
     EngineError,
     cached_onnx,
@@ -38,6 +38,7 @@ from .engines import (
 from .fileio import atomic_write
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
+from .scoring import score
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
@@ -220,8 +221,15 @@ class Segmenter:
         """
         if _is_many(image):
             return self._predict_many(list(image), probabilities, batch_size)
-        scores = self.scores(self.batch(image))
-        return self._results(scores, 0, probabilities)
+        return _for_user(*self.label_maps(image, probabilities))
+
+    def label_maps(
+        self, image: ImageLike | Mapping[str, ImageLike], probabilities: bool = False
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """``predict`` of one image, by task whatever the model: the label maps, and their
+        probabilities (None unless asked). For code that handles every model alike, where
+        ``predict`` gives a single-task model's map itself."""
+        return _by_task(self.scores(self.batch(image)), 0, probabilities)
 
     def _predict_many(self, images: list, probabilities: bool, batch_size: int) -> list:
         if batch_size < 1:
@@ -241,23 +249,14 @@ class Segmenter:
                 }
                 scores = self.scores(batch)
                 for row, index in enumerate(chunk):
-                    results[index] = self._results(scores, row, probabilities)
+                    results[index] = _for_user(*_by_task(scores, row, probabilities))
         return results
-
-    def _results(self, scores: Mapping[str, torch.Tensor], row: int, probabilities: bool):
-        """The label maps (and probabilities) of image ``row`` of a batch's scores."""
-        results = {task: _label_map(s[row].float(), probabilities) for task, s in scores.items()}
-        if not probabilities:
-            return _single_or_dict(results)
-        labels = {task: r[0] for task, r in results.items()}
-        probs = {task: r[1] for task, r in results.items()}
-        return _single_or_dict(labels), _single_or_dict(probs)
 
     def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's float32 scores by task for a normalised batch (inputs by name),
         whole or tile by tile, averaged over the TTA copies when asked. A batch that does
         not fit in memory raises a MemoryError that says which tiles to use."""
-        forward = partial(fast_forward, self._by_task, options=self.speed)
+        forward = partial(fast_forward, self._scores, options=self.speed)
         if self.tiling is not None:
             forward = partial(sliding_window, forward, tiling=self.tiling)
         try:
@@ -285,8 +284,8 @@ class Segmenter:
             f"{side} pixels (tiling=Tiling.of({side}); fcnseg predict --tile {side})"
         )
 
-    def _by_task(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self._runner(batch, by_task=True)
+    def _scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return score(self._runner, batch)
 
     def batch(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
         """A batch of one, normalised, by input name. A single-input model takes the image
@@ -332,6 +331,25 @@ def _out_of_memory(error: BaseException) -> bool:
         return True
     message = str(error)
     return "not enough memory" in message or "out of memory" in message
+
+
+def _by_task(
+    scores: Mapping[str, torch.Tensor], row: int, probabilities: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The label maps by task of image ``row`` of a batch's scores, and their
+    probabilities by task when asked."""
+    results = {task: _label_map(s[row].float(), probabilities) for task, s in scores.items()}
+    if not probabilities:
+        return results, None
+    return {task: r[0] for task, r in results.items()}, {t: r[1] for t, r in results.items()}
+
+
+def _for_user(labels: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray] | None):
+    """What ``predict`` gives: a single-task model's map itself (with its probabilities
+    when asked), dicts by task for several tasks."""
+    if probs is None:
+        return _single_or_dict(labels)
+    return _single_or_dict(labels), _single_or_dict(probs)
 
 
 def _single_or_dict(by_task: Mapping[str, Any]) -> Any:

@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine.evaluate import model_inputs, model_targets, task_metrics
 from .engines import onnx_module
 from .export import RECORD_KEY, check_weights, require_module, seal
 from .fileio import atomic_write
 from .metrics import MultiTaskConfusion
+from .scoring import Scorer, model_inputs, model_targets, score, task_metrics
 
 __all__ = [
     "METHODS",
@@ -428,7 +428,7 @@ class Agreement:
 
     def _labels(self, path: Path | str) -> list[dict[str, torch.Tensor]]:
         module = onnx_module("onnxruntime", path, self.spec, self.threads)
-        return [{task: scores.argmax(1).to(torch.int16) for task, scores in module(batch).items()}
+        return [{task: s.argmax(1).to(torch.int16) for task, s in score(module, batch).items()}
                 for batch in self.batches]  # fmt: skip
 
     def __call__(self, path: Path | str) -> float:
@@ -489,16 +489,16 @@ class Comparison:
 
 
 def compare(
-    fp32_scores, int8_scores, samples: Iterable[tuple[dict, dict]], spec, ignore_index: int
+    fp32: Scorer, int8: Scorer, samples: Iterable[tuple[dict, dict]], spec, ignore_index: int
 ) -> Comparison:
-    """Run both scoring functions (normalised batch by input -> scores by task) over
-    ``samples`` (batch, labels by task) and compare their labels."""
+    """Run both scorers (normalised batch by input -> scores by task) over ``samples``
+    (batch, labels by task) and compare their labels."""
     confusions = [MultiTaskConfusion(spec.task_classes, ignore_index) for _ in range(2)]
     agreements, count = [], 0
     for batch, targets in samples:
         labels = []
-        for scores, confusion in zip((fp32_scores, int8_scores), confusions, strict=True):
-            predicted = {task: s.argmax(1) for task, s in scores(batch).items()}
+        for scorer, confusion in zip((fp32, int8), confusions, strict=True):
+            predicted = {task: s.argmax(1) for task, s in score(scorer, batch).items()}
             confusion.update(predicted, targets)
             labels.append(predicted)
         agreements.extend(_label_shares(*labels))

@@ -21,14 +21,16 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Subset
 
+from ..devices import resolve_device
 from ..engine.checkpoint import CheckpointError, load_checkpoint, writing
-from ..engine.distributed import Context, resolve_device
-from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics, task_metrics
+from ..engine.distributed import Context
+from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics
 from ..engine.perimage import evaluate_per_image, worst, write_per_image_csv
 from ..engines import check_source
 from ..fileio import atomic_write
 from ..inference import Segmenter
 from ..metrics import json_safe
+from ..scoring import task_metrics
 from .options import (
     add_dataset,
     add_engine,
@@ -153,7 +155,8 @@ def _report_images(path: Path, scores, classes) -> None:
 
 
 class _Scoring(nn.Module):
-    """A Segmenter's scores (its engine, TTA) behind the model interface evaluate uses."""
+    """A Segmenter's scores (its engine, TTA) as a ``fcnseg.scoring.Scorer``, what
+    ``evaluate`` calls."""
 
     def __init__(self, segmenter: Segmenter, how: str) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..engine.checkpoint import writing
 from ..export import check_onnx, export_onnx
 from ..modelfile import BareStateDict, load_weights, read_record, record_of
+from ..models import ModelSpec
 from .outputs import check_outputs
 
 
@@ -37,6 +38,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     onnx.set_defaults(run=run_onnx)
 
 
+def check_recorded(args: argparse.Namespace, spec: ModelSpec) -> None:
+    """``--model`` and ``--num-classes`` may name what a checkpoint records, never
+    something else: the class count must be every task's (SIFT Flow's two tasks have 33
+    and 3 classes, so no one count describes it)."""
+    if args.model is not None and args.model != spec.name:
+        raise ValueError(f"{args.checkpoint} holds {spec.name}, not --model {args.model}")
+    if args.num_classes is None:
+        return
+    if any(task.classes != args.num_classes for task in spec.tasks):
+        several = len(spec.tasks) > 1
+        counts = ", ".join(
+            f"{task.name} {task.classes}" if several else str(task.classes) for task in spec.tasks
+        )
+        raise ValueError(f"{args.checkpoint} holds {counts}, not --num-classes {args.num_classes}")
+
+
 def run_onnx(args: argparse.Namespace) -> int:
     check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint})
     try:
@@ -45,12 +62,7 @@ def run_onnx(args: argparse.Namespace) -> int:
         model = load_weights(args.checkpoint, model=args.model, num_classes=args.num_classes)
         record = record_of(model)
     else:
-        for what, given, recorded in (
-            ("--model", args.model, record.spec.name),
-            ("--num-classes", args.num_classes, record.spec.tasks[0].classes),
-        ):
-            if given is not None and given != recorded:
-                raise ValueError(f"{args.checkpoint} holds {recorded}, not {what} {given}")
+        check_recorded(args, record.spec)
         model = record.build()
     with writing(args.out):
         export_onnx(

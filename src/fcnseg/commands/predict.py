@@ -56,8 +56,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from .. import __version__
 from ..data import DatasetError
+from ..devices import resolve_device
 from ..engine.checkpoint import WriteError, writing
-from ..engine.distributed import resolve_device
 from ..fileio import atomic_write
 from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
@@ -218,7 +218,7 @@ class OutputNames:
     """Chooses each image's output stem so that no output lands on an input, on a file
     predict did not write, or on an earlier image's outputs of this run."""
 
-    def __init__(self, args: argparse.Namespace, tasks: list[str] | None, inputs: list[Path]):
+    def __init__(self, args: argparse.Namespace, tasks: tuple[str, ...], inputs: list[Path]):
         self.out, self.tasks = args.out, tasks
         self.suffixes = [".png"]
         if not args.no_overlay:
@@ -237,9 +237,14 @@ class OutputNames:
         self.used.add(stem)
         return stem
 
+    def maps(self, stem: str) -> dict[str, str]:
+        """The name of each task's label map: the stem itself for a single task, else
+        ``<stem>_<task>`` (what a user of a one-task model expects, one file per image)."""
+        several = len(self.tasks) > 1
+        return {task: f"{stem}_{task}" if several else stem for task in self.tasks}
+
     def _free(self, stem: str) -> bool:
-        maps = [stem] if self.tasks is None else [f"{stem}_{task}" for task in self.tasks]
-        for name in maps:
+        for name in self.maps(stem).values():
             for suffix in self.suffixes:
                 target = self.out / f"{name}{suffix}"
                 if os.path.lexists(target) and not written_by_predict(target):
@@ -306,8 +311,8 @@ def run(args: argparse.Namespace) -> int:
     )
     warn_cpu_engine(args, segmenter.engine, device)
     jobs, failed = collect_inputs(args, segmenter.spec)
-    tasks = list(segmenter.tasks) if len(segmenter.tasks) > 1 else None
-    names = OutputNames(args, tasks, [file for _, files in jobs for file in files.values()])
+    inputs = [file for _, files in jobs for file in files.values()]
+    names = OutputNames(args, segmenter.tasks, inputs)
     written, bar = 0, _progress_bar(len(jobs))
     for path, files in jobs:
         bar.update(1)
@@ -320,25 +325,20 @@ def run(args: argparse.Namespace) -> int:
         rgb = _backdrop(images, segmenter.spec)
         source = " + ".join(str(file) for file in files.values())
         try:
-            result = segmenter.predict(images, probabilities=args.probabilities)
+            labels, probs = segmenter.label_maps(images, probabilities=args.probabilities)
         except MemoryError as error:  # the advice holds for the images after it too: stop
             raise ValueError(f"{source}: {error}") from None
-        labels, probs = result if args.probabilities else (result, None)
+        maps = names.maps(stem)
         try:
-            if isinstance(labels, dict):  # a multi-task model: one map per task
-                masks = []
-                for task, task_labels in labels.items():
-                    task_probs = None if probs is None else probs[task]
-                    _write(args, rgb, f"{stem}_{task}", task_labels, task_probs, segmenter, task)
-                    masks.append(f"{stem}_{task}.png")
-            else:
-                _write(args, rgb, stem, labels, probs, segmenter, segmenter.tasks[0])
-                masks = [f"{stem}.png"]
+            for task, name in maps.items():
+                task_probs = None if probs is None else probs[task]
+                _write(args, rgb, name, labels[task], task_probs, segmenter, task)
         except WriteError as error:  # a full disk: say so, and try the others
             failed.append((source, str(error)))
             continue
         written += 1
-        bar.write(f"{source} -> {', '.join(str(args.out / name) for name in masks)}")
+        masks = ", ".join(str(args.out / f"{name}.png") for name in maps.values())
+        bar.write(f"{source} -> {masks}")
     bar.close()
     print(f"{written} image(s) predicted into {args.out}{os.sep}")
     if failed:

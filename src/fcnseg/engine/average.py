@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..modelfile import ModelRecord
-from .evaluate import format_metrics, task_metrics
+from ..scoring import task_metrics
+from .evaluate import format_metrics
 from .hooks import Hook
 from .loop import evaluate_on
 from .resume import TRAINED_STATE

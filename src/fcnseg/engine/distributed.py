@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..devices import resolve_device
+
 __all__ = [
     "Context",
     "CollectiveTimeoutError",
@@ -60,27 +62,6 @@ class Context:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" is CUDA when there is one, else CPU; "cuda" under torchrun is this rank's GPU.
-    Every device name (the ``device`` config key, ``--device``) is read here: a name torch
-    does not know is one line naming it and the choices."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):  # torch lists its twenty device types, not the fix
-        raise ValueError(
-            f"device {name!r} is not a device: choose auto, cpu, cuda or cuda:N (the GPU's "
-            "index)"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but no CUDA GPU is visible: use cpu")
-        if device.index is None:
-            return torch.device("cuda", local_rank)
-    return device
 
 
 def setup(device: str = "auto", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Context:

@@ -12,66 +12,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import pad_collate
-from ..metrics import METRIC_NAMES, MultiTaskConfusion, siftflow_metrics
+from ..metrics import METRIC_NAMES, MultiTaskConfusion
 from ..modelfile import unwrap
-from ..models import ModelSpec
+from ..scoring import model_inputs, model_targets, score
 from .distributed import Context, ShardSampler
 
 __all__ = [
     "evaluate",
-    "task_metrics",
     "eval_loader",
     "autocast",
-    "model_inputs",
-    "model_targets",
     "to_device",
     "batch_size",
     "format_metrics",
     "class_table",
 ]
-
-
-def model_inputs(image: Any, spec: ModelSpec) -> dict[str, torch.Tensor]:
-    """A batch's images as the model's inputs by name. A plain tensor is a single-input
-    model's input; a dict must name the model's inputs (a dict with one entry serves a
-    single-input model whatever its name: NYUDv2's ``color`` for an RGB net)."""
-    names = spec.input_names
-    if not isinstance(image, Mapping):
-        if len(names) != 1:
-            raise ValueError(
-                f"{spec.label} reads {list(names)}: read those inputs from the dataset "
-                "(NYUDv2: modalities = [...] in the reader options)"
-            )
-        return {names[0]: image}
-    if len(names) == 1 and len(image) == 1:
-        return {names[0]: next(iter(image.values()))}
-    if set(image) != set(names):
-        raise ValueError(
-            f"the dataset gives inputs {sorted(image)}, {spec.label} reads {list(names)}: read "
-            "exactly those (NYUDv2: modalities = [...]), or use a model made for them"
-        )
-    return {name: image[name] for name in names}
-
-
-def model_targets(label: Any, spec: ModelSpec) -> dict[str, torch.Tensor]:
-    """A batch's labels by task: a plain tensor is a single-task model's."""
-    tasks = spec.task_names
-    if not isinstance(label, Mapping):
-        if len(tasks) != 1:
-            raise ValueError(
-                f"{spec.label} predicts {list(tasks)}: read every label set "
-                "(SIFT Flow: labels = ['semantic', 'geometric'])"
-            )
-        return {tasks[0]: label}
-    if len(tasks) == 1 and len(label) == 1:
-        return {tasks[0]: next(iter(label.values()))}
-    missing = set(tasks) - set(label)
-    if missing:
-        raise ValueError(
-            f"{spec.label} predicts {list(tasks)}, the dataset gives labels {sorted(label)}: "
-            "read every label set (SIFT Flow: labels = ['semantic', 'geometric'])"
-        )
-    return {task: label[task] for task in tasks}
 
 
 def to_device(value: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -141,7 +95,7 @@ def evaluate(
             inputs = to_device(model_inputs(image, spec), device)
             targets = to_device(model_targets(label, spec), device)
             with autocast(device, amp_dtype):
-                scores = model(inputs, by_task=True)
+                scores = score(model, inputs)
             predictions = {task: s.argmax(1) for task, s in scores.items()}
             confusion.update(predictions, targets)
             if on_batch is not None:
@@ -149,14 +103,6 @@ def evaluate(
     finally:
         model.train(was_training)
     return confusion
-
-
-def task_metrics(confusion: MultiTaskConfusion) -> dict[str, dict[str, Any]]:
-    """The four metrics and per-class values of each task. With several tasks the means of
-    each run over the classes present in its labels (the SIFT Flow caveat, Table 5)."""
-    if len(confusion.matrices) > 1:
-        return siftflow_metrics(confusion)
-    return {task: matrix.compute() for task, matrix in confusion.matrices.items()}
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

@@ -26,18 +26,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import pad_collate
 from ..metrics import METRIC_NAMES
+from ..scoring import model_inputs, model_targets, score, task_metrics
 from . import clock
 from .distributed import Context, all_reduce_max
-from .evaluate import (
-    autocast,
-    batch_size,
-    eval_loader,
-    evaluate,
-    model_inputs,
-    model_targets,
-    task_metrics,
-    to_device,
-)
+from .evaluate import autocast, batch_size, eval_loader, evaluate, to_device
 from .hooks import STOP_REASONS, StepInfo
 from .resume import diverged, save
 from .state import Position, Progress, Run, total_steps
@@ -178,7 +170,7 @@ def train_step(run: Run, position: Position, micro: list[tuple[Any, Any]]) -> tu
         last = index == len(micro) - 1
         with _no_sync(run.model, skip=not last):  # DDP all-reduces on the last only
             with autocast(device, run.amp):
-                loss = run.criterion(run.model(inputs, by_task=True), targets)
+                loss = run.criterion(score(run.model, inputs), targets)
             value = loss.item()
             if all_reduce_max(0.0 if math.isfinite(value) else 1.0, run.context) > 0:
                 diverged(run, position, f"loss is {value}")  # before backward: weights good

@@ -31,12 +31,12 @@ from ..models import FCN, ModelSpec
 from ..models.backbones import set_activation_checkpointing
 from ..models.fusion import late_fusion
 from ..models.spec import SpecError, tasks_from
+from ..scoring import model_inputs, model_targets
 from ..surgery import class_layers, transplant, without_layers
 from . import checkpoint as ckpt
 from .average import WeightAverage, WeightAveraging
 from .budget import Budget
 from .distributed import Context
-from .evaluate import model_inputs, model_targets
 from .feedback import Console, Feedback
 from .hooks import Callback, Callbacks, Hook
 from .interrupt import Interrupt

@@ -39,11 +39,11 @@ import torch
 from _fresh import in_fresh_process
 
 import fcnseg
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engines import cached_onnx, choose_engine, installed, onnx_module
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 from fcnseg.speed import InferenceOptions
+from fcnseg.training import checkpoint as ckpt
 
 NETS = {"vgg16": ("fcn8s_vgg16", 21, (500, 500)), "lite0": ("fcn8s_efficientnet_lite0", 11, (360, 480))}
 ROWS = ("torch", "torch compiled", "onnxruntime", "openvino", "int8 onnxruntime", "int8 openvino",

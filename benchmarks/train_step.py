@@ -23,9 +23,9 @@ import torch
 import fcnseg
 from fcnseg.config import TrainConfig
 from fcnseg.data import CamVid, pad_collate, train_transforms
-from fcnseg.engine.optim import build_optimizer
 from fcnseg.losses import SegmentationLoss
 from fcnseg.models.activation import ReLU6
+from fcnseg.training.optim import build_optimizer
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid"
 # "torch relu6": PyTorch's nn.ReLU6(inplace=True) in place of fcnseg's (models/activation.py),

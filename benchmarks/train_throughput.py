@@ -1,13 +1,13 @@
 """Training and evaluation throughput of the engine on CPU (or CUDA), synthetic data.
 
-Runs ``fcnseg.engine.train`` for a fixed number of steps and reads images/s from its log,
+Runs ``fcnseg.training.stages`` for a fixed number of steps and reads images/s from its log,
 then times whole-image evaluation, for each thread count asked: as the library trained
 before issue 16 (the plain contiguous NCHW layout and PyTorch's ``nn.ReLU6(inplace=True)``)
 and with today's defaults (channels-last, fcnseg's ReLU6, which keeps no copy of its
 input), alternating ``--repeats`` times, so the speed-up is measured in the same run and a
 neighbour's load on a shared machine falls on both. On a machine shared with other
 processes, compare thread counts: OpenMP threads that wait for each other can make more
-threads much slower than one (see ``fcnseg.engine.threads``).
+threads much slower than one (see ``fcnseg.training.threads``).
 
     python benchmarks/train_throughput.py                       # the demo's setting
     python benchmarks/train_throughput.py --size 352 --batch-size 8 --threads 1 2
@@ -31,11 +31,11 @@ import torch
 
 from fcnseg.config import TrainConfig
 from fcnseg.data import SyntheticShapes, eval_transforms
-from fcnseg.engine.distributed import Context
-from fcnseg.engine.evaluate import eval_loader, evaluate
-from fcnseg.engine.train import train
 from fcnseg.inference import Segmenter
 from fcnseg.models.backbones import efficientnet
+from fcnseg.training.distributed import Context
+from fcnseg.training.evaluate import eval_loader, evaluate
+from fcnseg.training.stages import train
 
 SETUPS = ("before", "today")
 _LABELS = {"before": "before (NCHW, nn.ReLU6)", "today": "today's defaults"}

@@ -9,11 +9,11 @@ from torch import nn
 
 from fcnseg.config import ConfigError, TrainConfig
 from fcnseg.data import SyntheticShapes, eval_transforms
-from fcnseg.engine.average import WeightAverage, decay_at
-from fcnseg.engine.checkpoint import load_checkpoint
-from fcnseg.engine.distributed import Context
-from fcnseg.engine.evaluate import eval_loader, evaluate
-from fcnseg.engine.train import train
+from fcnseg.training.average import WeightAverage, decay_at
+from fcnseg.training.checkpoint import load_checkpoint
+from fcnseg.training.distributed import Context
+from fcnseg.training.evaluate import eval_loader, evaluate
+from fcnseg.training.stages import train
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_engine_train import tiny
 
-from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engine import clock, loop
-from fcnseg.engine.budget import (
+from fcnseg.training import checkpoint as ckpt
+from fcnseg.training import clock, loop
+from fcnseg.training.budget import (
     PACE_STEPS,
     PROBE_STEPS,
     REPLAN_EVERY,
@@ -19,7 +19,7 @@ from fcnseg.engine.budget import (
     moved,
     plan_steps,
 )
-from fcnseg.engine.train import train
+from fcnseg.training.stages import train
 
 
 @pytest.fixture(autouse=True)

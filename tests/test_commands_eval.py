@@ -13,10 +13,10 @@ from PIL import Image
 import fcnseg
 from fcnseg.cli import main
 from fcnseg.data import SYNTHETIC_CLASSES, FolderDataset, voc_palette
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.inference import Segmenter
 from fcnseg.metrics import ConfusionMatrix, metrics_from_matrix
 from fcnseg.modelfile import record_of
+from fcnseg.training import checkpoint as ckpt
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ from PIL import Image
 import fcnseg
 from fcnseg.cli import main
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.modelfile import record_of
+from fcnseg.training import checkpoint as ckpt
 from fcnseg.viz import overlay
 
 pytestmark = pytest.mark.usefixtures("one_thread")

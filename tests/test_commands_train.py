@@ -10,10 +10,10 @@ import torch
 from fcnseg import build_model
 from fcnseg.cli import main
 from fcnseg.config import load_config
-from fcnseg.engine.checkpoint import load_checkpoint
-from fcnseg.engine.setup import build_data, build_model_for, model_spec
 from fcnseg.inference import Segmenter
 from fcnseg.losses import SegmentationLoss
+from fcnseg.training.checkpoint import load_checkpoint
+from fcnseg.training.setup import build_data, build_model_for, model_spec
 
 
 @pytest.fixture(autouse=True)

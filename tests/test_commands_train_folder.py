@@ -14,10 +14,10 @@ from own_data import CLASSES, camvid_frames, make_folder_dataset, needs_camvid, 
 import fcnseg
 from fcnseg.cli import main
 from fcnseg.config import ConfigError, load_config
-from fcnseg.engine.checkpoint import load_checkpoint
-from fcnseg.engine.feedback import Feedback
-from fcnseg.engine.optim import LRSchedule, fit_warmup
-from fcnseg.engine.splits import hold_out
+from fcnseg.training.checkpoint import load_checkpoint
+from fcnseg.training.feedback import Feedback
+from fcnseg.training.optim import LRSchedule, fit_warmup
+from fcnseg.training.splits import hold_out
 
 TINY = ["batch_size=2", "threads=1", "num_workers=0", "crop_size=48", "overlays=0"]
 
@@ -132,7 +132,7 @@ def test_a_run_on_a_terminal_shows_one_bar_over_every_epoch(tmp_path, capsys, mo
 @needs_camvid
 def test_a_folder_with_a_train_split_only_holds_out_from_it(tmp_path):
     """train.txt but no val split: the train list is kept, val drawn from it, said so."""
-    from fcnseg.engine.splits import fit_folder_splits
+    from fcnseg.training.splits import fit_folder_splits
 
     data = make_folder_dataset(tmp_path / "d", "index", count=3)
     (data / "train.txt").write_text("".join(f"{p.stem}\n" for p in (data / "images").iterdir()))

@@ -102,7 +102,7 @@ def test_bare_state_dicts_need_the_model(tmp_path) -> None:
 
 
 def test_training_checkpoints_rebuild_with_their_options(tmp_path) -> None:
-    """The training checkpoint layout (engine/checkpoint.py): model name, class count and
+    """The training checkpoint layout (training/checkpoint.py): model name, class count and
     build options under "model"; a non-default geometry must come back."""
     model = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=2, geometry="caffe")
     torch.save(

@@ -19,12 +19,12 @@ from fcnseg.builder import resolve_spec
 from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
-from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engine import setup
-from fcnseg.engine.resume import restore_scaler
 from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
+from fcnseg.training import checkpoint as ckpt
+from fcnseg.training import setup
+from fcnseg.training.resume import restore_scaler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

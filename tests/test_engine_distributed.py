@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from fcnseg.data import SyntheticShapes, eval_transforms
-from fcnseg.engine.checkpoint import load_checkpoint
-from fcnseg.engine.distributed import Context, ShardSampler
-from fcnseg.engine.evaluate import eval_loader, evaluate
 from fcnseg.metrics import metrics_from_matrix
+from fcnseg.training.checkpoint import load_checkpoint
+from fcnseg.training.distributed import Context, ShardSampler
+from fcnseg.training.evaluate import eval_loader, evaluate
 
 
 def test_shards_cover_every_item_once():

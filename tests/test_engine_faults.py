@@ -20,12 +20,12 @@ from slim_models import SLIM, register_slim
 
 import fcnseg
 from fcnseg.cli import main
-from fcnseg.engine.checkpoint import load_checkpoint
-from fcnseg.engine.claim import LOCK_NAME, claim_run
 from fcnseg.fileio import FileFormatError
 from fcnseg.modelfile import read_record
 from fcnseg.models import ModelSpec
 from fcnseg.models.spec import tasks_from
+from fcnseg.training.checkpoint import load_checkpoint
+from fcnseg.training.claim import LOCK_NAME, claim_run
 
 
 @pytest.fixture(autouse=True)
@@ -180,7 +180,7 @@ def test_a_crashed_run_leaves_its_folder_free(tmp_path, cli_environment, fcnseg_
     run = tmp_path / "runs" / "crash"
     crash = (
         "import os, sys\n"
-        "from fcnseg.engine.claim import claim_run\n"
+        "from fcnseg.training.claim import claim_run\n"
         "held = claim_run(sys.argv[1])\n"
         "held.__enter__()\n"
         "os.kill(os.getpid(), 9)\n"

@@ -21,15 +21,15 @@ from fcnseg.config import TrainConfig
 from fcnseg.data import NYUD_NORMALIZATION
 from fcnseg.data.nyud import NYUD_CLASSES
 from fcnseg.data.palettes import voc_palette
-from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engine.setup import build_criterion, build_model_for
-from fcnseg.engine.train import train
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 from fcnseg.models import FCN, InputSpec, ModelSpec, backbones, registry
 from fcnseg.models.backbones import VGG16
 from fcnseg.models.multitask import SIFTFLOW_TASKS
 from fcnseg.models.spec import tasks_from
+from fcnseg.training import checkpoint as ckpt
+from fcnseg.training.setup import build_criterion, build_model_for
+from fcnseg.training.stages import train
 
 H, W = 32, 32
 SIFT = "spatial_envelope_256x256_static_8outdoorcategories"

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from fcnseg.engine.checkpoint import load_checkpoint
+from fcnseg.training.checkpoint import load_checkpoint
 
 STEPS = 8  # 2 epochs of 4 steps
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_engine_train import tiny
 
-from fcnseg.engine.runfolder import RunLog, flatten_record
-from fcnseg.engine.train import train
+from fcnseg.training.runfolder import RunLog, flatten_record
+from fcnseg.training.stages import train
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 needs_tensorboard = pytest.mark.skipif(

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from fcnseg.engine import threads as threads_module
-from fcnseg.engine.threads import AdaptiveThreads, probe_threads
-from fcnseg.engine.train import StepInfo
+from fcnseg.training import threads as threads_module
+from fcnseg.training.stages import StepInfo
+from fcnseg.training.threads import AdaptiveThreads, probe_threads
 
 
 @pytest.fixture(autouse=True)

@@ -13,13 +13,13 @@ from PIL import Image
 from fcnseg import build_model, losses
 from fcnseg.builder import resolve_spec
 from fcnseg.config import ConfigError, TrainConfig
-from fcnseg.engine import Hook
-from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
-from fcnseg.engine.setup import build_model_for, model_spec
-from fcnseg.engine.train import NonFiniteLossError, train
 from fcnseg.losses import SegmentationLoss
 from fcnseg.modelfile import record_of
+from fcnseg.training import Hook
+from fcnseg.training import checkpoint as ckpt
+from fcnseg.training.optim import LRSchedule, amp_dtype, param_groups
+from fcnseg.training.setup import build_model_for, model_spec
+from fcnseg.training.stages import NonFiniteLossError, train
 
 
 @pytest.fixture(autouse=True)

@@ -23,12 +23,12 @@ from slim_models import TINY, TinyVGG, randomise_scores, raw_images
 
 import fcnseg
 from fcnseg import engines
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
 from fcnseg.models import registered_spec
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.tiling import Tiling
+from fcnseg.training import checkpoint as ckpt
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")

@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("builder",),
     ("modelfile",),
     ("data.*", "losses", "metrics", "scoring", "hha", "solver", "config.*", "viz"),
-    ("engine.*",),
+    ("training.*",),
     ("speed", "tiling", "tta", "export", "engines", "quantize", "inference"),
     ("cli", "commands.*", "__main__", ""),  # "": the fcnseg package itself
 )
@@ -193,7 +193,7 @@ BESIDE_TRAINING = ("speed", "tiling", "tta", "export", "engines", "quantize", "i
 
 
 def test_prediction_and_export_do_not_import_the_training_engine() -> None:
-    engine = f"{PACKAGE}.engine"
+    engine = f"{PACKAGE}.training"
     found = [
         f"{item.source} imports {item.target} at line {item.line}"
         for item in IMPORTS

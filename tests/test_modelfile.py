@@ -12,8 +12,8 @@ import torch
 import fcnseg
 from fcnseg import build_model, modelfile
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.fileio import FileFormatError, atomic_write
+from fcnseg.training import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from slim_models import SLIM, slim_vgg16
 from torch import nn
 
 import fcnseg
-from fcnseg.engine.evaluate import evaluate
 from fcnseg.losses import MultiTaskLoss
 from fcnseg.metrics import ConfusionMatrix, MultiTaskConfusion, siftflow_metrics
 from fcnseg.models import FCN, ModelSpec, SpecError
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.models.multitask import SIFTFLOW_TASKS, siftflow_caffe_rename
+from fcnseg.training.evaluate import evaluate
 
 TASKS = {"semantic": 5, "geometric": 3}
 

@@ -19,10 +19,10 @@ from test_export_onnx import flip_a_weight_byte
 import fcnseg
 from fcnseg import engines
 from fcnseg.cli import main
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.export import weights_digest
 from fcnseg.inference import Segmenter
 from fcnseg.modelfile import record_of
+from fcnseg.training import checkpoint as ckpt
 
 onnxruntime = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import RECORD_KEY, OnnxSegmenter, check_weights, export_onnx, read_onnx_record
+from .export import RECORD_KEY, OnnxRuntimeRunner, check_weights, export_onnx, read_onnx_record
 from .modelfile import ModelRecord, read_record
 from .models import ModelSpec
 
@@ -268,7 +268,7 @@ def onnx_runner(engine: str, path: Path | str, spec: ModelSpec, threads: int | N
     if engine == "openvino":
         return OpenVinoRunner(path, spec, threads)
     if engine == "onnxruntime":
-        return OnnxSegmenter(path, threads=threads)
+        return OnnxRuntimeRunner(path, threads=threads)
     raise EngineError(f"engine {engine!r} does not run ONNX files: use onnxruntime or openvino")
 
 

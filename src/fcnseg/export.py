@@ -52,7 +52,7 @@ from .scoring import score
 
 __all__ = [
     "OnnxCheck",
-    "OnnxSegmenter",
+    "OnnxRuntimeRunner",
     "check_onnx",
     "check_weights",
     "export_onnx",
@@ -245,7 +245,7 @@ def export_onnx(
     return atomic_write(path, lambda tmp: onnx.save(exported, str(tmp)))
 
 
-class OnnxSegmenter:
+class OnnxRuntimeRunner:
     """An exported model in onnxruntime: ``runner(inputs)`` maps normalised N x C x H x W
     arrays (a dict by input name, or one array for a single-input model) to logits by task.
 
@@ -340,10 +340,10 @@ def read_onnx_record(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
 
 def load_onnx(
     path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None
-) -> OnnxSegmenter:
+) -> OnnxRuntimeRunner:
     """An onnxruntime session for an exported FCN, callable on numpy batches; a file whose
     weights do not match the digest it records is refused (``check_weights``)."""
-    runner = OnnxSegmenter(path, providers=providers, threads=threads)
+    runner = OnnxRuntimeRunner(path, providers=providers, threads=threads)
     check_weights(require_module("onnx").load(str(path)), path)
     return runner
 

@@ -2,7 +2,7 @@
 mixed-precision modes a training run can pick.
 
 Caffe's solver.prototxt calls the first two ``type`` and ``lr_policy``. The training engine
-(``fcnseg.engine.optim``) implements them and the config (``fcnseg.config``) offers them; this
+(``fcnseg.training.optim``) implements them and the config (``fcnseg.config``) offers them; this
 module sits below both so that neither keeps its own copy of the names.
 """
 

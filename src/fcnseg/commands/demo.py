@@ -30,11 +30,11 @@ from .. import viz
 from ..builder import build_model
 from ..config import TrainConfig
 from ..data import SyntheticShapes
-from ..engine.checkpoint import load_checkpoint
-from ..engine.threads import AdaptiveThreads
-from ..engine.train import StepInfo, TrainResult, train
 from ..inference import Segmenter
 from ..metrics import METRIC_NAMES, json_safe
+from ..training.checkpoint import load_checkpoint
+from ..training.threads import AdaptiveThreads
+from ..training.stages import StepInfo, TrainResult, train
 
 _VARIANTS = ("32s", "8s")
 _REPORT_SECONDS = 20.0  # evaluation, plots and overlays after the training of each net

@@ -22,15 +22,15 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..devices import resolve_device
-from ..engine.checkpoint import CheckpointError, load_checkpoint, writing
-from ..engine.distributed import Context
-from ..engine.evaluate import class_table, eval_loader, evaluate, format_metrics
-from ..engine.perimage import evaluate_per_image, worst, write_per_image_csv
 from ..engines import check_source
 from ..fileio import atomic_write
 from ..inference import Segmenter
 from ..metrics import json_safe
 from ..scoring import task_metrics
+from ..training.checkpoint import CheckpointError, load_checkpoint, writing
+from ..training.distributed import Context
+from ..training.evaluate import class_table, eval_loader, evaluate, format_metrics
+from ..training.perimage import evaluate_per_image, worst, write_per_image_csv
 from .options import (
     add_dataset,
     add_engine,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.checkpoint import writing
 from ..export import check_onnx, export_onnx
 from ..modelfile import BareStateDict, load_weights, read_record, record_of
 from ..models import ModelSpec
+from ..training.checkpoint import writing
 from .outputs import check_outputs
 
 

@@ -57,11 +57,11 @@ from PIL.PngImagePlugin import PngInfo
 from .. import __version__
 from ..data import DatasetError
 from ..devices import resolve_device
-from ..engine.checkpoint import WriteError, writing
 from ..fileio import atomic_write
 from ..inference import Segmenter, load_input, mask_image
 from ..models import ModelSpec
 from ..tiling import Tiling
+from ..training.checkpoint import WriteError, writing
 from ..viz import figure_pixels, overlay_figure
 from .globbing import file_identity, glob_files
 from .options import (

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from ..data import DatasetError
-from ..engine.checkpoint import writing
 from ..engines import cached_onnx, onnx_module
 from ..fileio import atomic_write
 from ..metrics import json_safe
@@ -40,6 +39,7 @@ from ..quantize import (
     quantize_onnx,
     sensitive_activations,
 )
+from ..training.checkpoint import writing
 from .options import add_dataset, add_threads, apply_threads, open_dataset, split_name
 from .outputs import check_outputs
 

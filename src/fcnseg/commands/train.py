@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, load_config
-from ..engine.checkpoint import WriteError
-from ..engine.claim import claim_run
-from ..engine.distributed import CollectiveTimeoutError
-from ..engine.runfolder import clear_run, holds_run
-from ..engine.train import NonFiniteLossError, default_run_dir, train
+from ..training.checkpoint import WriteError
+from ..training.claim import claim_run
+from ..training.distributed import CollectiveTimeoutError
+from ..training.runfolder import clear_run, holds_run
+from ..training.stages import NonFiniteLossError, default_run_dir, train
 
 # Without --config: a folder dataset (images/, masks/, classes.txt) trained as most users
 # want, from ImageNet weights with AdamW and 512-pixel crops (any image size fits a batch);

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from ..builder import build_model, load_backbone
-from ..engine.checkpoint import writing
 from ..modelfile import BareStateDict, read_record, save_weights
 from ..models import FCN, LogDepth, Normalization
 from ..surgery import TransplantReport
+from ..training.checkpoint import writing
 from ..weights import caffe
 from ..weights.foreign import detect_layout
 from .outputs import check_outputs

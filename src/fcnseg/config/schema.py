@@ -90,7 +90,7 @@ class TrainConfig:
     # Not under DDP: two gloo ranks with channels-last weights validated a few pixels apart
     # from one process evaluating the saved weights (tests/test_engine_distributed.py)
     channels_last: bool = True
-    # weight averaging (fcnseg.engine.average): validate, keep and deploy an exponential
+    # weight averaging (fcnseg.training.average): validate, keep and deploy an exponential
     # moving average of the weights with this decay (0.999 spans about 1000 steps); 0: off
     ema_decay: float = 0.0
 
@@ -108,7 +108,7 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps
     overlays: int = 4  # validation images drawn with their predictions
     time_limit_minutes: float = 0.0  # stop (evaluate, save) after this long; 0: no limit
-    # plan the run's length to end inside this many minutes (fcnseg.engine.budget): after a
+    # plan the run's length to end inside this many minutes (fcnseg.training.budget): after a
     # few timed steps the schedule is sized to fit; epochs / max_iters become a cap; 0: off
     time_budget_minutes: float = 0.0
     deterministic: bool = False

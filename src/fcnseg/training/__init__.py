@@ -3,7 +3,7 @@
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
 from .hooks import Hook
-from .train import NonFiniteLossError, StepInfo, TrainResult, train
+from .stages import NonFiniteLossError, StepInfo, TrainResult, train
 
 __all__ = [
     "train",

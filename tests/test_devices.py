@@ -21,10 +21,12 @@ from fcnseg.commands import evaluate as evaluate_command
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine import setup
+from fcnseg.engine.optim import amp_dtype
 from fcnseg.engine.resume import restore_scaler
 from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
+from fcnseg.speed import native_bf16
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -254,3 +256,38 @@ def test_eval_out_of_gpu_memory_is_one_line(checkpoint, monkeypatch, capsys):
         "fcnseg: error: the GPU ran out of memory in evaluation (fcnseg eval): evaluate on the "
         "CPU (--device cpu), or on smaller images"
     )
+
+
+@pytest.fixture
+def gpu_of(monkeypatch):
+    """torch.cuda as a machine with one GPU of the given compute capability, whose
+    ``is_bf16_supported`` counts emulation unless asked not to (as torch's does)."""
+
+    def fake(capability: tuple[int, int], *, emulation_argument: bool = True) -> None:
+        native = capability >= (8, 0)
+
+        def with_argument(including_emulation: bool = True) -> bool:
+            return True if including_emulation else native
+
+        def without_argument() -> bool:
+            return True
+
+        supported = with_argument if emulation_argument else without_argument
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+
+    return fake
+
+
+@pytest.mark.parametrize("emulation_argument", [True, False])
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16)],
+)
+def test_amp_auto_takes_fp16_where_bf16_is_only_emulated(
+    gpu_of, capability, dtype, emulation_argument
+):
+    gpu_of(capability, emulation_argument=emulation_argument)
+    assert amp_dtype("auto", torch.device("cuda", 0)) is dtype
+    assert native_bf16("cuda") is (dtype is torch.bfloat16)

@@ -33,6 +33,7 @@ __all__ = [
     "ShardSampler",
     "all_reduce_max",
     "all_mean",
+    "gather_values",
     "barrier",
 ]
 
@@ -72,8 +73,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):  # torch lists its twenty device types, not the fix
         raise ValueError(
-            f"device {name!r} is not a device: choose auto, cpu, cuda or cuda:N (the GPU's "
-            "index)"
+            f"device {name!r} is not a device: choose auto, cpu, cuda or cuda:N (the GPU's index)"
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -165,6 +165,19 @@ def all_mean(value: float, context: Context) -> float:
     tensor = torch.tensor([float(value)], device=_collective_device(context))
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / context.world_size
+
+
+def gather_values(value: torch.Tensor, context: Context) -> list[float]:
+    """Every rank's scalar ``value`` (a tensor on this rank's device), by rank: one
+    collective and one read by the host, where ``.item()`` and a collective per value
+    would cost one of each per value."""
+    if not context.distributed:
+        return [float(value.item())]
+    slots = torch.zeros(context.world_size, dtype=torch.float64, device=value.device)
+    slots[context.rank] = value  # every other rank adds 0 here
+    slots = slots.to(_collective_device(context))
+    dist.all_reduce(slots, op=dist.ReduceOp.SUM)
+    return slots.tolist()
 
 
 def _collective_device(context: Context) -> torch.device:

@@ -9,6 +9,7 @@ decay after a linear warm-up.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,14 @@ from torch import nn
 
 from ..config import ConfigError, TrainConfig
 
-__all__ = ["param_groups", "build_optimizer", "LRSchedule", "build_scheduler", "amp_dtype"]
+__all__ = [
+    "param_groups",
+    "build_optimizer",
+    "LRSchedule",
+    "build_scheduler",
+    "amp_dtype",
+    "native_cuda_bf16",
+]
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -111,7 +119,20 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         if device.type != "cuda":
             return None  # bf16 on CPU pays only on CPUs with bf16 units: ask for it by name
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_cuda_bf16() else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("amp = fp16 needs a CUDA device: use amp = bf16 on CPU")
     return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def native_cuda_bf16() -> bool:
+    """Whether the current GPU computes in bf16 itself (compute capability 8.0 and up).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (T4,
+    V100): there fp16 with a GradScaler runs at tensor-core speed and bf16 does not."""
+    if not torch.cuda.is_available():
+        return False
+    parameters = inspect.signature(torch.cuda.is_bf16_supported).parameters
+    if "including_emulation" in parameters:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.get_device_capability() >= (8, 0)

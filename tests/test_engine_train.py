@@ -13,7 +13,7 @@ from PIL import Image
 from fcnseg import build_model, losses
 from fcnseg.builder import resolve_spec
 from fcnseg.config import ConfigError, TrainConfig
-from fcnseg.engine import Hook
+from fcnseg.engine import Hook, distributed, loop
 from fcnseg.engine import checkpoint as ckpt
 from fcnseg.engine.optim import LRSchedule, amp_dtype, param_groups
 from fcnseg.engine.setup import build_model_for, model_spec
@@ -330,8 +330,6 @@ def test_a_step_reads_its_losses_once_and_runs_one_collective(tmp_path, monkeypa
     """Two micro-batches a step, as rank 0 of two: the losses add up on the device, the
     host reads them once and the ranks agree on them in one all-reduce; the logged loss is
     the mean of the micro-batches' losses, as when each was read on its own."""
-    from fcnseg.engine import distributed, loop
-
     reads, reduces, losses_seen, logged = [], [], [], []
     forward = SegmentationLoss.forward
 

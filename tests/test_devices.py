@@ -18,9 +18,10 @@ import fcnseg
 from fcnseg.builder import resolve_spec
 from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
+from fcnseg.config import TrainConfig
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
 from fcnseg.engine import checkpoint as ckpt
-from fcnseg.engine import setup
+from fcnseg.engine import distributed, setup
 from fcnseg.engine.optim import amp_dtype
 from fcnseg.engine.resume import restore_scaler
 from fcnseg.engines import EngineModule, installed
@@ -291,3 +292,28 @@ def test_amp_auto_takes_fp16_where_bf16_is_only_emulated(
     gpu_of(capability, emulation_argument=emulation_argument)
     assert amp_dtype("auto", torch.device("cuda", 0)) is dtype
     assert native_bf16("cuda") is (dtype is torch.bfloat16)
+
+
+def test_under_torchrun_one_gpu_index_for_every_rank_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="names one GPU for all 2 torchrun processes") as error:
+        distributed.setup("cuda:0")
+    assert "LOCAL_RANK" in str(error.value) and "\n" not in str(error.value)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "set_device", asked.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # joined already
+    assert distributed.setup("cuda").device == torch.device("cuda", 1)
+    assert distributed.setup("cuda:1").device == torch.device("cuda", 1)
+
+
+def test_channels_last_is_off_only_for_gloo_ranks():
+    config = TrainConfig(model="fcn32s_vgg16", dataset="synthetic")
+    gpus = distributed.Context(rank=1, world_size=2, local_rank=1, device=torch.device("cuda", 1))
+    cpus = distributed.Context(rank=1, world_size=2)
+    assert setup.use_channels_last(config, gpus) and setup.use_channels_last(
+        config, distributed.Context()
+    )
+    assert not setup.use_channels_last(config, cpus)
+    assert not setup.use_channels_last(dataclasses.replace(config, channels_last=False), gpus)

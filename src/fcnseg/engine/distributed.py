@@ -91,6 +91,12 @@ def setup(device: str = "auto", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
+    if world_size > 1 and resolved.type == "cuda" and resolved.index != local_rank:
+        raise ValueError(
+            f"device {device!r} names one GPU for all {world_size} torchrun processes: use "
+            "device = cuda (each process takes the GPU of its LOCAL_RANK), or choose the GPUs "
+            "with CUDA_VISIBLE_DEVICES"
+        )
     context = Context(rank, world_size, local_rank, resolved)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"

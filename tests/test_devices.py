@@ -11,10 +11,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from slim_models import TINY, TinyVGG
 from torch.overrides import TorchFunctionMode
 
 import fcnseg
+from fcnseg import inference
 from fcnseg.builder import resolve_spec
 from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
@@ -27,7 +29,7 @@ from fcnseg.engine.resume import restore_scaler
 from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
-from fcnseg.speed import native_bf16
+from fcnseg.speed import fast_forward, native_bf16
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -317,3 +319,29 @@ def test_channels_last_is_off_only_for_gloo_ranks():
     )
     assert not setup.use_channels_last(config, cpus)
     assert not setup.use_channels_last(dataclasses.replace(config, channels_last=False), gpus)
+
+
+@pytest.mark.parametrize("flags", [["--bf16"], ["--compile"]])
+def test_predict_and_eval_run_the_model_as_bf16_and_compile_ask(
+    checkpoint, tmp_path, monkeypatch, flags
+):
+    """--bf16 and --compile reach the torch engine's InferenceOptions (compiling is faked:
+    the flag, not inductor, is under test)."""
+    used = []
+
+    def recorded(model, batch, options=None):
+        used.append(options)
+        return fast_forward(model, batch, options)
+
+    monkeypatch.setattr(inference, "fast_forward", recorded)
+    monkeypatch.setattr(torch, "compile", lambda model, **options: model)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(image)
+    out = tmp_path / "masks"
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), *flags, "--out", str(out), str(image)])
+        == 0
+    )
+    assert main([*_eval_args(checkpoint, *flags), "--out", str(tmp_path / "eval.json")]) == 0
+    bf16, compile_ = "--bf16" in flags, "--compile" in flags
+    assert used and all(o.bf16 is bf16 and o.compile is compile_ for o in used)

@@ -21,6 +21,8 @@ step (``torch.cuda.set_sync_debug_mode``) and time the steps. Rows that need a G
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import subprocess
@@ -221,7 +223,7 @@ def steps_row(folder: Path, device: str) -> Row:
 
     def measure() -> str:
         values = train_values(device, epochs=1, log_every=1000, eval_every=1000)
-        values["train_options"] = {"size": SIZE, "num_images": 16}
+        values["train_options"] = {"size": SIZE, "num_images": 8}
         values.update(output=str(folder), name="steps", threads=0)
         seconds, marks = [], []
         with warnings.catch_warnings(record=True) as caught:
@@ -235,7 +237,8 @@ def steps_row(folder: Path, device: str) -> Row:
                     marks.append(sum("synchroniz" in str(w.message) for w in caught))
                     return False
 
-                train(TrainConfig(**values), callbacks=[step])
+                with contextlib.redirect_stdout(io.StringIO()):  # the table is the output
+                    train(TrainConfig(**values), callbacks=[step])
             finally:
                 if on_gpu(device):
                     torch.cuda.set_sync_debug_mode("default")

@@ -73,7 +73,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):  # torch lists its twenty device types, not the fix
         raise ValueError(
-            f"device {name!r} is not a device: choose auto, cpu, cuda or cuda:N (the GPU's index)"
+            f"device {name!r} is not a device: choose auto, cpu, cuda or cuda:N (the GPU's "
+            "index)"
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from fcnseg.config import ConfigError, TrainConfig
 from fcnseg.data import SyntheticShapes, eval_transforms
@@ -31,6 +32,38 @@ def test_decay_is_short_early_then_as_configured():
     assert decay_at(0.999, 1) == pytest.approx(2 / 11)
     assert decay_at(0.999, 90) == pytest.approx(91 / 100)
     assert decay_at(0.999, 100_000) == 0.999
+
+
+class _LerpCount(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += "lerp" in getattr(func, "__name__", "")
+        return func(*args, **(kwargs or {}))
+
+
+def test_update_moves_every_weight_in_one_call_as_each_on_its_own_would():
+    """One foreach lerp for all weights and statistics, bit for bit the per-tensor lerp."""
+    torch.manual_seed(0)
+    net = nn.Sequential(_net(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    average = WeightAverage(net, decay=0.9)
+    reference = {key: value.clone() for key, value in average.state.items()}
+    for step in range(1, 6):
+        with torch.no_grad():
+            for value in net.state_dict().values():
+                value.add_(torch.randn_like(value.float()).to(value.dtype))
+        with _LerpCount() as launches:
+            average.update(net, step)
+        assert launches.calls == 1
+        weight = 1.0 - decay_at(0.9, step)
+        for key, value in net.state_dict().items():
+            if value.is_floating_point():
+                reference[key].lerp_(value, weight)
+            else:
+                reference[key].copy_(value)
+        assert all(torch.equal(average.state[k], reference[k]) for k in reference)
 
 
 def test_update_is_the_moving_average_and_copies_counters():

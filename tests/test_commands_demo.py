@@ -1,12 +1,16 @@
 """``fcnseg demo`` end to end, seconds long: FCN-32s vs FCN-8s and a report folder."""
 
+import argparse
 import json
 
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from fcnseg.cli import main
+from fcnseg.commands import demo
+from fcnseg.training.threads import AdaptiveThreads
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +75,27 @@ def test_summary_steps_are_the_steps_the_report_shows(tmp_path, monkeypatch):
         trained = int(rows[f"FCN-{variant}"].rstrip(" |").rsplit("|", 1)[1])
         assert trained == summary["steps"][variant]
     assert "Planned 3 steps per net; trained: FCN-32s 2 (time limit), FCN-8s 2 (capped" in report
+
+
+def test_on_a_gpu_the_demo_times_and_trains_there_and_leaves_cpu_threads_alone(
+    tmp_path, monkeypatch
+):
+    """The plan's step time comes from the device that trains (the meta device stands in
+    for the GPU), and no thread count is set or probed for a GPU run."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert demo._device() == torch.device("cuda")
+    args = argparse.Namespace(threads=0, batch_size=2, size=32, val_images=2)
+    assert demo._callbacks(args, torch.device("cuda")) == []
+    assert isinstance(demo._callbacks(args, torch.device("cpu"))[0], AdaptiveThreads)
+    built, threads_set = [], []
+    monkeypatch.setattr(
+        demo, "build_model", lambda *a, **k: built.append(nn.Conv2d(3, 7, 1)) or built[-1]
+    )
+    monkeypatch.setattr(torch, "set_num_threads", threads_set.append)
+    meta = torch.device("meta")
+    threads, _ = demo._measure(args, meta)
+    assert threads == 0 and threads_set == []
+    assert next(built[0].parameters()).device == meta
+    plan = demo._Plan(10, 0.1, threads, False, torch.device("cuda"))
+    config = demo._config(args, plan, "8s", tmp_path, limit_seconds=60)
+    assert config.device == "cuda" and config.threads == 0

@@ -11,19 +11,24 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from fcnseg.trainings import EngineModule, installed
+from PIL import Image
 from slim_models import TINY, TinyVGG
 from torch.overrides import TorchFunctionMode
 
 import fcnseg
+from fcnseg import inference
 from fcnseg.builder import resolve_spec
 from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
+from fcnseg.config import TrainConfig
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
-from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
+from fcnseg.speed import fast_forward, native_bf16
 from fcnseg.training import checkpoint as ckpt
-from fcnseg.training import setup
+from fcnseg.training import distributed, setup
+from fcnseg.training.optim import amp_dtype
 from fcnseg.training.resume import restore_scaler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -254,3 +259,89 @@ def test_eval_out_of_gpu_memory_is_one_line(checkpoint, monkeypatch, capsys):
         "fcnseg: error: the GPU ran out of memory in evaluation (fcnseg eval): evaluate on the "
         "CPU (--device cpu), or on smaller images"
     )
+
+
+@pytest.fixture
+def gpu_of(monkeypatch):
+    """torch.cuda as a machine with one GPU of the given compute capability, whose
+    ``is_bf16_supported`` counts emulation unless asked not to (as torch's does)."""
+
+    def fake(capability: tuple[int, int], *, emulation_argument: bool = True) -> None:
+        native = capability >= (8, 0)
+
+        def with_argument(including_emulation: bool = True) -> bool:
+            return True if including_emulation else native
+
+        def without_argument() -> bool:
+            return True
+
+        supported = with_argument if emulation_argument else without_argument
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+
+    return fake
+
+
+@pytest.mark.parametrize("emulation_argument", [True, False])
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16)],
+)
+def test_amp_auto_takes_fp16_where_bf16_is_only_emulated(
+    gpu_of, capability, dtype, emulation_argument
+):
+    gpu_of(capability, emulation_argument=emulation_argument)
+    assert amp_dtype("auto", torch.device("cuda", 0)) is dtype
+    assert native_bf16("cuda") is (dtype is torch.bfloat16)
+
+
+def test_under_torchrun_one_gpu_index_for_every_rank_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="names one GPU for all 2 torchrun processes") as error:
+        distributed.setup("cuda:0")
+    assert "LOCAL_RANK" in str(error.value) and "\n" not in str(error.value)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "set_device", asked.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # joined already
+    assert distributed.setup("cuda").device == torch.device("cuda", 1)
+    assert distributed.setup("cuda:1").device == torch.device("cuda", 1)
+
+
+def test_channels_last_is_off_only_for_gloo_ranks():
+    config = TrainConfig(model="fcn32s_vgg16", dataset="synthetic")
+    gpus = distributed.Context(rank=1, world_size=2, local_rank=1, device=torch.device("cuda", 1))
+    cpus = distributed.Context(rank=1, world_size=2)
+    assert setup.use_channels_last(config, gpus) and setup.use_channels_last(
+        config, distributed.Context()
+    )
+    assert not setup.use_channels_last(config, cpus)
+    assert not setup.use_channels_last(dataclasses.replace(config, channels_last=False), gpus)
+
+
+@pytest.mark.parametrize("flags", [["--bf16"], ["--compile"]])
+def test_predict_and_eval_run_the_model_as_bf16_and_compile_ask(
+    checkpoint, tmp_path, monkeypatch, flags
+):
+    """--bf16 and --compile reach the torch engine's InferenceOptions (compiling is faked:
+    the flag, not inductor, is under test)."""
+    used = []
+
+    def recorded(model, batch, options=None):
+        used.append(options)
+        return fast_forward(model, batch, options)
+
+    monkeypatch.setattr(inference, "fast_forward", recorded)
+    monkeypatch.setattr(torch, "compile", lambda model, **options: model)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(image)
+    out = tmp_path / "masks"
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), *flags, "--out", str(out), str(image)])
+        == 0
+    )
+    assert main([*_eval_args(checkpoint, *flags), "--out", str(tmp_path / "eval.json")]) == 0
+    bf16, compile_ = "--bf16" in flags, "--compile" in flags
+    assert used and all(o.bf16 is bf16 and o.compile is compile_ for o in used)

@@ -19,7 +19,7 @@ import torch
 from fcnseg.data import SyntheticShapes, eval_transforms
 from fcnseg.metrics import metrics_from_matrix
 from fcnseg.training.checkpoint import load_checkpoint
-from fcnseg.training.distributed import Context, ShardSampler
+from fcnseg.training.distributed import Context, ShardSampler, gather_values
 from fcnseg.training.evaluate import eval_loader, evaluate
 
 
@@ -147,3 +147,24 @@ def test_a_rank_that_never_joins_is_named_after_ddp_timeout_seconds(tmp_path, fc
         "process, or raise ddp_timeout_seconds (now 3) if it is only slow"
     ]
     assert time.monotonic() - started < 60
+
+
+def _gather_on_rank(rank: int, store_path: str, out: str) -> None:
+    store = torch.distributed.FileStore(store_path, 2)
+    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    try:
+        loss = torch.tensor(float("nan") if rank == 1 else 0.25, dtype=torch.float64)
+        values = gather_values(loss, Context(rank=rank, world_size=2))
+        with open(f"{out}.{rank}", "w") as handle:
+            json.dump([repr(value) for value in values], handle)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_every_rank_sees_every_rank_loss_in_one_collective(tmp_path):
+    """A loss that is NaN on rank 1 alone reaches rank 0 in the step's one all-reduce, so
+    both ranks stop at the same step."""
+    out = str(tmp_path / "values")
+    torch.multiprocessing.spawn(_gather_on_rank, args=(str(tmp_path / "store"), out), nprocs=2)
+    for rank in range(2):
+        assert json.loads((tmp_path / f"values.{rank}").read_text()) == ["0.25", "nan"]

@@ -15,7 +15,7 @@ from fcnseg.builder import resolve_spec
 from fcnseg.config import ConfigError, TrainConfig
 from fcnseg.losses import SegmentationLoss
 from fcnseg.modelfile import record_of
-from fcnseg.training import Hook
+from fcnseg.training import Hook, distributed, loop
 from fcnseg.training import checkpoint as ckpt
 from fcnseg.training.optim import LRSchedule, amp_dtype, param_groups
 from fcnseg.training.setup import build_model_for, model_spec
@@ -324,3 +324,52 @@ def test_channels_last_trains_as_the_plain_layout(tmp_path):
         if value.is_floating_point():
             rtol, atol = (2e-3, 1e-6) if "running_var" in key else (0.0, 1e-4)
             torch.testing.assert_close(nhwc[key], value, rtol=rtol, atol=atol, msg=key)
+
+
+def test_a_step_reads_its_losses_once_and_runs_one_collective(tmp_path, monkeypatch):
+    """Two micro-batches a step, as rank 0 of two: the losses add up on the device, the
+    host reads them once and the ranks agree on them in one all-reduce; the logged loss is
+    the mean of the micro-batches' losses, as when each was read on its own."""
+    reads, reduces, losses_seen, logged = [], [], [], []
+    forward = SegmentationLoss.forward
+
+    def recorded(self, logits, target):
+        loss = forward(self, logits, target)
+        losses_seen.append(loss.detach().clone())
+        return loss
+
+    def counted(name, method):
+        def read(self, *args, **kwargs):
+            if stepping:
+                reads[-1] += 1
+            return method(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    train_step, stepping = loop.train_step, []
+
+    def as_rank_zero_of_two(run, position, micro):
+        reads.append(0)
+        pair = dataclasses.replace(run, context=distributed.Context(world_size=2))
+        stepping.append(True)
+        try:
+            return train_step(pair, position, micro)
+        finally:
+            stepping.clear()
+
+    monkeypatch.setattr(SegmentationLoss, "forward", recorded)
+    monkeypatch.setattr(loop, "train_step", as_rank_zero_of_two)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda group=None: "gloo")
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t, op=None: reduces.append(t))
+    counted("item", torch.Tensor.item)
+    counted("tolist", torch.Tensor.tolist)
+    config = tiny(tmp_path, accumulate=2, epochs=1, overlays=0, eval_every=10)
+    train(config, callbacks=[lambda info: logged.append(info.loss) or False])
+    steps = len(logged)
+    assert steps == 2 and reads == [1] * steps
+    step_reductions = [t for t in reduces if t.dtype == torch.float64]
+    assert len(step_reductions) == steps
+    expected = [
+        (a.item() + b.item()) / 2 for a, b in zip(losses_seen[::2], losses_seen[1::2], strict=True)
+    ]
+    assert logged == expected

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from fcnseg.metrics import ConfusionMatrix, json_safe, metrics_from_matrix
+from fcnseg.training.distributed import Context
+from fcnseg.training.evaluate import eval_loader
 
 
 def _confusion(labels, preds, num_classes=4):
@@ -114,3 +116,35 @@ def test_bad_input():
         confusion.update(torch.tensor([5]), torch.tensor([1]))
     with pytest.raises(ValueError, match="at least 1"):
         ConfusionMatrix(0)
+
+
+def test_the_matrix_counts_where_the_predictions_are_without_waiting_for_them():
+    """On the meta device every read by the host (``.item()``, ``bool``, ``.cpu()``, a
+    ``bincount`` sizing its output) is an error: updates that pass there never make a GPU
+    wait, and the matrix stays on the device of the predictions."""
+    confusion = ConfusionMatrix(4)
+    scores = torch.randn(2, 4, 8, 8, device="meta")
+    labels = torch.randint(0, 4, (2, 8, 8), device="meta")
+    for _ in range(3):
+        confusion.update(scores, labels)
+    assert confusion.matrix.device.type == "meta"
+
+
+def test_device_counting_is_the_bincount_of_the_definition():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 6, (3, 17, 19), generator=generator)
+    labels[:, :4] = 255  # ignored
+    labels[:, -2:] = 7  # outside the class range: ignored as well
+    predictions = torch.randint(0, 5, (3, 17, 19), generator=generator)
+    confusion = ConfusionMatrix(5)
+    confusion.update(predictions, labels)
+    valid = labels < 5
+    expected = torch.bincount(labels[valid] * 5 + predictions[valid], minlength=25).view(5, 5)
+    assert torch.equal(confusion.matrix, expected)
+    assert torch.equal(confusion.reduced(), expected) and confusion.reduced().device.type == "cpu"
+
+
+def test_the_evaluation_loader_pins_memory_for_a_gpu():
+    data = list(range(4))
+    assert eval_loader(data, Context(device=torch.device("cuda", 0))).pin_memory
+    assert not eval_loader(data, Context()).pin_memory

@@ -4,9 +4,11 @@ prediction alike."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "native_cuda_bf16"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -27,3 +29,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             return torch.device("cuda", local_rank)
     return device
+
+
+def native_cuda_bf16() -> bool:
+    """Whether the current GPU computes in bf16 itself (compute capability 8.0 and up).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (T4,
+    V100): there fp16 with a GradScaler runs at tensor-core speed and bf16 does not."""
+    if not torch.cuda.is_available():
+        return False
+    parameters = inspect.signature(torch.cuda.is_bf16_supported).parameters
+    if "including_emulation" in parameters:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.get_device_capability() >= (8, 0)

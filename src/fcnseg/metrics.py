@@ -48,14 +48,19 @@ class ConfusionMatrix:
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self._stray: torch.Tensor | None = None  # predictions outside [0, C), on a GPU
 
     def reset(self) -> None:
         self.matrix.zero_()
+        self._stray = None
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``pred`` holds labels (same shape as ``target``) or scores with a
-        class dimension (N x C x H x W for N x H x W targets, taken by argmax)."""
+        class dimension (N x C x H x W for N x H x W targets, taken by argmax).
+
+        The matrix lives on the device of the predictions and the counting never waits for
+        it: on a GPU a prediction outside [0, C) is reported by ``reduced`` (at compute)."""
         if pred.dim() == target.dim() + 1:
             pred = pred.argmax(1)
         if pred.shape != target.shape:
@@ -63,28 +68,48 @@ class ConfusionMatrix:
                 f"predictions {tuple(pred.shape)} and labels {tuple(target.shape)} differ in shape"
             )
         c = self.num_classes
-        target = target.reshape(-1).long()
+        self.matrix = self.matrix.to(pred.device)
+        target = target.reshape(-1).to(pred.device, torch.int64)
         pred = pred.reshape(-1).long()
         valid = (target >= 0) & (target < c)  # drops the ignore label and any other stray value
-        if ((pred[valid] < 0) | (pred[valid] >= c)).any():
-            raise ValueError(f"predictions must be class indices in [0, {c})")
-        counts = torch.bincount(target[valid] * c + pred[valid], minlength=c * c)
-        self.matrix += counts.view(c, c).to(self.matrix.device, torch.int64)
+        stray = valid & ((pred < 0) | (pred >= c))
+        self._note_stray(stray.any())
+        cell = torch.where(valid & ~stray, target * c + pred, c * c)  # the rest: one spare bin
+        counts = torch.zeros(c * c + 1, dtype=torch.int64, device=pred.device)
+        counts.index_add_(0, cell, torch.ones_like(cell))
+        self.matrix += counts[:-1].view(c, c)
+
+    def _note_stray(self, found: torch.Tensor) -> None:
+        """Predictions outside [0, C): an error now on the CPU (where asking costs nothing),
+        kept on the device for ``reduced`` elsewhere."""
+        if found.device.type == "cpu":
+            if found:
+                raise ValueError(self._stray_message())
+            return
+        self._stray = found if self._stray is None else self._stray | found
+
+    def _stray_message(self) -> str:
+        return f"predictions must be class indices in [0, {self.num_classes})"
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another matrix of the same class count (e.g. from another shard)."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
         self.matrix += other.matrix.to(self.matrix.device)
+        if other._stray is not None:
+            self._note_stray(other._stray.to(self.matrix.device))
         return self
 
     def reduced(self) -> torch.Tensor:
-        """The matrix summed over every DDP rank (a collective: every rank must call it)."""
+        """The matrix summed over every DDP rank (a collective: every rank must call it), on
+        the CPU: the one point where the host waits for the counting."""
+        if self._stray is not None and bool(self._stray.cpu()):
+            raise ValueError(self._stray_message())
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return self.matrix.clone()
+            return self.matrix.to("cpu", copy=True)
         backend = dist.get_backend()
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
-        total = self.matrix.to(device).clone()
+        total = self.matrix.to(device, copy=True)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total.cpu()
 

@@ -23,6 +23,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .devices import native_cuda_bf16
 from .models.backbones import Backbone
 
 __all__ = [
@@ -44,7 +45,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     whether bf16 is faster still depends on the CPU: benchmarks/speed.py measures it.
     """
     if torch.device(device).type != "cpu":
-        return torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.device(device).type == "cuda" and native_cuda_bf16()
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN

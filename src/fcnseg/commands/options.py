@@ -13,16 +13,19 @@ from torch.utils.data import Dataset
 from ..config import parse_literal
 from ..data import DatasetError, build_dataset, eval_transforms
 from ..engines import require
+from ..speed import InferenceOptions
 from ..tta import TTA
 
 __all__ = [
     "add_dataset",
     "add_engine",
+    "add_speed",
     "add_threads",
     "add_tta",
     "apply_threads",
     "check_engine",
     "open_dataset",
+    "speed_of",
     "split_name",
     "tta_of",
     "warn_cpu_engine",
@@ -157,3 +160,24 @@ def tta_of(args: argparse.Namespace) -> TTA | None:
     if not args.tta and args.tta_scales is None:
         return None
     return TTA.of(args.tta_scales, flip=args.tta)
+
+
+def add_speed(parser: argparse.ArgumentParser) -> None:
+    """``--bf16`` and ``--compile``: how the torch engine runs the model (``fcnseg.speed``)."""
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast (fast on GPUs from compute capability 8.0; measure on a CPU)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (pays for many images of one size)",
+    )
+
+
+def speed_of(args: argparse.Namespace) -> InferenceOptions | None:
+    """The ``InferenceOptions`` that ``--bf16`` and ``--compile`` ask for; None: the defaults."""
+    if not (args.bf16 or args.compile):
+        return None
+    return InferenceOptions(bf16=args.bf16, compile=args.compile)

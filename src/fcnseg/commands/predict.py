@@ -66,10 +66,12 @@ from ..viz import figure_pixels, overlay_figure
 from .globbing import file_identity, glob_files
 from .options import (
     add_engine,
+    add_speed,
     add_threads,
     add_tta,
     apply_threads,
     check_engine,
+    speed_of,
     tta_of,
     warn_cpu_engine,
 )
@@ -114,6 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads(parser)
     add_engine(parser)
     add_tta(parser)
+    add_speed(parser)
     parser.add_argument(
         "--tile",
         type=_positive,
@@ -308,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
         tta=tta_of(args),
         engine=args.engine,
         threads=args.threads,
+        speed=speed_of(args),
     )
     warn_cpu_engine(args, segmenter.engine, device)
     jobs, failed = collect_inputs(args, segmenter.spec)

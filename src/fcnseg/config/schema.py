@@ -87,8 +87,8 @@ class TrainConfig:
     activation_checkpointing: bool = False  # backbone recomputes activations: less memory
     # weights and activations stored channels-last (NHWC): the CPU's convolution kernels run
     # faster on it (benchmarks/train_step.py); results equal the plain layout's to rounding.
-    # Not under DDP: two gloo ranks with channels-last weights validated a few pixels apart
-    # from one process evaluating the saved weights (tests/test_engine_distributed.py)
+    # Not under DDP on CPUs: two gloo ranks with channels-last weights validated a few pixels
+    # apart from one process evaluating the saved weights (tests/test_engine_distributed.py)
     channels_last: bool = True
     # weight averaging (fcnseg.training.average): validate, keep and deploy an exponential
     # moving average of the weights with this decay (0.999 spans about 1000 steps); 0: off

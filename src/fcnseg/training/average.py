@@ -53,12 +53,13 @@ class WeightAverage:
     def update(self, model: nn.Module, step: int) -> None:
         """Move the average toward ``model``'s state after optimizer step ``step``."""
         weight = 1.0 - decay_at(self.decay, step)
-        for key, value in model.state_dict().items():
-            average = self.state[key]
-            if average.is_floating_point():
-                average.lerp_(value, weight)
-            else:
-                average.copy_(value)
+        current = model.state_dict()
+        floats = [key for key, average in self.state.items() if average.is_floating_point()]
+        averages = [self.state[key] for key in floats]
+        torch._foreach_lerp_(averages, [current[key] for key in floats], weight)  # one launch
+        for key, average in self.state.items():
+            if not average.is_floating_point():
+                average.copy_(current[key])
 
     @torch.no_grad()
     def load(self, state: Mapping[str, torch.Tensor]) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "ShardSampler",
     "all_reduce_max",
     "all_mean",
+    "gather_values",
     "barrier",
 ]
 
@@ -72,6 +73,12 @@ def setup(device: str = "auto", timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
+    if world_size > 1 and resolved.type == "cuda" and resolved.index != local_rank:
+        raise ValueError(
+            f"device {device!r} names one GPU for all {world_size} torchrun processes: use "
+            "device = cuda (each process takes the GPU of its LOCAL_RANK), or choose the GPUs "
+            "with CUDA_VISIBLE_DEVICES"
+        )
     context = Context(rank, world_size, local_rank, resolved)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"
@@ -146,6 +153,19 @@ def all_mean(value: float, context: Context) -> float:
     tensor = torch.tensor([float(value)], device=_collective_device(context))
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / context.world_size
+
+
+def gather_values(value: torch.Tensor, context: Context) -> list[float]:
+    """Every rank's scalar ``value`` (a tensor on this rank's device), by rank: one
+    collective and one read by the host, where ``.item()`` and a collective per value
+    would cost one of each per value."""
+    if not context.distributed:
+        return [float(value.item())]
+    slots = torch.zeros(context.world_size, dtype=torch.float64, device=value.device)
+    slots[context.rank] = value  # every other rank adds 0 here
+    slots = slots.to(_collective_device(context))
+    dist.all_reduce(slots, op=dist.ReduceOp.SUM)
+    return slots.tolist()
 
 
 def _collective_device(context: Context) -> torch.device:

@@ -55,6 +55,7 @@ def eval_loader(
         sampler=ShardSampler(dataset, context.rank, context.world_size),
         num_workers=num_workers,
         collate_fn=pad_collate,
+        pin_memory=context.device.type == "cuda",  # then batches copy while the GPU works
         generator=torch.Generator().manual_seed(0),  # never draw from the global generator
     )
 

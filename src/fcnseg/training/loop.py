@@ -28,7 +28,7 @@ from ..data import pad_collate
 from ..metrics import METRIC_NAMES
 from ..scoring import model_inputs, model_targets, score, task_metrics
 from . import clock
-from .distributed import Context, all_reduce_max
+from .distributed import Context, all_reduce_max, gather_values
 from .evaluate import autocast, batch_size, eval_loader, evaluate, to_device
 from .hooks import STOP_REASONS, StepInfo
 from .resume import diverged, save
@@ -160,10 +160,12 @@ def train_step(run: Run, position: Position, micro: list[tuple[Any, Any]]) -> tu
     """One optimizer step over ``accumulate`` micro-batches; (mean loss, images on this rank).
 
     Gradients average over micro-batches and (through DDP) ranks, as Caffe's iter_size does.
+    The losses add up on the device: the step reads them once (one host sync, one collective
+    under DDP), after backward and before the optimizer moves the weights.
     """
     device, spec = run.context.device, run.spec
     run.optimizer.zero_grad(set_to_none=True)
-    total, images = 0.0, 0
+    total, images = torch.zeros((), dtype=torch.float64, device=device), 0
     for index, (image, label) in enumerate(micro):
         inputs = to_device(model_inputs(image, spec), device)
         targets = to_device(model_targets(label, spec), device)
@@ -171,16 +173,25 @@ def train_step(run: Run, position: Position, micro: list[tuple[Any, Any]]) -> tu
         with _no_sync(run.model, skip=not last):  # DDP all-reduces on the last only
             with autocast(device, run.amp):
                 loss = run.criterion(score(run.model, inputs), targets)
-            value = loss.item()
-            if all_reduce_max(0.0 if math.isfinite(value) else 1.0, run.context) > 0:
-                diverged(run, position, f"loss is {value}")  # before backward: weights good
+            total += loss.detach()
             run.scaler.scale(loss / len(micro)).backward()
-        total += value
         images += batch_size(inputs)
+    value = _finite_loss(run, position, total)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
-    return total / len(micro), images
+    return value / len(micro), images
+
+
+def _finite_loss(run: Run, position: Position, total: torch.Tensor) -> float:
+    """This rank's summed loss as a number; stops every rank when any rank's is not finite
+    (the weights are still those of the last step)."""
+    losses = gather_values(total, run.context)
+    value = losses[run.context.rank]
+    bad = [loss for loss in losses if not math.isfinite(loss)]
+    if bad:
+        diverged(run, position, f"loss is {value if not math.isfinite(value) else bad[0]}")
+    return value
 
 
 def _no_sync(model: nn.Module, *, skip: bool):

@@ -17,8 +17,15 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, TrainConfig
+from ..devices import native_cuda_bf16
 
-__all__ = ["param_groups", "build_optimizer", "LRSchedule", "build_scheduler", "amp_dtype"]
+__all__ = [
+    "param_groups",
+    "build_optimizer",
+    "LRSchedule",
+    "build_scheduler",
+    "amp_dtype",
+]
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -111,7 +118,8 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         if device.type != "cuda":
             return None  # bf16 on CPU pays only on CPUs with bf16 units: ask for it by name
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_cuda_bf16() else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("amp = fp16 needs a CUDA device: use amp = bf16 on CPU")
     return torch.bfloat16 if amp == "bf16" else torch.float16
+

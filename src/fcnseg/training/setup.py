@@ -48,6 +48,7 @@ from .state import Data, Run
 from .timer import Timer
 
 __all__ = [
+    "use_channels_last",
     "setup",
     "seed_everything",
     "build_data",
@@ -90,7 +91,7 @@ def setup(
     if context.is_main:
         _warn_oversized_crop(config, data.train)
     model = build_model_for(config, spec, init=init).to(context.device)
-    if config.channels_last and not context.distributed:  # DDP: see TrainConfig
+    if use_channels_last(config, context):
         model = model.to(memory_format=torch.channels_last)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     _set_transforms(data.train, _train_transforms(config, model.normalization))
@@ -132,6 +133,14 @@ def setup(
         hooks=_hooks(config, average, callbacks),
         notes=tuple(notes),
     )
+
+
+def use_channels_last(config: TrainConfig, context: Context) -> bool:
+    """``channels_last`` unless ranks talk through gloo (on CPUs): two gloo ranks with
+    channels-last weights validated a few pixels apart from one process evaluating the
+    saved weights; NCCL ranks on GPUs keep the faster layout."""
+    gloo = context.distributed and context.device.type != "cuda"
+    return config.channels_last and not gloo
 
 
 def _hooks(

@@ -11,7 +11,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from fcnseg.trainings import EngineModule, installed
 from PIL import Image
 from slim_models import TINY, TinyVGG
 from torch.overrides import TorchFunctionMode
@@ -23,6 +22,7 @@ from fcnseg.cli import main
 from fcnseg.commands import evaluate as evaluate_command
 from fcnseg.config import TrainConfig
 from fcnseg.data import SYNTHETIC_CLASSES, voc_palette
+from fcnseg.engines import EngineModule, installed
 from fcnseg.models import FCN, registered_spec
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.speed import fast_forward, native_bf16

@@ -1,13 +1,20 @@
 """Fixtures shared across the test suite."""
 
+import contextlib
 import hashlib
+import logging
 import os
+import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from fcnseg.cli import main
 
 
 @pytest.fixture
@@ -55,6 +62,75 @@ def fcnseg_cli():
         return subprocess.run(
             command, env=environment, capture_output=True, text=True, timeout=timeout
         )
+
+    return run
+
+
+# What a fresh interpreter shows of warnings (Python's default filters); pytest's own filters
+# would let library deprecations through as extra "fcnseg: warning:" lines.
+_INTERPRETER_WARNINGS = (
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, None),
+    ("ignore", PendingDeprecationWarning, None),
+    ("ignore", ImportWarning, None),
+    ("ignore", ResourceWarning, None),
+)
+
+
+@contextlib.contextmanager
+def _process_state_kept():
+    """Give back what a command may change in the process it runs in: torch's thread count
+    and random state, numpy's and Python's random state, the working folder, the
+    environment and the root logger, so that no later test sees a command ran before it."""
+    threads, cwd, environment = torch.get_num_threads(), os.getcwd(), dict(os.environ)
+    states = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    root = logging.getLogger()
+    handlers, filters, level = list(root.handlers), list(root.filters), root.level
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environment)
+        root.handlers[:], root.filters[:] = handlers, filters
+        root.setLevel(level)
+
+
+def _exit_status(stop: SystemExit) -> int:
+    """The status a process ends with on ``SystemExit`` (argparse's errors, ``--version``)."""
+    if stop.code is None:
+        return 0
+    return stop.code if isinstance(stop.code, int) else 1
+
+
+@pytest.fixture
+def fcnseg_main(capfd):
+    """Run ``fcnseg ARGS`` through ``fcnseg.cli.main`` in this process, on one thread as
+    ``fcnseg_cli`` runs it; a CompletedProcess (text) with its exit status and what it wrote
+    to file descriptors 1 and 2 comes back. For tests of what a command says and writes: a
+    process start costs seconds, and signals, a real exit or what a fresh interpreter
+    prints need ``fcnseg_cli``."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        argv = [str(arg) for arg in args]
+        before = capfd.readouterr()  # the test's own output, given back below
+        with _process_state_kept(), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in reversed(_INTERPRETER_WARNINGS):
+                warnings.filterwarnings(action, category=category, module=module or "")
+            torch.set_num_threads(1)
+            try:
+                status = main(argv)
+            except SystemExit as stop:
+                status = _exit_status(stop)
+        output = capfd.readouterr()
+        sys.stdout.write(before.out)
+        sys.stderr.write(before.err)
+        return subprocess.CompletedProcess(["fcnseg", *argv], status, output.out, output.err)
 
     return run
 

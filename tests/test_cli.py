@@ -37,19 +37,19 @@ def test_python_dash_m_runs_the_command_line():
     assert "fcn8s_vgg16" in result.stdout
 
 
-def test_version_prints_the_package_version(fcnseg_cli):
-    result = fcnseg_cli("--version")
+def test_version_prints_the_package_version(fcnseg_main):
+    result = fcnseg_main("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"fcnseg {fcnseg.__version__}\n"
 
 
-def test_a_command_line_mistake_is_one_line(fcnseg_cli):
+def test_a_command_line_mistake_is_one_line(fcnseg_main):
     for args, says in [
         (("eval", "--checkpoint", "m.pt", "--data", "camvid", "--tta-scales", "x"), "'x'"),
         (("eval",), "--checkpoint, --data"),
         (("weights", "inspect"), "required"),
     ]:
-        result = fcnseg_cli(*args)
+        result = fcnseg_main(*args)
         assert result.returncode == 2
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and says in lines[0], result.stderr
@@ -58,7 +58,7 @@ def test_a_command_line_mistake_is_one_line(fcnseg_cli):
 
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_an_unknown_device_is_one_line_before_any_work(
-    tmp_path, command, fcnseg_cli, make_checkpoint, file_hashes, one_line_error
+    tmp_path, command, fcnseg_main, make_checkpoint, file_hashes, one_line_error
 ):
     """--device cdua was torch's traceback (predict's after making its output folder)."""
     checkpoint = make_checkpoint(tmp_path / "best.pt", SYNTHETIC_CLASSES)
@@ -67,7 +67,7 @@ def test_an_unknown_device_is_one_line_before_any_work(
         "predict": [checkpoint, "--out", tmp_path / "masks"],
     }
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(command, "--checkpoint", checkpoint, *reads[command], "--device", "cdua")
+    result = fcnseg_main(command, "--checkpoint", checkpoint, *reads[command], "--device", "cdua")
     assert result.returncode == 2
     line = one_line_error(result)
     assert "device 'cdua' is not a device: choose auto, cpu, cuda or cuda:N" in line
@@ -95,13 +95,13 @@ _ONNX_AS_CHECKPOINT = {
 
 @pytest.mark.parametrize("command", sorted(_ONNX_AS_CHECKPOINT))
 def test_an_onnx_file_as_checkpoint_is_named_so(
-    tmp_path, command, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, command, fcnseg_main, file_hashes, one_line_error
 ):
     """A valid .onnx was called damaged or truncated: say what it is and where it goes."""
     model = _onnx_file(tmp_path / "model.onnx")
     args = [tmp_path / arg if arg.endswith(".onnx") else arg for arg in _ONNX_AS_CHECKPOINT[command]]
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(*args, "--checkpoint", model)
+    result = fcnseg_main(*args, "--checkpoint", model)
     assert result.returncode == 2
     line = one_line_error(result)
     assert f"{model} is an ONNX file, not a PyTorch checkpoint" in line

@@ -213,7 +213,7 @@ def test_predict_engine_errors_are_one_line(tmp_path, fcnseg_cli, cli_environmen
 
 
 def test_a_corrupt_onnx_file_is_one_line_and_the_photos_stay(
-    tmp_path, fcnseg_cli, one_line_error, file_hashes
+    tmp_path, fcnseg_main, one_line_error, file_hashes
 ):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -221,7 +221,7 @@ def test_a_corrupt_onnx_file_is_one_line_and_the_photos_stay(
     damaged = tmp_path / "model.onnx"
     damaged.write_bytes(b"not an onnx model\x81\x00")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli("predict", "--checkpoint", damaged, photos, "--out", photos)
+    result = fcnseg_main("predict", "--checkpoint", damaged, photos, "--out", photos)
     assert result.returncode == 2
     line = one_line_error(result)
     assert str(damaged) in line and "not a readable ONNX file" in line

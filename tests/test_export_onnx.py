@@ -147,14 +147,14 @@ def flip_a_weight_byte(path: Path) -> None:
 
 
 def test_an_onnx_file_with_a_flipped_weight_byte_is_one_line(
-    tmp_path, fcnseg_cli, one_line_error, file_hashes
+    tmp_path, fcnseg_main, one_line_error, file_hashes
 ) -> None:
     exported = export_onnx(slim_fcn8s_vgg16(), tmp_path / "model.onnx", example_size=(64, 64))
     flip_a_weight_byte(exported)
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli("predict", "--checkpoint", exported, tmp_path / "photos",
+    result = fcnseg_main("predict", "--checkpoint", exported, tmp_path / "photos",
                         "--out", tmp_path / "masks")  # fmt: skip
     assert result.returncode == 2
     line = one_line_error(result)
@@ -164,7 +164,7 @@ def test_an_onnx_file_with_a_flipped_weight_byte_is_one_line(
         load_onnx(exported)
 
 
-def test_an_onnx_file_written_before_the_digest_still_loads(tmp_path, fcnseg_cli) -> None:
+def test_an_onnx_file_written_before_the_digest_still_loads(tmp_path, fcnseg_main) -> None:
     exported = export_onnx(slim_fcn8s_vgg16(), tmp_path / "model.onnx", example_size=(64, 64))
     model = onnx.load(str(exported))
     entry = next(prop for prop in model.metadata_props if prop.key == "fcnseg.record")
@@ -175,7 +175,7 @@ def test_an_onnx_file_written_before_the_digest_still_loads(tmp_path, fcnseg_cli
     onnx.save(model, str(exported))
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
-    result = fcnseg_cli("predict", "--checkpoint", exported, tmp_path / "photos",
+    result = fcnseg_main("predict", "--checkpoint", exported, tmp_path / "photos",
                         "--out", tmp_path / "masks")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "masks" / "street.png").is_file()

@@ -178,7 +178,7 @@ def test_each_int8_file_records_the_digest_of_its_own_weights(quantized, tmp_pat
 
 
 def test_a_damaged_int8_file_is_one_line_and_nothing_changes(
-    quantized, tmp_path, fcnseg_cli, one_line_error, file_hashes
+    quantized, tmp_path, fcnseg_main, one_line_error, file_hashes
 ):
     _, fp32, int8 = quantized
     damaged = tmp_path / "model.int8.onnx"
@@ -187,7 +187,7 @@ def test_a_damaged_int8_file_is_one_line_and_nothing_changes(
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli("predict", "--checkpoint", damaged, tmp_path / "photos",
+    result = fcnseg_main("predict", "--checkpoint", damaged, tmp_path / "photos",
                         "--out", tmp_path / "masks")  # fmt: skip
     assert result.returncode == 2
     line = one_line_error(result)
@@ -333,10 +333,10 @@ def test_quantize_says_what_it_calibrates_on_and_nothing_of_onnxruntime(tmp_path
     [(["--agreement", "0"], "percentage"),
      (["--agreement", "99", "--fp32-activations", "2"], "drop --fp32-activations")],
 )  # fmt: skip
-def test_a_wrong_agreement_is_one_line_and_writes_nothing(tmp_path, fcnseg_cli, options, says):
+def test_a_wrong_agreement_is_one_line_and_writes_nothing(tmp_path, fcnseg_main, options, says):
     path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
     before = {file: file.read_bytes() for file in tmp_path.rglob("*") if file.is_file()}
-    result = fcnseg_cli("quantize", "--checkpoint", path, "--data", "synthetic",
+    result = fcnseg_main("quantize", "--checkpoint", path, "--data", "synthetic",
                         "--out", tmp_path / "model.int8.onnx", *options)  # fmt: skip
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and says in lines[0], result.stderr
@@ -344,14 +344,14 @@ def test_a_wrong_agreement_is_one_line_and_writes_nothing(tmp_path, fcnseg_cli, 
     assert after == before
 
 
-def test_an_empty_calibration_folder_is_one_line(tmp_path, fcnseg_cli):
+def test_an_empty_calibration_folder_is_one_line(tmp_path, fcnseg_main):
     model = fcnseg.build_model("fcn32s_resnet18", num_classes=2)
     path = ckpt.save_checkpoint(record_of(model), tmp_path / "model.pt")
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     (root / "classes.txt").write_text("background\nthing\n")
-    result = fcnseg_cli("quantize", "--checkpoint", path, "--data", "folder", "--root", root,
+    result = fcnseg_main("quantize", "--checkpoint", path, "--data", "folder", "--root", root,
                         "--split", "none", "--out", tmp_path / "x.onnx")  # fmt: skip
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

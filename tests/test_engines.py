@@ -68,6 +68,19 @@ def kind_checkpoint(request, tmp_path_factory):
     return tiny_checkpoint(folder / "model.pt", request.param)
 
 
+@pytest.fixture(scope="module")
+def plain_checkpoint(tmp_path_factory):
+    """The plain tiny net, one file for the module: engines export it to ONNX once (the
+    export cache beside it) instead of once per test."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("plain") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def seven_class_checkpoint(tmp_path_factory):
+    """The plain tiny net with the synthetic dataset's 7 classes, exported once likewise."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("seven") / "model.pt", classes=7)
+
+
 def _needs(engine: str) -> None:
     if not engines.installed(engine):
         pytest.skip(f"engine {engine} is not installed (pip install 'fcnseg[{engine}]')")
@@ -95,9 +108,9 @@ def test_engine_scores_equal_torch(engine, kind_checkpoint):
 
 
 @pytest.mark.parametrize("engine", ONNX_ENGINES)
-def test_engine_tiled_prediction_matches_torch_tiled(engine, tmp_path):
+def test_engine_tiled_prediction_matches_torch_tiled(engine, plain_checkpoint):
     _needs(engine)
-    path = tiny_checkpoint(tmp_path / "model.pt")
+    path = plain_checkpoint
     tiling = Tiling.of((48, 40), overlap=(16, 10))
     image = raw_images(Segmenter.from_checkpoint(path).spec, 45, 61)["image"]
     reference = Segmenter.from_checkpoint(path, tiling=tiling).predict(image, probabilities=True)
@@ -108,11 +121,11 @@ def test_engine_tiled_prediction_matches_torch_tiled(engine, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ("torch", *ONNX_ENGINES))
-def test_one_segmenter_serves_many_threads(engine, tmp_path):
+def test_one_segmenter_serves_many_threads(engine, plain_checkpoint):
     """Requests from several threads at once, of mixed sizes, each get their own image's
     result: an engine that shares one request between callers hands out others' masks."""
     _needs(engine)
-    segmenter = Segmenter.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt"), engine=engine)
+    segmenter = Segmenter.from_checkpoint(plain_checkpoint, engine=engine)
     images = [raw_images(segmenter.spec, *SIZES[seed % len(SIZES)], seed)["image"]
               for seed in range(6)]  # fmt: skip
     expected = [segmenter.predict(image, probabilities=True) for image in images]
@@ -151,9 +164,9 @@ def test_export_cache_falls_back_to_the_user_cache(tmp_path, monkeypatch):
     assert exported.parent == tmp_path / "xdg" / "fcnseg" / "onnx"
 
 
-def test_an_onnx_file_of_another_checkpoint_is_refused(tmp_path):
+def test_an_onnx_file_of_another_checkpoint_is_refused(plain_checkpoint, tmp_path):
     _needs("onnxruntime")
-    exported = engines.cached_onnx(tiny_checkpoint(tmp_path / "a.pt"))
+    exported = engines.cached_onnx(plain_checkpoint)
     other = tiny_checkpoint(tmp_path / "b.pt", seed=3)
     with pytest.raises(engines.EngineError, match="another checkpoint"):
         engines.check_source(exported, other)
@@ -229,11 +242,13 @@ def test_a_corrupt_onnx_file_is_one_line_and_the_photos_stay(
 
 
 @pytest.mark.parametrize("engine", ONNX_ENGINES)
-def test_predict_and_eval_run_on_the_engine_with_tta(engine, tmp_path, capsys):
+def test_predict_and_eval_run_on_the_engine_with_tta(
+    engine, seven_class_checkpoint, tmp_path, capsys
+):
     _needs(engine)
     from fcnseg.cli import main
 
-    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    path = seven_class_checkpoint
     image = tmp_path / "photo.png"
     Image.fromarray(raw_images(Segmenter.from_checkpoint(path).spec, 45, 61)["image"]).save(image)
     tta = ["--tta", "--tta-scales", "0.75,1"]

@@ -29,6 +29,8 @@ def test_models_rejects_bad_class_count(capsys):
     assert "--num-classes must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_python_dash_m_runs_the_command_line():
     result = subprocess.run(
         [sys.executable, "-m", "fcnseg", "models"], capture_output=True, text=True, check=False
@@ -93,6 +95,7 @@ _ONNX_AS_CHECKPOINT = {
 }
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize("command", sorted(_ONNX_AS_CHECKPOINT))
 def test_an_onnx_file_as_checkpoint_is_named_so(
     tmp_path, command, fcnseg_main, file_hashes, one_line_error

@@ -94,6 +94,8 @@ def test_no_overlay_and_all_good_inputs_exit_zero(checkpoint, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.png"]
 
 
+@pytest.mark.slow
+@pytest.mark.onnx
 def test_predict_runs_an_exported_onnx_model(checkpoint, tmp_path, capsys):
     """The same masks from the checkpoint and from its ONNX export (issue: predict on ONNX)."""
     pytest.importorskip("onnxruntime")
@@ -192,6 +194,7 @@ def test_a_progress_bar_over_many_images_on_a_terminal_only(
     assert "predict: 100%" in shown and "3/3" in shown and shown.count(" -> ") == 3
 
 
+@pytest.mark.slow
 def test_a_recursive_glob_predicts_each_real_image_once_through_looping_links(
     checkpoint, tmp_path, fcnseg_cli, file_hashes
 ):

@@ -33,7 +33,7 @@ from fcnseg.tiling import Tiling
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.onnx, pytest.mark.usefixtures("one_thread")]
 
 SIZES = ((45, 61), (33, 50), (64, 64))
 KINDS = {"plain": "fcn8s_vgg16", "rgbd": "fcn16s_vgg16_rgbd", "siftflow": "fcn8s_vgg16_siftflow"}

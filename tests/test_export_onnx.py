@@ -33,7 +33,7 @@ from fcnseg.export import OnnxCheck, check_onnx, export_onnx, load_onnx  # noqa:
 
 SIZES = ((97, 131), (160, 224))
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.onnx, pytest.mark.usefixtures("one_thread")]
 
 
 def randomise_scores(model: FCN, seed: int) -> FCN:

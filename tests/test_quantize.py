@@ -37,7 +37,7 @@ from fcnseg.quantize import (  # noqa: E402
     sensitive_activations,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.onnx, pytest.mark.usefixtures("one_thread")]
 
 # tiny random net on random images: int8 kept 99% of labels when written on a Xeon with
 # AMX; OpenVINO's int8 kernels on an AMD EPYC without AMX kept 94.7% (onnxruntime more)
@@ -261,6 +261,7 @@ def _quantize_command(folder, *options: str):
     return path, out, json.loads(out.with_suffix(".json").read_text())
 
 
+@pytest.mark.slow
 def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
     path, out, report = _quantize_command(tmp_path, "--fp32-activations", "2")
     assert report["calibration_images"] == 4 and report["images"] == 6
@@ -275,6 +276,7 @@ def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
     assert status == 0 and "engine" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_quantize_command_keeps_fp32_what_an_agreement_needs(tmp_path, capsys):
     _, out, report = _quantize_command(tmp_path, "--agreement", "100")
     assert report["agreement_target"] == 100
@@ -309,6 +311,8 @@ def _folder_dataset(root, classes: int, images: int = 3):
     return root
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_quantize_says_what_it_calibrates_on_and_nothing_of_onnxruntime(tmp_path, cli_environment):
     path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
     root = _folder_dataset(tmp_path / "data", classes=7)

@@ -55,6 +55,7 @@ def test_scales_average_at_the_input_size():
     torch.testing.assert_close(scores["semantic"], torch.ones(1, 1, 30, 41))
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("tiling", [None, TILING], ids=["whole", "tiled"])
 def test_every_engine_gives_torchs_tta(engine, tiling, checkpoint):

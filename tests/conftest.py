@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from slim_models import TINY, TinyVGG, tiny_checkpoint
 
 from fcnseg.cli import main
+from fcnseg.models.backbones import BACKBONES
 
 # Fixtures whose tests start a Python process: such a test is marked ``subprocess``.
 _PROCESS_FIXTURES = frozenset({"fcnseg_cli", "cli_environment"})
@@ -248,3 +250,22 @@ def make_checkpoint():
         return fcnseg.save_weights(path, net, classes=list(classes), palette=palette)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_vgg_file(tmp_path_factory):
+    """``tiny_vgg_file(classes=5)``: the plain tiny VGG16 net (``slim_models.TINY``) with
+    random score layers, saved once a session per class count. Tests read it and do not
+    write it; ONNX engines export it once into the cache beside it, for every test file
+    that runs it (an export takes seconds). Run it with ``TINY`` registered."""
+    files: dict[int, Path] = {}
+
+    def get(classes: int = 5) -> Path:
+        if classes not in files:
+            folder = tmp_path_factory.mktemp(f"tiny_vgg_{classes}")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setitem(BACKBONES, TINY, TinyVGG)
+                files[classes] = tiny_checkpoint(folder / "model.pt", classes=classes)
+        return files[classes]
+
+    return get

@@ -10,22 +10,17 @@ reordered sums differ by ~1e-6 here.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from slim_models import TINY, TinyVGG, randomise_scores, raw_images
+from slim_models import KINDS, TINY, TinyVGG, raw_images, tiny_checkpoint
 
-import fcnseg
 from fcnseg import engines
-from fcnseg.engine import checkpoint as ckpt
 from fcnseg.inference import Segmenter
-from fcnseg.modelfile import record_of
 from fcnseg.models import registered_spec
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.tiling import Tiling
@@ -36,7 +31,6 @@ pytest.importorskip("onnxscript")
 pytestmark = [pytest.mark.onnx, pytest.mark.usefixtures("one_thread")]
 
 SIZES = ((45, 61), (33, 50), (64, 64))
-KINDS = {"plain": "fcn8s_vgg16", "rgbd": "fcn16s_vgg16_rgbd", "siftflow": "fcn8s_vgg16_siftflow"}
 ONNX_ENGINES = ("onnxruntime", "openvino")
 
 
@@ -47,38 +41,22 @@ def tiny_backbone():
         yield
 
 
-def tiny_checkpoint(
-    path, kind: str = "plain", seed: int = 0, classes: int = 5, random_scores: bool = True
-):
-    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers, or zero ones
-    as built (register ``TINY`` first: the ``tiny_backbone`` fixture)."""
-    spec = registered_spec(KINDS[kind])
-    fields = {} if spec.tasks else {"tasks": {"semantic": classes}}
-    spec = dataclasses.replace(spec, backbone=TINY, name=None, **fields)
-    torch.manual_seed(seed)
-    model = fcnseg.build_model(spec)
-    if random_scores:
-        model = randomise_scores(model, seed=seed)
-    return ckpt.save_checkpoint(record_of(model), path)
-
-
 @pytest.fixture(scope="module", params=sorted(KINDS))
-def kind_checkpoint(request, tmp_path_factory):
+def kind_checkpoint(request, tmp_path_factory, tiny_vgg_file):
+    if request.param == "plain":
+        return tiny_vgg_file()
     folder = tmp_path_factory.mktemp(request.param)
     return tiny_checkpoint(folder / "model.pt", request.param)
 
 
-@pytest.fixture(scope="module")
-def plain_checkpoint(tmp_path_factory):
-    """The plain tiny net, one file for the module: engines export it to ONNX once (the
-    export cache beside it) instead of once per test."""
-    return tiny_checkpoint(tmp_path_factory.mktemp("plain") / "model.pt")
+@pytest.fixture
+def plain_checkpoint(tiny_vgg_file):
+    return tiny_vgg_file()
 
 
-@pytest.fixture(scope="module")
-def seven_class_checkpoint(tmp_path_factory):
-    """The plain tiny net with the synthetic dataset's 7 classes, exported once likewise."""
-    return tiny_checkpoint(tmp_path_factory.mktemp("seven") / "model.pt", classes=7)
+@pytest.fixture
+def seven_class_checkpoint(tiny_vgg_file):
+    return tiny_vgg_file(classes=7)
 
 
 def _needs(engine: str) -> None:

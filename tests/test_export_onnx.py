@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from slim_models import fcn_on
-from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
+from slim_models import fcn_on, tiny_checkpoint
+from test_engines import tiny_backbone  # noqa: F401 (autouse: registers the tiny net)
 
 import fcnseg
 from fcnseg.cli import main

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from slim_models import TINY, model_inputs
-from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
+from slim_models import TINY, model_inputs, tiny_checkpoint
+from test_engines import tiny_backbone  # noqa: F401 (autouse: registers the tiny net)
 from test_export_onnx import flip_a_weight_byte
 
 import fcnseg
@@ -51,9 +51,9 @@ def _batches(path):
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
+def quantized(tmp_path_factory, tiny_vgg_file):
     folder = tmp_path_factory.mktemp("int8")
-    path = tiny_checkpoint(folder / "model.pt", classes=7)
+    path = tiny_vgg_file(classes=7)
     fp32 = engines.cached_onnx(path)
     return path, fp32, quantize_onnx(fp32, folder / "model.int8.onnx", _batches(path))
 

@@ -1,9 +1,12 @@
 """The fcnseg command line."""
 
+import logging
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import fcnseg
 from fcnseg.cli import main
@@ -27,6 +30,22 @@ def test_models_lists_every_model(capsys):
 def test_models_rejects_bad_class_count(capsys):
     assert main(["models", "--num-classes", "0"]) == 2
     assert "--num-classes must be at least 1" in capsys.readouterr().err
+
+
+def test_a_command_run_in_process_leaves_the_process_as_it_found_it(
+    tmp_path, fcnseg_main, make_checkpoint
+):
+    """fcnseg_main stands in for a process: what the command sets (its --threads) must not
+    reach the tests after it."""
+    checkpoint = make_checkpoint(tmp_path / "best.pt", SYNTHETIC_CLASSES)
+    root = logging.getLogger()
+    before = torch.get_num_threads(), os.getcwd(), dict(os.environ), list(root.handlers)
+    threads = before[0] + 1
+    result = fcnseg_main("eval", "--checkpoint", checkpoint, "--data", "synthetic", "--option",
+                         "size=32", "--max-images", "1", "--workers", "0", "--threads", threads)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "mean IU" in result.stdout
+    assert (torch.get_num_threads(), os.getcwd(), dict(os.environ), list(root.handlers)) == before
 
 
 @pytest.mark.slow

@@ -7,17 +7,22 @@ their folder on ``sys.path``.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from fcnseg.models import FCN, FCNHead, InputSpec, ModelSpec
+import fcnseg
+from fcnseg.modelfile import record_of
+from fcnseg.models import FCN, FCNHead, InputSpec, ModelSpec, registered_spec
 from fcnseg.models.backbones import BACKBONES, VGG16, FeatureTap
 from fcnseg.models.backbones.base import SequentialBackbone, check_geometry
 from fcnseg.models.normalization import CAFFE_VOC
+from fcnseg.training import checkpoint as ckpt
 
 # VGG16 with a few channels: the same layers, geometries, taps and crop offsets as the
 # reference VGG16, at a thousandth of its weights.
@@ -54,6 +59,25 @@ class TinyVGG(SequentialBackbone):
             FeatureTap("pool4", 16, 4),
             FeatureTap("fc7", 32, 8),
         )
+
+
+# The registered nets whose tiny twins the engine tests run: one input, two, two tasks.
+KINDS = {"plain": "fcn8s_vgg16", "rgbd": "fcn16s_vgg16_rgbd", "siftflow": "fcn8s_vgg16_siftflow"}
+
+
+def tiny_checkpoint(
+    path: Path, kind: str = "plain", seed: int = 0, classes: int = 5, random_scores: bool = True
+) -> Path:
+    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers, or zero ones
+    as built (register ``TINY`` first: the ``tiny_backbone`` fixture of test_engines)."""
+    spec = registered_spec(KINDS[kind])
+    fields = {} if spec.tasks else {"tasks": {"semantic": classes}}
+    spec = dataclasses.replace(spec, backbone=TINY, name=None, **fields)
+    torch.manual_seed(seed)
+    model = fcnseg.build_model(spec)
+    if random_scores:
+        model = randomise_scores(model, seed=seed)
+    return ckpt.save_checkpoint(record_of(model), path)
 
 
 def register_slim(monkeypatch: pytest.MonkeyPatch) -> str:

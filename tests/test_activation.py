@@ -46,7 +46,7 @@ def test_it_keeps_its_output_not_a_copy_of_its_input() -> None:
     assert saved[0].untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_lite0_training_step_is_bit_exact_with_torch_relu6(checkpointing: bool) -> None:
     torch.manual_seed(0)
     ours = fcnseg.build_model("fcn8s_efficientnet_lite0", num_classes=5).train()

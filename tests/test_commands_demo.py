@@ -20,6 +20,7 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_demo_writes_a_report_under_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["demo", "--steps", "2", "--size", "32", "--batch-size", "2", "--val-images", "2"]
@@ -48,6 +49,7 @@ def test_demo_rejects_bad_sizes(capsys):
     assert main(["demo", "--minutes", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_summary_steps_are_the_steps_the_report_shows(tmp_path, monkeypatch):
     """A net cut short (its time limit) trains fewer steps than planned: summary.json and
     report.md both give the steps trained, and the report says why they fall short."""

@@ -71,11 +71,11 @@ def test_eval_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("count", ["0", "-1"])
-def test_max_images_below_one_is_refused(tmp_path, count, fcnseg_cli, file_hashes, one_line_error):
+def test_max_images_below_one_is_refused(tmp_path, count, fcnseg_main, file_hashes, one_line_error):
     """It evaluated nothing and wrote a JSON of empty metrics (issue 13)."""
     path = _save(tmp_path / "best.pt")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "eval", "--checkpoint", path, "--data", "synthetic", "--option", "size=32",
         "--workers", "0", "--max-images", count,
     )  # fmt: skip
@@ -90,7 +90,7 @@ def test_max_images_below_one_is_refused(tmp_path, count, fcnseg_cli, file_hashe
 @needs_camvid
 @pytest.mark.filterwarnings("ignore:.*never occurs")
 def test_per_image_csv_scores_each_image_and_lists_the_worst(
-    tmp_path, make_checkpoint, fcnseg_cli, file_hashes
+    tmp_path, make_checkpoint, fcnseg_main, file_hashes
 ):
     """Each row's numbers equal the metrics of that image's own confusion matrix (prediction
     by Segmenter, labels as the folder reader reads them); the 5 worst are printed lowest
@@ -99,7 +99,7 @@ def test_per_image_csv_scores_each_image_and_lists_the_worst(
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
     before = file_hashes(data)
     out_csv = tmp_path / "scores.csv"
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", data, "--split",
         "none", "--workers", "0", "--threads", "1", "--per-image", out_csv,
     )  # fmt: skip
@@ -128,9 +128,9 @@ def test_per_image_csv_scores_each_image_and_lists_the_worst(
     assert file_hashes(data) == before
 
 
-def test_per_image_into_a_missing_folder_is_one_line(tmp_path, fcnseg_cli, one_line_error):
+def test_per_image_into_a_missing_folder_is_one_line(tmp_path, fcnseg_main, one_line_error):
     checkpoint = _save(tmp_path / "best.pt")
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "eval", "--checkpoint", checkpoint, "--data", "synthetic", "--option", "size=32",
         "--per-image", tmp_path / "missing" / "scores.csv",
     )  # fmt: skip

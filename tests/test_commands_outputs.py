@@ -51,13 +51,13 @@ def _link(kind: str, target: Path) -> Path:
 @pytest.mark.parametrize("kind", ["itself", "symlink", "hard link"])
 @pytest.mark.parametrize("command", ["eval", "export", "convert"])
 def test_an_output_onto_the_input_is_refused(
-    tmp_path, checkpoint, command, kind, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, checkpoint, command, kind, fcnseg_main, file_hashes, one_line_error
 ):
     """eval --out X.pt replaced the checkpoint with its JSON; export and convert replaced
     theirs with their output, and all said nothing."""
     out = _link(kind, checkpoint)
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(*_command(command, checkpoint, out))
+    result = fcnseg_main(*_command(command, checkpoint, out))
     assert result.returncode == 2, result.stderr
     line = one_line_error(result)
     assert f"--out {out} is " in line and str(checkpoint) in line
@@ -67,22 +67,22 @@ def test_an_output_onto_the_input_is_refused(
 
 
 def test_a_symlinked_checkpoint_is_not_written_through(
-    tmp_path, checkpoint, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, checkpoint, fcnseg_main, file_hashes, one_line_error
 ):
     link = _link("symlink", checkpoint)
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(*_command("export", link, checkpoint))
+    result = fcnseg_main(*_command("export", link, checkpoint))
     assert result.returncode == 2 and "under another name" in one_line_error(result)
     assert file_hashes(tmp_path) == before
 
 
 def test_the_quantize_report_onto_the_checkpoint_is_refused(
-    tmp_path, fcnseg_cli, make_checkpoint, file_hashes, one_line_error
+    tmp_path, fcnseg_main, make_checkpoint, file_hashes, one_line_error
 ):
     """quantize writes <out>.json beside its .onnx: a checkpoint named so would be lost."""
     checkpoint = make_checkpoint(tmp_path / "best.json", ["background", "thing"])
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(*_command("quantize", checkpoint, tmp_path / "best.onnx"))
+    result = fcnseg_main(*_command("quantize", checkpoint, tmp_path / "best.onnx"))
     assert result.returncode == 2, result.stderr
     line = one_line_error(result)
     assert f"the report of --out {checkpoint} is --checkpoint {checkpoint} itself" in line
@@ -90,12 +90,12 @@ def test_the_quantize_report_onto_the_checkpoint_is_refused(
 
 
 def test_two_outputs_onto_one_file_are_refused(
-    tmp_path, checkpoint, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, checkpoint, fcnseg_main, file_hashes, one_line_error
 ):
     out = tmp_path / "scores.json"
     out.write_text("the user's earlier report\n")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(*_command("eval", checkpoint, out), "--per-image", out)
+    result = fcnseg_main(*_command("eval", checkpoint, out), "--per-image", out)
     assert result.returncode == 2, result.stderr
     assert f"--per-image {out} is --out {out} itself" in one_line_error(result)
     assert file_hashes(tmp_path) == before
@@ -128,13 +128,13 @@ def _takes_files(folder: Path) -> bool:
      ("export", "read-only")],
 )  # fmt: skip
 def test_an_unwritable_folder_is_found_before_any_work(
-    tmp_path, checkpoint, command, where, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, checkpoint, command, where, fcnseg_main, file_hashes, one_line_error
 ):
     """export and quantize found it only after the whole export, then printed a bare errno
     naming their temporary file."""
     out = _unwritable(tmp_path, where)
     before = file_hashes(tmp_path)
-    result = fcnseg_cli(*_command(command, checkpoint, out), timeout=60)
+    result = fcnseg_main(*_command(command, checkpoint, out))
     assert result.returncode == 2, result.stderr
     line = one_line_error(result)
     assert f"cannot write {out}" in line and "choose another --out" in line

@@ -94,6 +94,8 @@ def test_no_overlay_and_all_good_inputs_exit_zero(checkpoint, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.png"]
 
 
+@pytest.mark.slow
+@pytest.mark.onnx
 def test_predict_runs_an_exported_onnx_model(checkpoint, tmp_path, capsys):
     """The same masks from the checkpoint and from its ONNX export (issue: predict on ONNX)."""
     pytest.importorskip("onnxruntime")
@@ -112,7 +114,7 @@ def test_predict_runs_an_exported_onnx_model(checkpoint, tmp_path, capsys):
 
 
 def test_predicting_into_the_input_folder_keeps_every_photo(
-    checkpoint, tmp_path, fcnseg_cli, file_hashes
+    checkpoint, tmp_path, fcnseg_main, file_hashes
 ):
     """--out is the input folder: no photo is replaced by its mask, and a second run reads
     the photos again, not the masks and overlays the first run wrote (issue 13)."""
@@ -123,7 +125,7 @@ def test_predicting_into_the_input_folder_keeps_every_photo(
     (photos / "notes.txt").write_text("the user's own file")
     before = file_hashes(photos)
     for _ in range(2):
-        result = fcnseg_cli("predict", "--checkpoint", checkpoint, photos, "--out", photos)
+        result = fcnseg_main("predict", "--checkpoint", checkpoint, photos, "--out", photos)
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
         assert "3 image(s) predicted" in result.stdout
@@ -139,14 +141,14 @@ def test_predicting_into_the_input_folder_keeps_every_photo(
 
 
 def test_predict_does_not_overwrite_a_users_file_in_the_output_folder(
-    checkpoint, tmp_path, fcnseg_cli, file_hashes
+    checkpoint, tmp_path, fcnseg_main, file_hashes
 ):
     image = _image(tmp_path / "in" / "x.jpg", 16, 16)
     out = tmp_path / "out"
     _image(out / "x.png", 10, 10, seed=5)  # the user's own picture, not an input
     (out / "x_overlay.png").write_bytes(b"not ours either")
     before = file_hashes(out)
-    result = fcnseg_cli("predict", "--checkpoint", checkpoint, image, "--out", out)
+    result = fcnseg_main("predict", "--checkpoint", checkpoint, image, "--out", out)
     assert result.returncode == 0, result.stderr
     assert {path: file_hashes(out)[path] for path in before} == before
     assert f"{image} -> {out / 'x-2.png'}" in result.stdout
@@ -192,6 +194,7 @@ def test_a_progress_bar_over_many_images_on_a_terminal_only(
     assert "predict: 100%" in shown and "3/3" in shown and shown.count(" -> ") == 3
 
 
+@pytest.mark.slow
 def test_a_recursive_glob_predicts_each_real_image_once_through_looping_links(
     checkpoint, tmp_path, fcnseg_cli, file_hashes
 ):
@@ -223,7 +226,7 @@ def test_a_recursive_glob_predicts_each_real_image_once_through_looping_links(
 
 @pytest.mark.parametrize("given", ["folder", "glob", "link"])
 def test_a_link_that_leads_back_to_itself_is_one_line(
-    checkpoint, tmp_path, fcnseg_cli, one_line_error, file_hashes, given
+    checkpoint, tmp_path, fcnseg_main, one_line_error, file_hashes, given
 ):
     photos = tmp_path / "photos"
     _image(photos / "a.png", 16, 16)
@@ -231,7 +234,7 @@ def test_a_link_that_leads_back_to_itself_is_one_line(
     before = file_hashes(photos)
     inputs = {"folder": photos, "glob": photos / "*.png", "link": photos / "loop.png"}
     out = tmp_path / "out"
-    result = fcnseg_cli("predict", "--checkpoint", checkpoint, inputs[given], "--out", out)
+    result = fcnseg_main("predict", "--checkpoint", checkpoint, inputs[given], "--out", out)
     assert result.returncode == 2
     assert one_line_error(result) == (
         f"fcnseg: error: {photos / 'loop.png'} is a symbolic link that leads back to itself: "
@@ -241,12 +244,12 @@ def test_a_link_that_leads_back_to_itself_is_one_line(
     assert file_hashes(photos) == before
 
 
-def test_a_users_looping_link_in_the_output_folder_is_left_alone(checkpoint, tmp_path, fcnseg_cli):
+def test_a_users_looping_link_in_the_output_folder_is_left_alone(checkpoint, tmp_path, fcnseg_main):
     image = _image(tmp_path / "in" / "x.png", 16, 16)
     out = tmp_path / "out"
     out.mkdir()
     (out / "x.png").symlink_to("x.png")
-    result = fcnseg_cli("predict", "--checkpoint", checkpoint, image, "--out", out)
+    result = fcnseg_main("predict", "--checkpoint", checkpoint, image, "--out", out)
     assert result.returncode == 0, result.stderr
     assert f"{image} -> {out / 'x-2.png'}" in result.stdout
     assert (out / "x.png").readlink() == Path("x.png")

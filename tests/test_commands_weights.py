@@ -197,6 +197,8 @@ def test_convert_caffe(tmp_path, capsys, googlenet_caffemodel) -> None:
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.onnx
 def test_convert_torchvision_and_export_onnx(tmp_path, capsys) -> None:
     # the backbone's own (He) initialisation, saved as a torchvision file would hold it
     state = fcnseg.build_model("fcn32s_resnet18", num_classes=2).backbone.state_dict()
@@ -233,6 +235,8 @@ def test_convert_torchvision_and_export_onnx(tmp_path, capsys) -> None:
     assert onnx_path.is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.onnx
 def test_export_bare_state_dict_needs_the_model(tmp_path, capsys) -> None:
     model = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=2)
     torch.save(model.state_dict(), tmp_path / "bare.pt")

@@ -86,7 +86,18 @@ class Case:
     twin: fcnseg.FCN  # what is saved, loaded and predicted with: the model, or its slim twin
 
 
-@pytest.fixture(scope="module", params=MODELS)
+# The models whose checks here take longest (AlexNet's 250 MB files, ResNet-101, the two
+# VGG16 streams of late fusion): the daily loop (-m "not slow") checks their families and
+# fusions on the lighter members.
+SLOW_MODELS = {name for name in MODELS if "alexnet" in name or "resnet101" in name
+               or name.endswith("_late")}  # fmt: skip
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(name, marks=pytest.mark.slow) if name in SLOW_MODELS else name
+            for name in MODELS],
+)  # fmt: skip
 def case(request) -> Case:
     name = request.param
     torch.manual_seed(0)
@@ -301,6 +312,8 @@ def test_every_model_has_an_onnx_kind() -> None:
     assert len(ONNX_KINDS) == 6, sorted(ONNX_KINDS)
 
 
+@pytest.mark.slow
+@pytest.mark.onnx
 @pytest.mark.parametrize("kind", sorted(ONNX_KINDS))
 def test_onnx_export_matches_pytorch(kind: str, tmp_path) -> None:
     pytest.importorskip("onnxruntime")

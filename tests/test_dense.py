@@ -68,6 +68,7 @@ def _check_interior(net, size, factor, offset):
     return stitched, rarefied
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(457, 473), (489, 461)])
 def test_vgg16_equal_in_the_interior(size):
     """Zero padding (pad 1 everywhere) makes the border differ; the interior is exact."""
@@ -82,6 +83,7 @@ def test_vgg16_equal_in_the_interior(size):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(455, 461)])
 def test_fcn32s_coarse_scores_equal_in_the_interior(size):
     """FCN-32s without its upsampling, in the reference's caffe geometry (pad 100)."""
@@ -140,7 +142,9 @@ def test_bad_arguments_get_clear_errors():
         fcnseg.build_model("fcn8s_resnet18", num_classes=2, output_stride=4)
 
 
-@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn16s_alexnet", "fcn8s_resnet18"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("fcn8s_vgg16", marks=pytest.mark.slow), "fcn16s_alexnet", "fcn8s_resnet18"]
+)
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_output_stride_models_keep_the_contract(name, output_stride):
     model = fcnseg.build_model(name, num_classes=3, output_stride=output_stride).eval()

@@ -10,33 +10,27 @@ reordered sums differ by ~1e-6 here.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from slim_models import TINY, TinyVGG, randomise_scores, raw_images
+from slim_models import KINDS, TINY, TinyVGG, raw_images, tiny_checkpoint
 
-import fcnseg
 from fcnseg import engines
 from fcnseg.inference import Segmenter
-from fcnseg.modelfile import record_of
 from fcnseg.models import registered_spec
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.tiling import Tiling
-from fcnseg.training import checkpoint as ckpt
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.onnx, pytest.mark.usefixtures("one_thread")]
 
 SIZES = ((45, 61), (33, 50), (64, 64))
-KINDS = {"plain": "fcn8s_vgg16", "rgbd": "fcn16s_vgg16_rgbd", "siftflow": "fcn8s_vgg16_siftflow"}
 ONNX_ENGINES = ("onnxruntime", "openvino")
 
 
@@ -47,25 +41,22 @@ def tiny_backbone():
         yield
 
 
-def tiny_checkpoint(
-    path, kind: str = "plain", seed: int = 0, classes: int = 5, random_scores: bool = True
-):
-    """A checkpoint of the tiny VGG16 net of ``kind`` with random score layers, or zero ones
-    as built (register ``TINY`` first: the ``tiny_backbone`` fixture)."""
-    spec = registered_spec(KINDS[kind])
-    fields = {} if spec.tasks else {"tasks": {"semantic": classes}}
-    spec = dataclasses.replace(spec, backbone=TINY, name=None, **fields)
-    torch.manual_seed(seed)
-    model = fcnseg.build_model(spec)
-    if random_scores:
-        model = randomise_scores(model, seed=seed)
-    return ckpt.save_checkpoint(record_of(model), path)
-
-
 @pytest.fixture(scope="module", params=sorted(KINDS))
-def kind_checkpoint(request, tmp_path_factory):
+def kind_checkpoint(request, tmp_path_factory, tiny_vgg_file):
+    if request.param == "plain":
+        return tiny_vgg_file()
     folder = tmp_path_factory.mktemp(request.param)
     return tiny_checkpoint(folder / "model.pt", request.param)
+
+
+@pytest.fixture
+def plain_checkpoint(tiny_vgg_file):
+    return tiny_vgg_file()
+
+
+@pytest.fixture
+def seven_class_checkpoint(tiny_vgg_file):
+    return tiny_vgg_file(classes=7)
 
 
 def _needs(engine: str) -> None:
@@ -95,9 +86,9 @@ def test_engine_scores_equal_torch(engine, kind_checkpoint):
 
 
 @pytest.mark.parametrize("engine", ONNX_ENGINES)
-def test_engine_tiled_prediction_matches_torch_tiled(engine, tmp_path):
+def test_engine_tiled_prediction_matches_torch_tiled(engine, plain_checkpoint):
     _needs(engine)
-    path = tiny_checkpoint(tmp_path / "model.pt")
+    path = plain_checkpoint
     tiling = Tiling.of((48, 40), overlap=(16, 10))
     image = raw_images(Segmenter.from_checkpoint(path).spec, 45, 61)["image"]
     reference = Segmenter.from_checkpoint(path, tiling=tiling).predict(image, probabilities=True)
@@ -108,11 +99,11 @@ def test_engine_tiled_prediction_matches_torch_tiled(engine, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ("torch", *ONNX_ENGINES))
-def test_one_segmenter_serves_many_threads(engine, tmp_path):
+def test_one_segmenter_serves_many_threads(engine, plain_checkpoint):
     """Requests from several threads at once, of mixed sizes, each get their own image's
     result: an engine that shares one request between callers hands out others' masks."""
     _needs(engine)
-    segmenter = Segmenter.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt"), engine=engine)
+    segmenter = Segmenter.from_checkpoint(plain_checkpoint, engine=engine)
     images = [raw_images(segmenter.spec, *SIZES[seed % len(SIZES)], seed)["image"]
               for seed in range(6)]  # fmt: skip
     expected = [segmenter.predict(image, probabilities=True) for image in images]
@@ -151,9 +142,9 @@ def test_export_cache_falls_back_to_the_user_cache(tmp_path, monkeypatch):
     assert exported.parent == tmp_path / "xdg" / "fcnseg" / "onnx"
 
 
-def test_an_onnx_file_of_another_checkpoint_is_refused(tmp_path):
+def test_an_onnx_file_of_another_checkpoint_is_refused(plain_checkpoint, tmp_path):
     _needs("onnxruntime")
-    exported = engines.cached_onnx(tiny_checkpoint(tmp_path / "a.pt"))
+    exported = engines.cached_onnx(plain_checkpoint)
     other = tiny_checkpoint(tmp_path / "b.pt", seed=3)
     with pytest.raises(engines.EngineError, match="another checkpoint"):
         engines.check_source(exported, other)
@@ -213,7 +204,7 @@ def test_predict_engine_errors_are_one_line(tmp_path, fcnseg_cli, cli_environmen
 
 
 def test_a_corrupt_onnx_file_is_one_line_and_the_photos_stay(
-    tmp_path, fcnseg_cli, one_line_error, file_hashes
+    tmp_path, fcnseg_main, one_line_error, file_hashes
 ):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -221,7 +212,7 @@ def test_a_corrupt_onnx_file_is_one_line_and_the_photos_stay(
     damaged = tmp_path / "model.onnx"
     damaged.write_bytes(b"not an onnx model\x81\x00")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli("predict", "--checkpoint", damaged, photos, "--out", photos)
+    result = fcnseg_main("predict", "--checkpoint", damaged, photos, "--out", photos)
     assert result.returncode == 2
     line = one_line_error(result)
     assert str(damaged) in line and "not a readable ONNX file" in line
@@ -229,11 +220,13 @@ def test_a_corrupt_onnx_file_is_one_line_and_the_photos_stay(
 
 
 @pytest.mark.parametrize("engine", ONNX_ENGINES)
-def test_predict_and_eval_run_on_the_engine_with_tta(engine, tmp_path, capsys):
+def test_predict_and_eval_run_on_the_engine_with_tta(
+    engine, seven_class_checkpoint, tmp_path, capsys
+):
     _needs(engine)
     from fcnseg.cli import main
 
-    path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
+    path = seven_class_checkpoint
     image = tmp_path / "photo.png"
     Image.fromarray(raw_images(Segmenter.from_checkpoint(path).spec, 45, 61)["image"]).save(image)
     tta = ["--tta", "--tta-scales", "0.75,1"]

@@ -10,14 +10,15 @@ VGG16 in the reference's caffe geometry (pad 100, ceil-mode pools, crops 5, 9, 3
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from slim_models import fcn_on
-from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
+from slim_models import fcn_on, tiny_checkpoint
+from test_engines import tiny_backbone  # noqa: F401 (autouse: registers the tiny net)
 
 import fcnseg
 from fcnseg.cli import main
@@ -32,7 +33,7 @@ from fcnseg.export import OnnxCheck, check_onnx, export_onnx, load_onnx  # noqa:
 
 SIZES = ((97, 131), (160, 224))
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.onnx, pytest.mark.usefixtures("one_thread")]
 
 
 def randomise_scores(model: FCN, seed: int) -> FCN:
@@ -65,6 +66,15 @@ def resnet_export(tmp_path_factory) -> tuple[FCN, Path]:
     return model, path
 
 
+@pytest.fixture(scope="module")
+def slim_export(tmp_path_factory) -> tuple[FCN, Path]:
+    """The slim caffe-geometry FCN-8s and its export, made once (an export takes seconds):
+    a test that changes the file changes a copy."""
+    model = slim_fcn8s_vgg16()
+    folder = tmp_path_factory.mktemp("slim")
+    return model, export_onnx(model, folder / "fcn8s_vgg16.onnx", example_size=(1, 3, 64, 64))
+
+
 def assert_close_at_two_sizes(model: FCN, path: Path) -> None:
     for check in check_onnx(model, path, SIZES):
         print(f"{model.name} {check}")  # the max abs differences, shown with pytest -s
@@ -76,10 +86,8 @@ def test_resnet18_fcn8s_matches_pytorch_at_two_sizes(resnet_export) -> None:
     assert_close_at_two_sizes(*resnet_export)
 
 
-def test_caffe_geometry_fcn8s_matches_pytorch_at_two_sizes(tmp_path) -> None:
-    model = slim_fcn8s_vgg16()
-    path = export_onnx(model, tmp_path / "fcn8s_vgg16.onnx", example_size=(1, 3, 64, 64))
-    assert_close_at_two_sizes(model, path)
+def test_caffe_geometry_fcn8s_matches_pytorch_at_two_sizes(slim_export) -> None:
+    assert_close_at_two_sizes(*slim_export)
 
 
 def test_runner_reads_the_metadata_and_any_batch(resnet_export) -> None:
@@ -147,14 +155,14 @@ def flip_a_weight_byte(path: Path) -> None:
 
 
 def test_an_onnx_file_with_a_flipped_weight_byte_is_one_line(
-    tmp_path, fcnseg_cli, one_line_error, file_hashes
+    slim_export, tmp_path, fcnseg_main, one_line_error, file_hashes
 ) -> None:
-    exported = export_onnx(slim_fcn8s_vgg16(), tmp_path / "model.onnx", example_size=(64, 64))
+    exported = Path(shutil.copyfile(slim_export[1], tmp_path / "model.onnx"))
     flip_a_weight_byte(exported)
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli("predict", "--checkpoint", exported, tmp_path / "photos",
+    result = fcnseg_main("predict", "--checkpoint", exported, tmp_path / "photos",
                         "--out", tmp_path / "masks")  # fmt: skip
     assert result.returncode == 2
     line = one_line_error(result)
@@ -164,8 +172,10 @@ def test_an_onnx_file_with_a_flipped_weight_byte_is_one_line(
         load_onnx(exported)
 
 
-def test_an_onnx_file_written_before_the_digest_still_loads(tmp_path, fcnseg_cli) -> None:
-    exported = export_onnx(slim_fcn8s_vgg16(), tmp_path / "model.onnx", example_size=(64, 64))
+def test_an_onnx_file_written_before_the_digest_still_loads(
+    slim_export, tmp_path, fcnseg_main
+) -> None:
+    exported = Path(shutil.copyfile(slim_export[1], tmp_path / "model.onnx"))
     model = onnx.load(str(exported))
     entry = next(prop for prop in model.metadata_props if prop.key == "fcnseg.record")
     record = json.loads(entry.value)
@@ -175,7 +185,7 @@ def test_an_onnx_file_written_before_the_digest_still_loads(tmp_path, fcnseg_cli
     onnx.save(model, str(exported))
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
-    result = fcnseg_cli("predict", "--checkpoint", exported, tmp_path / "photos",
+    result = fcnseg_main("predict", "--checkpoint", exported, tmp_path / "photos",
                         "--out", tmp_path / "masks")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "masks" / "street.png").is_file()

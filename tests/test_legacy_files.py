@@ -120,7 +120,7 @@ def _flip_a_weight_byte(path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["checkpoint", "pt"])
 def test_a_damaged_0_1_torch_file_is_refused_in_one_line(
-    legacy, kind, tmp_path, fcnseg_cli, file_hashes, one_line_error
+    legacy, kind, tmp_path, fcnseg_main, file_hashes, one_line_error
 ) -> None:
     """0.1 files carry no checksum of fcnseg's; the CRC-32 of their zip entries catches a
     changed byte that torch.load would read as a wrong weight."""
@@ -128,7 +128,7 @@ def test_a_damaged_0_1_torch_file_is_refused_in_one_line(
     shutil.copyfile(legacy[kind], path)
     _flip_a_weight_byte(path)
     before = file_hashes(tmp_path)
-    result = fcnseg_cli("weights", "inspect", path)
+    result = fcnseg_main("weights", "inspect", path)
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert line.startswith(f"fcnseg: error: model file {path} is damaged")

@@ -138,8 +138,8 @@ def test_every_documented_model_is_registered() -> None:
     assert not missing, f"the docs name models the registry lacks: {missing}"
 
 
-def test_models_command_lists_the_multi_input_and_multi_task_nets(fcnseg_cli) -> None:
-    result = fcnseg_cli("models")
+def test_models_command_lists_the_multi_input_and_multi_task_nets(fcnseg_main) -> None:
+    result = fcnseg_main("models")
     assert result.returncode == 0, result.stderr
     for name in ("fcn16s_vgg16_siftflow", "fcn32s_vgg16_rgbhha_late", "fcn32s_vgg16_rgbd"):
         assert name in result.stdout

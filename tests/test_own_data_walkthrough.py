@@ -38,6 +38,8 @@ def _labels(root: Path, **options) -> list[np.ndarray]:
     return [dataset.load(index)[1].numpy() for index in range(len(dataset))]
 
 
+@pytest.mark.slow
+@pytest.mark.onnx
 def test_a_user_walks_the_own_data_path(tmp_path, fcnseg_cli, file_hashes):
     folders = {fmt: make_folder_dataset(tmp_path / fmt, fmt, count=5) for fmt in
                ("index", "palette", "colour", "binary")}  # fmt: skip
@@ -106,6 +108,8 @@ def readme_commands() -> list[str]:
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_readme_own_data_section_runs_as_written(tmp_path, cli_environment):
     commands = readme_commands()
     assert [line.split()[:2] for line in commands] == [

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from slim_models import TINY, model_inputs
-from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
+from slim_models import TINY, model_inputs, tiny_checkpoint
+from test_engines import tiny_backbone  # noqa: F401 (autouse: registers the tiny net)
 from test_export_onnx import flip_a_weight_byte
 
 import fcnseg
@@ -37,7 +37,7 @@ from fcnseg.quantize import (  # noqa: E402
     sensitive_activations,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.onnx, pytest.mark.usefixtures("one_thread")]
 
 # tiny random net on random images: int8 kept 99% of labels when written on a Xeon with
 # AMX; OpenVINO's int8 kernels on an AMD EPYC without AMX kept 94.7% (onnxruntime more)
@@ -51,9 +51,9 @@ def _batches(path):
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
+def quantized(tmp_path_factory, tiny_vgg_file):
     folder = tmp_path_factory.mktemp("int8")
-    path = tiny_checkpoint(folder / "model.pt", classes=7)
+    path = tiny_vgg_file(classes=7)
     fp32 = engines.cached_onnx(path)
     return path, fp32, quantize_onnx(fp32, folder / "model.int8.onnx", _batches(path))
 
@@ -178,7 +178,7 @@ def test_each_int8_file_records_the_digest_of_its_own_weights(quantized, tmp_pat
 
 
 def test_a_damaged_int8_file_is_one_line_and_nothing_changes(
-    quantized, tmp_path, fcnseg_cli, one_line_error, file_hashes
+    quantized, tmp_path, fcnseg_main, one_line_error, file_hashes
 ):
     _, fp32, int8 = quantized
     damaged = tmp_path / "model.int8.onnx"
@@ -187,7 +187,7 @@ def test_a_damaged_int8_file_is_one_line_and_nothing_changes(
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
     before = file_hashes(tmp_path)
-    result = fcnseg_cli("predict", "--checkpoint", damaged, tmp_path / "photos",
+    result = fcnseg_main("predict", "--checkpoint", damaged, tmp_path / "photos",
                         "--out", tmp_path / "masks")  # fmt: skip
     assert result.returncode == 2
     line = one_line_error(result)
@@ -261,6 +261,7 @@ def _quantize_command(folder, *options: str):
     return path, out, json.loads(out.with_suffix(".json").read_text())
 
 
+@pytest.mark.slow
 def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
     path, out, report = _quantize_command(tmp_path, "--fp32-activations", "2")
     assert report["calibration_images"] == 4 and report["images"] == 6
@@ -275,6 +276,7 @@ def test_quantize_command_writes_the_file_and_report(tmp_path, capsys):
     assert status == 0 and "engine" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_quantize_command_keeps_fp32_what_an_agreement_needs(tmp_path, capsys):
     _, out, report = _quantize_command(tmp_path, "--agreement", "100")
     assert report["agreement_target"] == 100
@@ -309,6 +311,8 @@ def _folder_dataset(root, classes: int, images: int = 3):
     return root
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_quantize_says_what_it_calibrates_on_and_nothing_of_onnxruntime(tmp_path, cli_environment):
     path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
     root = _folder_dataset(tmp_path / "data", classes=7)
@@ -333,10 +337,10 @@ def test_quantize_says_what_it_calibrates_on_and_nothing_of_onnxruntime(tmp_path
     [(["--agreement", "0"], "percentage"),
      (["--agreement", "99", "--fp32-activations", "2"], "drop --fp32-activations")],
 )  # fmt: skip
-def test_a_wrong_agreement_is_one_line_and_writes_nothing(tmp_path, fcnseg_cli, options, says):
+def test_a_wrong_agreement_is_one_line_and_writes_nothing(tmp_path, fcnseg_main, options, says):
     path = tiny_checkpoint(tmp_path / "model.pt", classes=7)
     before = {file: file.read_bytes() for file in tmp_path.rglob("*") if file.is_file()}
-    result = fcnseg_cli("quantize", "--checkpoint", path, "--data", "synthetic",
+    result = fcnseg_main("quantize", "--checkpoint", path, "--data", "synthetic",
                         "--out", tmp_path / "model.int8.onnx", *options)  # fmt: skip
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and says in lines[0], result.stderr
@@ -344,14 +348,14 @@ def test_a_wrong_agreement_is_one_line_and_writes_nothing(tmp_path, fcnseg_cli, 
     assert after == before
 
 
-def test_an_empty_calibration_folder_is_one_line(tmp_path, fcnseg_cli):
+def test_an_empty_calibration_folder_is_one_line(tmp_path, fcnseg_main):
     model = fcnseg.build_model("fcn32s_resnet18", num_classes=2)
     path = ckpt.save_checkpoint(record_of(model), tmp_path / "model.pt")
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     (root / "classes.txt").write_text("background\nthing\n")
-    result = fcnseg_cli("quantize", "--checkpoint", path, "--data", "folder", "--root", root,
+    result = fcnseg_main("quantize", "--checkpoint", path, "--data", "folder", "--root", root,
                         "--split", "none", "--out", tmp_path / "x.onnx")  # fmt: skip
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

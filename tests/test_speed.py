@@ -179,6 +179,7 @@ def test_a_backbone_that_cannot_be_traced_is_left_unfolded():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_segmenter_predicts_the_same():
     model = _with_running_stats("fcn8s_resnet18")

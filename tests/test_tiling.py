@@ -131,7 +131,7 @@ def test_tiles_below_the_coarsest_stride_are_refused(checkpoint, size):
 
 
 def test_predict_cli_refuses_a_tile_below_the_coarsest_stride(
-    checkpoint, tmp_path, fcnseg_cli, one_line_error, file_hashes
+    checkpoint, tmp_path, fcnseg_main, one_line_error, file_hashes
 ):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -139,7 +139,7 @@ def test_predict_cli_refuses_a_tile_below_the_coarsest_stride(
     Image.fromarray(array).save(photos / "a.png")
     before = file_hashes(photos)
     out = tmp_path / "out"
-    result = fcnseg_cli("predict", "--checkpoint", checkpoint, photos, "--out", out, "--tile", "16")
+    result = fcnseg_main("predict", "--checkpoint", checkpoint, photos, "--out", out, "--tile", "16")
     assert result.returncode == 2
     line = one_line_error(result)
     assert "tile 16x16 is smaller than the 32-pixel stride" in line

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from slim_models import raw_images
-from test_engines import tiny_backbone, tiny_checkpoint  # noqa: F401 (autouse: registers the tiny net)
+from test_engines import tiny_backbone  # noqa: F401 (autouse: registers the tiny net)
 
 from fcnseg import engines
 from fcnseg.inference import Segmenter
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TILING = Tiling.of((48, 40), overlap=(16, 10))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("tta") / "model.pt")
+@pytest.fixture
+def checkpoint(tiny_vgg_file):
+    return tiny_vgg_file()
 
 
 def _batch(segmenter, height=45, width=61, seed=0):
@@ -55,6 +55,7 @@ def test_scales_average_at_the_input_size():
     torch.testing.assert_close(scores["semantic"], torch.ones(1, 1, 30, 41))
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("tiling", [None, TILING], ids=["whole", "tiled"])
 def test_every_engine_gives_torchs_tta(engine, tiling, checkpoint):

@@ -26,11 +26,11 @@ def broken_folder(tmp_path, make):
 
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_a_bad_image_is_one_line_with_or_without_loader_workers(
-    tmp_path, broken_folder, workers, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, broken_folder, workers, make_checkpoint, fcnseg_main, file_hashes, one_line_error
 ):
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
     before = file_hashes(broken_folder)
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", broken_folder,
         "--workers", workers, "--device", "cpu",
     )  # fmt: skip
@@ -42,12 +42,12 @@ def test_a_bad_image_is_one_line_with_or_without_loader_workers(
 
 
 def test_split_none_reads_a_flat_folder_in_train_and_eval(
-    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes
+    tmp_path, make, make_checkpoint, fcnseg_main, file_hashes
 ):
     """The folder reader's flat layout has no split: none says so from the command line."""
     root = make.folder(tmp_path / "data")
     before = file_hashes(root)
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "train", "dataset=folder", f"root={root}", "train_split=none", "val_split=none",
         "model=fcn32s_efficientnet_lite0", "max_iters=1", "batch_size=2", "num_workers=0",
         "threads=1", "overlays=0", "scale_range=none", "jitter=false", "device=cpu",
@@ -55,7 +55,7 @@ def test_split_none_reads_a_flat_folder_in_train_and_eval(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root,
         "--split", "none", "--workers", "0", "--device", "cpu", "--out", tmp_path / "m.json",
     )  # fmt: skip
@@ -65,11 +65,11 @@ def test_split_none_reads_a_flat_folder_in_train_and_eval(
 
 
 def test_a_missing_split_advises_what_the_command_line_can_do(
-    tmp_path, make, make_checkpoint, fcnseg_cli, one_line_error
+    tmp_path, make, make_checkpoint, fcnseg_main, one_line_error
 ):
     root = make.folder(tmp_path / "data")
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root, "--workers", "0"
     )
     assert result.returncode == 2
@@ -78,11 +78,11 @@ def test_a_missing_split_advises_what_the_command_line_can_do(
 
 
 def test_none_is_refused_for_a_dataset_that_has_splits(
-    tmp_path, make, make_checkpoint, fcnseg_cli, one_line_error
+    tmp_path, make, make_checkpoint, fcnseg_main, one_line_error
 ):
     root = make.camvid(tmp_path)
     checkpoint = make_checkpoint(tmp_path / "model.pt", [str(k) for k in range(11)])
-    result = fcnseg_cli(
+    result = fcnseg_main(
         "eval", "--checkpoint", checkpoint, "--data", "camvid", "--root", root,
         "--split", "none", "--workers", "0",
     )  # fmt: skip
@@ -96,23 +96,23 @@ def _empty_config(tmp_path):
     return path
 
 
-def _eval_all(fcnseg_cli, checkpoint, root, *extra):
+def _eval_all(fcnseg_main, checkpoint, root, *extra):
     """``fcnseg eval`` on every image of a flat folder dataset, in this process's thread."""
-    return fcnseg_cli(
+    return fcnseg_main(
         "eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root,
         "--split", "none", "--workers", "0", "--device", "cpu", *extra,
     )  # fmt: skip
 
 
 def test_a_class_named_twice_is_refused_naming_both_lines(
-    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, make, make_checkpoint, fcnseg_main, file_hashes, one_line_error
 ):
     """Reports and TensorBoard key classes by name: a repeated name would drop a class."""
     root = make.folder(tmp_path / "data")
     (root / "classes.txt").write_text("background\nroad\n# trees\nroad\n")
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
     before = file_hashes(root)
-    result = _eval_all(fcnseg_cli, checkpoint, root)
+    result = _eval_all(fcnseg_main, checkpoint, root)
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert f"{root / 'classes.txt'} line 4: class 'road' is already named on line 2" in line
@@ -121,7 +121,7 @@ def test_a_class_named_twice_is_refused_naming_both_lines(
 
 
 def test_a_classes_file_with_a_byte_order_mark_names_class_0_without_it(
-    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes
+    tmp_path, make, make_checkpoint, fcnseg_main, file_hashes
 ):
     root = make.folder(tmp_path / "data")
     text = (root / "classes.txt").read_text()
@@ -129,7 +129,7 @@ def test_a_classes_file_with_a_byte_order_mark_names_class_0_without_it(
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
     before = file_hashes(root)
     report = tmp_path / "metrics.json"
-    result = _eval_all(fcnseg_cli, checkpoint, root, "--out", report)
+    result = _eval_all(fcnseg_main, checkpoint, root, "--out", report)
     assert result.returncode == 0, result.stderr
     assert json.loads(report.read_text())["classes"] == CLASSES
     assert file_hashes(root) == before
@@ -153,14 +153,14 @@ def _write_bomb_png(path):
 
 
 def test_a_decompression_bomb_says_it_is_too_large_and_how_to_allow_it(
-    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, make, make_checkpoint, fcnseg_main, file_hashes, one_line_error
 ):
     root = make.folder(tmp_path / "data")
     (root / "images" / "b.jpg").unlink()
     _write_bomb_png(root / "images" / "b.png")
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
     before = file_hashes(root)
-    result = _eval_all(fcnseg_cli, checkpoint, root, "--out", tmp_path / "metrics.json")
+    result = _eval_all(fcnseg_main, checkpoint, root, "--out", tmp_path / "metrics.json")
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert f"image {root / 'images' / 'b.png'} is too large to decode safely" in line
@@ -170,14 +170,14 @@ def test_a_decompression_bomb_says_it_is_too_large_and_how_to_allow_it(
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_a_fifo_among_the_masks_is_named_as_no_regular_file(
-    tmp_path, make, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, make, make_checkpoint, fcnseg_main, file_hashes, one_line_error
 ):
     root = make.folder(tmp_path / "data")
     (root / "masks" / "b.png").unlink()
     os.mkfifo(root / "masks" / "b.png")
     checkpoint = make_checkpoint(tmp_path / "model.pt", CLASSES)
     before = file_hashes(root)  # regular files only: reading the FIFO would block
-    result = _eval_all(fcnseg_cli, checkpoint, root, "--out", tmp_path / "metrics.json")
+    result = _eval_all(fcnseg_main, checkpoint, root, "--out", tmp_path / "metrics.json")
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert f"mask {root / 'masks' / 'b.png'} is not a regular file but a FIFO" in line

@@ -63,11 +63,11 @@ def _config(tmp_path, root, **extra):
 
 
 def test_binary_255_masks_are_refused_in_one_line(
-    tmp_path, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, fcnseg_main, file_hashes, one_line_error
 ):
     root = make_binary(tmp_path / "data")
     before = file_hashes(root)
-    result = fcnseg_cli("train", "--config", _config(tmp_path, root))
+    result = fcnseg_main("train", "--config", _config(tmp_path, root))
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert line.startswith("fcnseg: error: ") and "255" in line and "no 1" in line
@@ -75,14 +75,14 @@ def test_binary_255_masks_are_refused_in_one_line(
     assert file_hashes(root) == before
 
 
-def test_value_map_makes_255_the_foreground_class(tmp_path, fcnseg_cli, file_hashes):
+def test_value_map_makes_255_the_foreground_class(tmp_path, fcnseg_main, file_hashes):
     root = make_binary(tmp_path / "data")
     before = file_hashes(root)
     value_map = {"0": 0, "255": 1}  # TOML and JSON keys are strings
     config = _config(
         tmp_path, root, train_options={"value_map": value_map}, val_options={"value_map": value_map}
     )
-    result = fcnseg_cli("train", "--config", config)
+    result = fcnseg_main("train", "--config", config)
     assert result.returncode == 0, result.stderr
     assert file_hashes(root) == before
     _, label = FolderDataset(root, "train", value_map={0: 0, 255: 1})[0]
@@ -127,14 +127,14 @@ def test_a_value_outside_the_value_map_names_the_file(tmp_path):
 
 
 def test_a_class_missing_from_the_scanned_masks_is_a_one_line_warning(
-    tmp_path, fcnseg_cli, file_hashes
+    tmp_path, fcnseg_main, file_hashes
 ):
     root = make_binary(tmp_path / "data", foreground=1)
     (root / "classes.txt").write_text("background\nobject\nshadow\n")
     with pytest.warns(UserWarning, match="class 'shadow' \\(2\\) never occurs in the 2 train"):
         FolderDataset(root, "train")
     before = file_hashes(root)
-    result = fcnseg_cli("train", "--config", _config(tmp_path, root))
+    result = fcnseg_main("train", "--config", _config(tmp_path, root))
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "shadow" in line]
     assert len(lines) == 2 and all(line.startswith("fcnseg: warning: ") for line in lines)
@@ -151,7 +151,7 @@ def test_binary_masks_with_1_as_foreground_read_without_warnings(tmp_path):
 
 
 def test_masks_mixing_1_and_255_as_foreground_are_refused_naming_one_of_each(
-    tmp_path, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
+    tmp_path, make_checkpoint, fcnseg_main, file_hashes, one_line_error
 ):
     """Half the masks 0/1, half 0/255: the 255 half's foreground would be ignored."""
     root = make_binary(tmp_path / "data", splits=("val",), foreground=1)
@@ -162,14 +162,14 @@ def test_masks_mixing_1_and_255_as_foreground_are_refused_naming_one_of_each(
     before = file_hashes(root)
     command = ("eval", "--checkpoint", checkpoint, "--data", "folder", "--root", root,
                "--workers", "0", "--device", "cpu", "--out", tmp_path / "metrics.json")  # fmt: skip
-    result = fcnseg_cli(*command)
+    result = fcnseg_main(*command)
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     masks = root / "masks" / "val"
     assert f"mask {masks / '1.png'} holds 255 and no 1 while mask {masks / '0.png'} holds 1" in line
     assert "value_map={0=0,1=1,255=1}" in line and "{0 = 0, 1 = 1, 255 = 255}" in line
     assert file_hashes(root) == before
-    result = fcnseg_cli(*command, "--option", "value_map={0=0,1=1,255=1}")
+    result = fcnseg_main(*command, "--option", "value_map={0=0,1=1,255=1}")
     assert result.returncode == 0, result.stderr
     assert file_hashes(root) == before
 

@@ -154,20 +154,27 @@ def flip_a_weight_byte(path: Path) -> None:
     assert onnx.load(str(path)).graph.initializer  # still a readable model
 
 
+def predict_refuses_damaged(damaged: Path, tmp_path: Path, fcnseg_main, one_line_error, file_hashes):
+    """``fcnseg predict`` with the damaged file on one photo: rc 2, one line naming the file
+    and the fix, and every file in ``tmp_path`` as it was (their hashes come back)."""
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
+    before = file_hashes(tmp_path)
+    result = fcnseg_main("predict", "--checkpoint", damaged, tmp_path / "photos",
+                        "--out", tmp_path / "masks")  # fmt: skip
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert str(damaged) in line and "do not match the digest" in line and "export it again" in line
+    assert file_hashes(tmp_path) == before
+    return before
+
+
 def test_an_onnx_file_with_a_flipped_weight_byte_is_one_line(
     slim_export, tmp_path, fcnseg_main, one_line_error, file_hashes
 ) -> None:
     exported = Path(shutil.copyfile(slim_export[1], tmp_path / "model.onnx"))
     flip_a_weight_byte(exported)
-    (tmp_path / "photos").mkdir()
-    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
-    before = file_hashes(tmp_path)
-    result = fcnseg_main("predict", "--checkpoint", exported, tmp_path / "photos",
-                        "--out", tmp_path / "masks")  # fmt: skip
-    assert result.returncode == 2
-    line = one_line_error(result)
-    assert str(exported) in line and "do not match the digest" in line and "export it again" in line
-    assert file_hashes(tmp_path) == before
+    predict_refuses_damaged(exported, tmp_path, fcnseg_main, one_line_error, file_hashes)
     with pytest.raises(ValueError, match="do not match the digest"):
         load_onnx(exported)
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from slim_models import TINY, model_inputs, tiny_checkpoint
 from test_engines import tiny_backbone  # noqa: F401 (autouse: registers the tiny net)
-from test_export_onnx import flip_a_weight_byte
+from test_export_onnx import flip_a_weight_byte, predict_refuses_damaged
 
 import fcnseg
 from fcnseg import engines
@@ -184,14 +184,7 @@ def test_a_damaged_int8_file_is_one_line_and_nothing_changes(
     damaged = tmp_path / "model.int8.onnx"
     damaged.write_bytes(int8.read_bytes())
     flip_a_weight_byte(damaged)
-    (tmp_path / "photos").mkdir()
-    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "photos" / "street.png")
-    before = file_hashes(tmp_path)
-    result = fcnseg_main("predict", "--checkpoint", damaged, tmp_path / "photos",
-                        "--out", tmp_path / "masks")  # fmt: skip
-    assert result.returncode == 2
-    line = one_line_error(result)
-    assert str(damaged) in line and "do not match the digest" in line and "export it again" in line
+    before = predict_refuses_damaged(damaged, tmp_path, fcnseg_main, one_line_error, file_hashes)
     with pytest.raises(ValueError, match="do not match the digest"):
         keep_fp32(damaged, fp32, ["relu_1"])  # not edited, nor given a new digest
     assert file_hashes(tmp_path) == before

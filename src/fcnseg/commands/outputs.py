@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["check_outputs"]
+__all__ = ["check_outputs", "unwritable"]
 
 
 def check_outputs(outputs: Mapping[str, Path], inputs: Mapping[str, Path | None]) -> None:
@@ -65,11 +65,15 @@ def _check_folder(option: str, path: Path) -> None:
         raise FileNotFoundError(
             f"cannot write {path}: the folder {folder} {state}; choose another {option}"
         )
+    reason = unwritable(folder)
+    if reason is not None:
+        raise PermissionError(f"cannot write {path} ({reason} in {folder}): choose another {option}")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` takes no new file (a probe file is made and removed), or ``None``."""
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fcnseg-probe-"):
+            return None
     except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise PermissionError(
-            f"cannot write {path} ({reason} in {folder}): choose another {option}"
-        ) from None
+        return error.strerror or type(error).__name__

@@ -46,7 +46,6 @@ import argparse
 import glob
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +74,7 @@ from .options import (
     tta_of,
     warn_cpu_engine,
 )
+from .outputs import unwritable
 
 # The PNG text chunk that marks predict's outputs (masks and overlays).
 MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
@@ -208,13 +208,14 @@ def check_writable(folder: Path) -> None:
     """Create ``folder`` and prove a file can be written there, before any work is done."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fcnseg-probe-"):
-            pass
     except OSError as error:
         reason = error.strerror or type(error).__name__
+    else:
+        reason = unwritable(folder)
+    if reason is not None:
         raise PermissionError(
             f"cannot write to output folder {folder} ({reason}): choose another --out"
-        ) from None
+        )
 
 
 class OutputNames:

@@ -21,71 +21,13 @@ from fcnseg.models.backbones import BACKBONES
 # Fixtures whose tests start a Python process: such a test is marked ``subprocess``.
 _PROCESS_FIXTURES = frozenset({"fcnseg_cli", "cli_environment"})
 
-# Marks of tests in files that other changes are rewriting now (the training engine's
-# hooks, the config package): named here by file and test function until they can move
-# into the files as decorators. A name with [...] marks that case alone.
-_MARKS_BY_NAME: dict[str, dict[str, tuple[str, ...]]] = {
-    "test_budget.py": {
-        "test_a_budgeted_run_plans_its_length_and_ends_inside_the_budget": ("slow",),
-        "test_a_run_that_slows_down_after_the_probe_is_planned_again_and_ends_its_schedule": (
-            "slow",
-        ),
-    },
-    "test_checkpointing.py": {
-        "test_checkpointing_changes_no_number[fcn8s_vgg16]": ("slow",),
-        "test_checkpointing_changes_no_number[fcn32s_alexnet]": ("slow",),
-    },
-    "test_commands_train_folder.py": {
-        "test_a_crop_larger_than_every_image_is_one_warning": ("slow",),
-        "test_init_from_another_class_count_starts_the_score_layers_anew": ("slow",),
-        "test_train_without_config_on_a_flat_folder": ("slow",),
-    },
-    "test_engine_distributed.py": {
-        "test_two_gloo_processes_give_the_metrics_of_one": ("slow", "ddp", "subprocess"),
-        "test_a_frozen_rank_ends_the_other_in_one_line_after_ddp_timeout_seconds": ("slow", "ddp"),
-        "test_a_rank_that_never_joins_is_named_after_ddp_timeout_seconds": ("slow", "ddp"),
-    },
-    "test_engine_faults.py": {
-        "test_a_crashed_run_leaves_its_folder_free": ("slow",),
-        "test_a_run_folder_held_by_a_live_run_is_refused_in_one_line": ("slow",),
-        "test_ctrl_c_stops_at_a_step_saves_and_says_how_to_resume": ("slow",),
-        "test_every_command_that_reads_a_checkpoint_refuses_a_damaged_one_in_one_line": ("slow",),
-        "test_two_trainings_of_one_name_started_together_one_trains": ("slow",),
-    },
-    "test_engine_resume.py": {
-        "test_killed_and_resumed_run_ends_with_the_same_weights": ("slow", "subprocess"),
-    },
-}
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Mark tests before ``-m`` selects among them: ``subprocess`` on every test that asks
-    for a process-starting fixture, and the marks of ``_MARKS_BY_NAME``."""
+    """Mark ``subprocess`` every test that asks for a process-starting fixture, before
+    ``-m`` selects among them."""
     for item in items:
         if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.subprocess)
-        named = _MARKS_BY_NAME.get(item.path.name, {})
-        function = getattr(item, "originalname", item.name)
-        for mark in sorted({*named.get(function, ()), *named.get(item.name, ())}):
-            item.add_marker(getattr(pytest.mark, mark))
-    _warn_of_unknown_names(items)
-
-
-def _warn_of_unknown_names(items) -> None:
-    """A test renamed or removed in a file of ``_MARKS_BY_NAME`` would silently lose its
-    marks (a slow test back in the daily loop): name it."""
-    modules = {item.path.name: item.module for item in items if hasattr(item, "module")}
-    for file, tests in _MARKS_BY_NAME.items():
-        module = modules.get(file)
-        for name in sorted(tests):
-            if module is not None and not hasattr(module, name.partition("[")[0]):
-                warnings.warn(
-                    f"tests/conftest.py marks {file}::{name}, which the file no longer has: "
-                    "move its marks to the test that replaced it",
-                    pytest.PytestWarning,
-                    stacklevel=1,
-                )
 
 
 @pytest.fixture

@@ -105,6 +105,7 @@ class SimulatedClock:
         monkeypatch.setattr(loop, "train_step", timed_step)
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_plans_its_length_and_ends_inside_the_budget(tmp_path, monkeypatch):
     budget_minutes, step = 0.3, 0.5
     simulated = SimulatedClock(monkeypatch, step=step)
@@ -136,6 +137,7 @@ def test_a_budgeted_run_plans_its_length_and_ends_inside_the_budget(tmp_path, mo
     assert again.iterations == result.iterations and again.stopped == "finished"
 
 
+@pytest.mark.slow
 def test_a_run_that_slows_down_after_the_probe_is_planned_again_and_ends_its_schedule(
     tmp_path, monkeypatch
 ):

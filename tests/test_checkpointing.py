@@ -10,12 +10,13 @@ from fcnseg.models.backbones import set_activation_checkpointing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+SLOW = pytest.mark.slow
 MODELS = [
-    ("fcn8s_vgg16", {"geometry": "aligned"}, 64),
-    ("fcn32s_alexnet", {}, 64),
-    ("fcn16s_googlenet", {"geometry": "aligned"}, 64),
-    ("fcn8s_resnet18", {}, 64),
-    ("fcn8s_efficientnet_lite0", {}, 64),
+    pytest.param("fcn8s_vgg16", {"geometry": "aligned"}, 64, marks=SLOW, id="fcn8s_vgg16"),
+    pytest.param("fcn32s_alexnet", {}, 64, marks=SLOW, id="fcn32s_alexnet"),
+    pytest.param("fcn16s_googlenet", {"geometry": "aligned"}, 64, id="fcn16s_googlenet"),
+    pytest.param("fcn8s_resnet18", {}, 64, id="fcn8s_resnet18"),
+    pytest.param("fcn8s_efficientnet_lite0", {}, 64, id="fcn8s_efficientnet_lite0"),
 ]
 
 
@@ -38,7 +39,7 @@ def _step(model, image, target, seed=1):
     return loss.detach()
 
 
-@pytest.mark.parametrize("name, options, size", MODELS, ids=[m[0] for m in MODELS])
+@pytest.mark.parametrize("name, options, size", MODELS)
 def test_checkpointing_changes_no_number(name, options, size):
     model, checkpointed = _pair(name, options)
     image = torch.randn(2, 3, size, size)

@@ -30,6 +30,7 @@ def _restore_threads():
 
 
 @needs_camvid
+@pytest.mark.slow
 def test_train_without_config_on_a_flat_folder(tmp_path, fcnseg_cli, file_hashes):
     data = make_folder_dataset(tmp_path / "street", "index", count=6)
     before = file_hashes(data)
@@ -159,6 +160,7 @@ def _five_class_folder(root: Path) -> Path:
 
 
 @needs_camvid
+@pytest.mark.slow
 def test_init_from_another_class_count_starts_the_score_layers_anew(tmp_path, fcnseg_cli):
     """A 3-class checkpoint starts a 5-class run: the backbone transfers, and the score
     layers start as a new model's (zero), named in the one line that says so."""
@@ -186,6 +188,7 @@ def test_init_from_another_class_count_starts_the_score_layers_anew(tmp_path, fc
 
 
 @needs_camvid
+@pytest.mark.slow
 def test_a_crop_larger_than_every_image_is_one_warning(tmp_path, fcnseg_cli):
     """The folder default crop (512) on 64x48 images pads every sample: one warning line
     names the crop, the largest image and the key to set; a crop that fits says nothing."""

@@ -28,6 +28,9 @@ def test_shards_cover_every_item_once():
     assert shards == [[0, 2, 4], [1, 3]] and len(ShardSampler(5, 1, 2)) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
+@pytest.mark.subprocess
 def test_two_gloo_processes_give_the_metrics_of_one(tmp_path, one_thread):
     config = {
         "model": "fcn8s_efficientnet_lite0",
@@ -87,6 +90,8 @@ def _wait_for_start(log, rank0, deadline):
     raise AssertionError("rank 0 did not start training")
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_a_frozen_rank_ends_the_other_in_one_line_after_ddp_timeout_seconds(
     tmp_path, cli_environment
 ):
@@ -132,6 +137,8 @@ def test_a_frozen_rank_ends_the_other_in_one_line_after_ddp_timeout_seconds(
     assert waited < 60  # about the 5 s timeout, not torch's 30 minutes
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_a_rank_that_never_joins_is_named_after_ddp_timeout_seconds(tmp_path, fcnseg_cli):
     """Rank 0 started alone: it stops waiting for rank 1 after the timeout, in one line."""
     config = {"train_options": {"size": 32, "num_images": 2}, "device": "cpu"}

@@ -124,6 +124,7 @@ def _train_command(*args) -> list[str]:
     return [sys.executable, "-m", "fcnseg", "train", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_a_run_folder_held_by_a_live_run_is_refused_in_one_line(
     tmp_path, capsys, fcnseg_cli, file_hashes, one_line_error
 ):
@@ -144,6 +145,7 @@ def test_a_run_folder_held_by_a_live_run_is_refused_in_one_line(
     assert main(["train", "--resume", str(run), "epochs=2"]) == 0  # free again
 
 
+@pytest.mark.slow
 def test_two_trainings_of_one_name_started_together_one_trains(
     tmp_path, cli_environment, one_line_error
 ):
@@ -175,6 +177,7 @@ def test_two_trainings_of_one_name_started_together_one_trains(
     assert events(run).count("start") == 1
 
 
+@pytest.mark.slow
 def test_a_crashed_run_leaves_its_folder_free(tmp_path, cli_environment, fcnseg_cli):
     config = tiny_config(tmp_path, output=str(tmp_path / "runs"), name="crash")
     run = tmp_path / "runs" / "crash"
@@ -317,6 +320,7 @@ def test_temporary_files_left_by_a_kill_are_removed_on_resume(tmp_path, capsys):
 # ---------------------------------------------------------------------------------- Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_a_step_saves_and_says_how_to_resume(tmp_path, cli_environment):
     config = tiny_config(tmp_path, images=400, epochs=5, output=str(tmp_path / "runs"), name="c")
     run = tmp_path / "runs" / "c"
@@ -425,6 +429,7 @@ def _damaged(tmp_path: Path, good: Path, kind: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_every_command_that_reads_a_checkpoint_refuses_a_damaged_one_in_one_line(
     tmp_path, make_checkpoint, fcnseg_cli, file_hashes, one_line_error
 ):

@@ -68,6 +68,8 @@ def _logged_iteration(log):
     return max(iterations)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     config = _config(tmp_path)
     whole, broken = tmp_path / "whole", tmp_path / "broken"

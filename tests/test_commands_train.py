@@ -13,7 +13,8 @@ from fcnseg.config import load_config
 from fcnseg.inference import Segmenter
 from fcnseg.losses import SegmentationLoss
 from fcnseg.training.checkpoint import load_checkpoint
-from fcnseg.training.setup import build_data, build_model_for, model_spec
+from fcnseg.training.initialize import build_model_for
+from fcnseg.training.setup import build_data, model_spec
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,8 @@ from fcnseg.models.backbones import VGG16
 from fcnseg.models.multitask import SIFTFLOW_TASKS
 from fcnseg.models.spec import tasks_from
 from fcnseg.training import checkpoint as ckpt
-from fcnseg.training.setup import build_criterion, build_model_for
+from fcnseg.training.initialize import build_model_for
+from fcnseg.training.setup import build_criterion
 from fcnseg.training.stages import train
 
 H, W = 32, 32

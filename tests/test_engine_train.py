@@ -17,8 +17,17 @@ from fcnseg.losses import SegmentationLoss
 from fcnseg.modelfile import record_of
 from fcnseg.training import Hook, distributed, loop
 from fcnseg.training import checkpoint as ckpt
-from fcnseg.training.optim import LRSchedule, amp_dtype, param_groups
-from fcnseg.training.setup import build_model_for, model_spec
+from fcnseg.training.initialize import build_model_for
+from fcnseg.solver import OPTIMIZERS, SCHEDULES
+from fcnseg.training.optim import (
+    DECAY_OF,
+    OPTIMIZER_OF,
+    LRSchedule,
+    amp_dtype,
+    build_optimizer,
+    param_groups,
+)
+from fcnseg.training.setup import model_spec
 from fcnseg.training.stages import NonFiniteLossError, train
 
 
@@ -101,6 +110,15 @@ def test_schedules():
     cosine = LRSchedule("cosine", total=100)
     assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0)
     assert LRSchedule("fixed", total=100)(77) == 1.0
+
+
+def test_every_solver_choice_has_one_implementation():
+    """The config offers the names of ``fcnseg.solver``; the engine implements each one."""
+    assert set(OPTIMIZER_OF) == set(OPTIMIZERS) and set(DECAY_OF) == set(SCHEDULES)
+    model = build_model("fcn32s_alexnet", num_classes=3)
+    for name, kind in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        config = TrainConfig(optimizer=name, lr=0.01).resolved()
+        assert type(build_optimizer(model, config)) is kind
 
 
 def test_amp_choices():

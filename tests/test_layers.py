@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("weights.*",),
     ("builder",),
     ("modelfile",),
-    ("data.*", "losses", "metrics", "scoring", "hha", "solver", "config.*", "viz"),
+    ("data.*", "losses", "metrics", "scoring", "hha", "solver", "config.*", "viz", "zoo.*"),
     ("training.*",),
     ("speed", "tiling", "tta", "export", "engines", "quantize", "inference"),
     ("cli", "commands.*", "__main__", ""),  # "": the fcnseg package itself

@@ -42,6 +42,7 @@ from .scoring import score
 from .speed import InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
+from .zoo import INT8, entry, is_pretrained_name, model_file
 
 __all__ = ["Segmenter", "load_rgb", "load_input", "save_mask", "mask_image"]
 
@@ -135,6 +136,18 @@ class Segmenter:
             tiling=tiling,
             tta=tta,
         )
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, int8: bool = False, **options: Any) -> Segmenter:
+        """A trained model of the zoo (``fcnseg.pretrained()``), e.g.
+        ``"fcn8s_efficientnet_lite0.camvid"``; ``int8=True`` (or the name
+        ``"<entry>.int8"``) runs its int8 ONNX file. ``options`` are
+        ``from_checkpoint``'s (device, speed, tiling, tta, engine, threads). Nothing is
+        downloaded: the files ship with fcnseg and are checked against their sha256."""
+        name = name + INT8 if int8 and not name.endswith(INT8) else name
+        if not is_pretrained_name(name):
+            entry(name.removesuffix(INT8))  # the one-line error naming the closest entries
+        return cls.from_checkpoint(model_file(name), **options)
 
     @classmethod
     def from_onnx(

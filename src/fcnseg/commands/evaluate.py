@@ -2,10 +2,13 @@
 
 fcnseg eval --checkpoint runs/x/best.pt --data camvid --root data/CamVid --split test
 fcnseg eval --checkpoint best.pt --data synthetic --option size=96 --out metrics.json
-fcnseg eval --checkpoint best.pt --data folder --root my-data --split none --per-image scores.csv
+fcnseg eval --checkpoint runs/mine/best.pt --data folder --root my-data --per-image scores.csv
 fcnseg eval --checkpoint best.pt --data camvid --root data/CamVid --engine openvino --tta
 fcnseg eval --checkpoint best.pt --onnx best.int8.onnx --data camvid --root data/CamVid
 
+Left out, ``--split`` scores the images the checkpoint's run held out for validation where it
+held out a random share of this dataset (a folder without splits: ``val_images.txt``), else
+val; a warning says when scored images trained the checkpoint.
 ``--engine`` runs the model on another engine (``fcnseg.engines``), ``--tta`` /
 ``--tta-scales`` average flipped / rescaled copies (``fcnseg.tta``), ``--onnx FILE``
 evaluates an exported or int8 file made from the checkpoint (refused if made from another).
@@ -14,13 +17,17 @@ evaluates an exported or int8 file made from the checkpoint (refused if made fro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from torch import nn
 from torch.utils.data import Subset
 
+from ..config import RANDOM_SPLIT, ConfigError, TrainConfig, from_dict
+from ..data.base import item_names
 from ..devices import resolve_device
 from ..engines import check_source
 from ..fileio import atomic_write
@@ -31,9 +38,11 @@ from ..training.checkpoint import CheckpointError, load_checkpoint, writing
 from ..training.distributed import Context
 from ..training.evaluate import class_table, eval_loader, evaluate, format_metrics
 from ..training.perimage import evaluate_per_image, worst, write_per_image_csv
+from ..training.splits import VAL_LIST, held_out_indices, trained_images
 from .options import (
     add_dataset,
     add_engine,
+    add_model_file,
     add_speed,
     add_threads,
     add_tta,
@@ -42,10 +51,13 @@ from .options import (
     open_dataset,
     speed_of,
     tta_of,
+    use_pretrained,
     warn_cpu_engine,
 )
 from .outputs import check_outputs
 from .table import print_table
+
+AUTO_SPLIT = "auto"  # --split left out: the run's held-out images, or val
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,13 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Whole-image evaluation: pixel accuracy, mean accuracy, mean IU, "
         "frequency-weighted IU and per-class IU, printed and written as JSON.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
+    add_model_file(parser, help="a .pt from fcnseg train")
     add_dataset(
         parser,
         data_help="dataset name (synthetic, camvid, voc, ...)",
-        split="val",
-        split_help="split to evaluate (default val); none: every image of a dataset without "
-        "splits",
+        split=AUTO_SPLIT,
+        split_help="split to evaluate; none: every image of a dataset without splits; random: "
+        "the images the checkpoint's run held out for validation (val_split = random); auto "
+        "(default): those where its run held some out of this dataset, else val",
     )
     parser.add_argument(
         "--max-images", type=int, metavar="N", help="evaluate only the first N images (N >= 1)"
@@ -96,23 +109,26 @@ def run(args: argparse.Namespace) -> int:
             "it out to evaluate every image"
         )
     check_engine(args)
+    use_pretrained(args, int8="onnx")
     device = resolve_device(args.device)
+    record = load_checkpoint(args.checkpoint)
+    trained = _training_config(record)
+    args.split = _split_to_score(args, trained)
     outputs = {"--out": _report_path(args), "--per-image": args.per_image}
     check_outputs(
         {option: path for option, path in outputs.items() if path is not None},
         {"--checkpoint": args.checkpoint, "--onnx": args.onnx},
     )
     apply_threads(args)
-    record = load_checkpoint(args.checkpoint)
     model = record.build()
     runner = _runner(args, model)
     if isinstance(runner, _Scoring):  # an ONNX engine runs on the CPU whatever --device says
         warn_cpu_engine(args, runner.segmenter.engine, device)
         device = runner.segmenter.device
-    dataset = open_dataset(args, args.split, model.normalization)
-    classes = _classes(record, dataset, args)
+    dataset, classes = _dataset_to_score(args, trained, record, model.normalization)
     if args.max_images is not None:
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
+    _warn_training_images(args, trained, dataset)
     progress = sys.stdout.isatty()  # quiet when piped or logged
     scores = None
     if args.per_image is not None:
@@ -130,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             runner, loader, ignore_index=record.ignore_index, device=device, progress=progress
         )
     metrics = task_metrics(confusion)
-    split = args.split or "all images"
+    split = {None: "all images", RANDOM_SPLIT: "held-out images"}.get(args.split, args.split)
     how = f", {runner.how}" if isinstance(runner, _Scoring) else ""
     print(f"{record.spec.label} on {args.data} {split} ({len(dataset)} images{how})")
     for task, values in metrics.items():
@@ -188,6 +204,87 @@ def _runner(args: argparse.Namespace, model) -> nn.Module:
     return _Scoring(segmenter, how)
 
 
+def _training_config(record) -> TrainConfig | None:
+    """The config of the run that wrote the checkpoint; None for a weights file (or a
+    config this version cannot read)."""
+    saved = (record.training or {}).get("config")
+    if not isinstance(saved, dict):
+        return None
+    try:
+        return from_dict(dict(saved), source="the checkpoint's config")
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
+def _held_out_here(args: argparse.Namespace, trained: TrainConfig | None) -> bool:
+    """Whether the checkpoint's run held out a random share of the dataset named here for
+    its validation (the same reader and folder)."""
+    if trained is None or trained.val_split != RANDOM_SPLIT:
+        return False
+    own_val = trained.val_dataset in (None, trained.dataset) and trained.val_root in (None, trained.root)
+    return own_val and _same_data(args, trained)
+
+
+def _same_data(args: argparse.Namespace, trained: TrainConfig) -> bool:
+    if trained.dataset != args.data or (trained.root is None) != (args.root is None):
+        return False
+    return trained.root is None or Path(trained.root).resolve() == args.root.resolve()
+
+
+def _split_to_score(args: argparse.Namespace, trained: TrainConfig | None) -> str | None:
+    """``--split`` as given; ``auto``: the run's held-out images where it held some out of
+    this dataset, else val; ``random`` only where it did."""
+    if args.split == AUTO_SPLIT:
+        return RANDOM_SPLIT if _held_out_here(args, trained) else "val"
+    if args.split == RANDOM_SPLIT and not _held_out_here(args, trained):
+        raise ValueError(
+            f"--split random scores the images a run held out for validation, and "
+            f"{args.checkpoint} was not trained with val_split = random on {args.data} at "
+            f"{args.root}: name a split of the dataset (val, test, none)"
+        )
+    return args.split
+
+
+def _dataset_to_score(args, trained: TrainConfig | None, record, normalization):
+    """The images to score, and the class names by task. ``random``: the images of the
+    run's training split that it held out (its val_images.txt), drawn again with its
+    seed."""
+    if args.split != RANDOM_SPLIT:
+        dataset = open_dataset(args, args.split, normalization)
+        return dataset, _classes(record, dataset, args)
+    full = open_dataset(args, trained.train_split, normalization)
+    held = held_out_indices(len(full), trained.val_fraction, trained.split_seed)
+    print(
+        f"scoring the {len(held)} images the run of {args.checkpoint} held out for validation "
+        f"(val_fraction {trained.val_fraction:g}, split_seed {trained.split_seed}: its "
+        f"{VAL_LIST})"
+    )
+    return Subset(full, held), _classes(record, full, args)
+
+
+def _warn_training_images(args, trained: TrainConfig | None, dataset) -> None:
+    """One warning when images the checkpoint trained on are among those scored: their
+    score flatters the model."""
+    if trained is None or not _same_data(args, trained):
+        return
+    seen = trained_images(dataclasses.replace(trained, root=None if args.root is None else str(args.root)))
+    scored = [Path(path).resolve() for _, path in item_names(dataset) if path]
+    overlap = sum(path in seen for path in scored) if seen else 0
+    if not overlap:
+        return
+    if trained.val_split == RANDOM_SPLIT:
+        fix = "leave --split out to score the images its run held out"
+    elif trained.val_split:
+        fix = f"score the split its run validated on (--split {trained.val_split})"
+    else:
+        fix = "score images it did not train on"
+    warnings.warn(
+        f"{overlap} of the {len(scored)} images scored are training images of "
+        f"{args.checkpoint}: their score flatters it; {fix}",
+        stacklevel=2,
+    )
+
+
 def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
     """Class names by task: the dataset's for a single task (checked against the model),
     else the checkpoint's."""
@@ -204,10 +301,13 @@ def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, 
 
 
 def _report_path(args: argparse.Namespace) -> Path:
-    """``--out``, or a name beside the checkpoint that says what was evaluated on what."""
-    return args.out or args.checkpoint.with_name(
-        f"eval-{args.checkpoint.stem}-{args.data}-{args.split or 'all'}.json"
-    )
+    """``--out``, or a name that says what was evaluated on what: beside the checkpoint, in
+    the current folder for a ``--pretrained`` model (its folder belongs to fcnseg)."""
+    if args.out is not None:
+        return args.out
+    name = f"{args.pretrained or args.checkpoint.stem}-{args.data}-{args.split or 'all'}"
+    folder = Path() if args.pretrained else args.checkpoint.parent
+    return folder / f"eval-{name}.json"
 
 
 def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
@@ -216,6 +316,8 @@ def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
     task = next(iter(metrics))
     report = {
         "checkpoint": str(args.checkpoint),
+        **({"pretrained": args.pretrained} if args.pretrained else {}),
+        **({"onnx": str(args.onnx)} if args.onnx else {}),
         "model": record.spec.label,
         "dataset": args.data,
         "split": args.split,

@@ -14,6 +14,7 @@ from ..export import check_onnx, export_onnx
 from ..modelfile import BareStateDict, load_weights, read_record, record_of
 from ..models import ModelSpec
 from ..training.checkpoint import writing
+from .options import add_model_file, use_pretrained
 from .outputs import check_outputs
 
 
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a model (ONNX)")
     formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
     onnx = formats.add_parser("onnx", help="ONNX with dynamic batch, height and width")
-    onnx.add_argument("--checkpoint", type=Path, required=True, help="fcnseg weights file")
+    add_model_file(onnx, help="fcnseg weights file")
     onnx.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     onnx.add_argument("--model", help="model name, for a bare state dict")
     onnx.add_argument("--num-classes", type=int, help="class count, for a bare state dict")
@@ -55,6 +56,7 @@ def check_recorded(args: argparse.Namespace, spec: ModelSpec) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
+    use_pretrained(args, int8="refuse")
     check_outputs({"--out": args.out}, {"--checkpoint": args.checkpoint})
     try:
         record = read_record(args.checkpoint, what="checkpoint")

@@ -15,9 +15,11 @@ from ..data import DatasetError, build_dataset, eval_transforms
 from ..engines import require
 from ..speed import InferenceOptions
 from ..tta import TTA
+from ..zoo import INT8, entry, model_file
 
 __all__ = [
     "add_dataset",
+    "add_model_file",
     "add_engine",
     "add_speed",
     "add_threads",
@@ -28,6 +30,7 @@ __all__ = [
     "speed_of",
     "split_name",
     "tta_of",
+    "use_pretrained",
     "warn_cpu_engine",
 ]
 
@@ -181,3 +184,37 @@ def speed_of(args: argparse.Namespace) -> InferenceOptions | None:
     if not (args.bf16 or args.compile):
         return None
     return InferenceOptions(bf16=args.bf16, compile=args.compile)
+
+
+def add_model_file(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """``--checkpoint FILE`` or ``--pretrained NAME`` (a trained model of the zoo): one of
+    the two, required."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help=help)
+    source.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        help="a trained model that ships with fcnseg, e.g. fcn8s_efficientnet_lite0.camvid "
+        "(fcnseg models --pretrained lists them)",
+    )
+
+
+def use_pretrained(args: argparse.Namespace, *, int8: str) -> None:
+    """Point ``args.checkpoint`` at the file ``--pretrained`` names, checked against the
+    sha256 of its card. ``int8`` says what ``<entry>.int8`` means to the command: ``"file"``
+    (the int8 file is the model file: predict), ``"onnx"`` (the entry's weights, and its
+    int8 file as ``--onnx``: eval) or ``"refuse"`` (export, quantize: it is int8 already)."""
+    name = getattr(args, "pretrained", None)
+    if name is None:
+        return
+    if not name.endswith(INT8) or int8 == "file":
+        entry(name.removesuffix(INT8))  # an unknown name: one line with the closest names
+        args.checkpoint = model_file(name)
+        return
+    base = name.removesuffix(INT8)
+    if int8 == "refuse":
+        raise ValueError(f"--pretrained {name} is an int8 ONNX file already: give {base}")
+    if args.onnx is not None:
+        raise ValueError(f"--pretrained {name} brings its own --onnx file: drop --onnx {args.onnx}")
+    args.checkpoint = entry(base).file("weights")
+    args.onnx = entry(base).file("int8")

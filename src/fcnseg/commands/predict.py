@@ -65,6 +65,7 @@ from ..viz import figure_pixels, overlay_figure
 from .globbing import file_identity, glob_files
 from .options import (
     add_engine,
+    add_model_file,
     add_speed,
     add_threads,
     add_tta,
@@ -72,6 +73,7 @@ from .options import (
     check_engine,
     speed_of,
     tta_of,
+    use_pretrained,
     warn_cpu_engine,
 )
 from .outputs import unwritable
@@ -87,11 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="predict label maps for images",
         description="Write an index PNG mask (dataset palette) and an overlay per image.",
     )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a .pt from fcnseg train, or a .onnx from fcnseg export onnx",
+    add_model_file(
+        parser,
+        help="a .pt from fcnseg train, or a .onnx from fcnseg export onnx or fcnseg quantize",
     )
     parser.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="image files, folders, globs (one-input models)"
@@ -300,6 +300,7 @@ def _write(
 
 
 def run(args: argparse.Namespace) -> int:
+    use_pretrained(args, int8="file")
     tiling = _tiling(args)
     check_engine(args)
     apply_threads(args)

@@ -40,7 +40,15 @@ from ..quantize import (
     sensitive_activations,
 )
 from ..training.checkpoint import writing
-from .options import add_dataset, add_threads, apply_threads, open_dataset, split_name
+from .options import (
+    add_dataset,
+    add_model_file,
+    add_threads,
+    apply_threads,
+    open_dataset,
+    split_name,
+    use_pretrained,
+)
 from .outputs import check_outputs
 
 
@@ -51,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Post-training static int8 quantization (onnxruntime, QDQ, per-channel "
         "weights), with a report of label agreement and mean IU against fp32.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pt from fcnseg train")
+    add_model_file(parser, help="a .pt from fcnseg train")
     add_dataset(parser, data_help="dataset to calibrate on (camvid, ...)", split="train",
                 split_help="calibration split")  # fmt: skip
     parser.add_argument("--val-split", default="val", type=split_name,
@@ -87,6 +95,7 @@ def _dataset(args, split, normalization):
 
 
 def run(args: argparse.Namespace) -> int:
+    use_pretrained(args, int8="refuse")
     if args.images < 1:
         raise ValueError(f"--images {args.images}: calibrate on 1 image or more")
     if args.fp32_activations < 0:

@@ -34,7 +34,7 @@ class TrainConfig:
     # the backbone and the variant.
     model: str = "fcn8s_efficientnet_lite0"
     model_options: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None  # a checkpoint whose weights start this run (transplant)
+    init_from: str | None = None  # a checkpoint or zoo entry whose weights start this run
     # late fusion: one trained single-input checkpoint per stream, fused 0.5 / 0.5 at start
     # (NYUDv2 RGB-HHA: {color = "runs/rgb/best.pt", hha = "runs/hha/best.pt"})
     init_streams: dict[str, str] = field(default_factory=dict)

@@ -580,11 +580,12 @@ def _takes_no_split(factory: Callable[..., Dataset]) -> bool:
 
 
 def item_names(dataset: Dataset) -> list[tuple[str, str]]:
-    """(id, image path) of every item of a reader, or of a Subset of one; the index and ""
-    where the reader names no samples (synthetic images)."""
+    """(id, image path) of every item of a reader, or of a Subset (nested) of one; the
+    index and "" where the reader names no samples (synthetic images)."""
     indices: Sequence[int] = range(len(dataset))
-    if isinstance(dataset, Subset):
-        dataset, indices = dataset.dataset, dataset.indices
+    while isinstance(dataset, Subset):  # a Subset of a Subset (of ...) of the reader
+        indices = [dataset.indices[index] for index in indices]
+        dataset = dataset.dataset
     samples = getattr(dataset, "samples", None)
     if not samples:
         return [(str(index), "") for index in indices]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +55,20 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     ]
 
 
+# Each optimizer and schedule of ``fcnseg.solver``, by its name there.
+OPTIMIZER_OF: dict[str, Callable[[list[dict[str, Any]], TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, config: torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum),
+    "adamw": lambda groups, config: torch.optim.AdamW(groups, lr=config.lr),
+}
+DECAY_OF: dict[str, Callable[[float, float], float]] = {  # (progress 0..1, power) -> factor
+    "fixed": lambda progress, power: 1.0,
+    "poly": lambda progress, power: (1.0 - progress) ** power,
+    "cosine": lambda progress, power: 0.5 * (1.0 + math.cos(math.pi * progress)),
+}
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, config)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return OPTIMIZER_OF[config.optimizer](param_groups(model, config), config)
 
 
 @dataclass
@@ -76,12 +86,7 @@ class LRSchedule:
 
     def __call__(self, step: int) -> float:
         progress = min(step, self.total) / max(self.total, 1)
-        if self.kind == "poly":
-            factor = (1.0 - progress) ** self.power
-        elif self.kind == "cosine":
-            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            factor = 1.0
+        factor = DECAY_OF[self.kind](progress, self.power)
         if step < self.warmup:
             factor *= self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup
         return factor

@@ -4,17 +4,26 @@ hold-out (``val_split = "random"``) recorded in the run folder's ``val_images.tx
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from ..config import RANDOM_SPLIT, ConfigError, TrainConfig
+from ..data import DatasetError, build_dataset
 from ..data.base import item_names
 from ..data.folder import has_split
 from ..fileio import atomic_write
 
-__all__ = ["fit_folder_splits", "hold_out", "write_val_list", "VAL_LIST"]
+__all__ = [
+    "fit_folder_splits",
+    "held_out_indices",
+    "hold_out",
+    "trained_images",
+    "write_val_list",
+    "VAL_LIST",
+]
 
 VAL_LIST = "val_images.txt"  # in the run folder: the ids of a random split's val images
 
@@ -52,11 +61,37 @@ def hold_out(
             f"val_split = {RANDOM_SPLIT!r} needs at least 2 images to hold one out, the "
             f"training set has {count}: add images, or validate on them all with val_split=none"
         )
+    held = held_out_indices(count, fraction, seed)
+    train_indices = sorted(set(range(count)) - set(held))
+    return Subset(train_set, train_indices), Subset(val_set, held)
+
+
+def held_out_indices(count: int, fraction: float, seed: int) -> list[int]:
+    """The indices, in order, that ``hold_out`` keeps for validation out of ``count``."""
     held = min(count - 1, max(1, round(fraction * count)))
     order = np.random.default_rng(seed).permutation(count)
-    val_indices = sorted(order[:held].tolist())
-    train_indices = sorted(order[held:].tolist())
-    return Subset(train_set, train_indices), Subset(val_set, val_indices)
+    return sorted(order[:held].tolist())
+
+
+def trained_images(config: TrainConfig) -> set[Path] | None:
+    """The image files a run of ``config`` trained on (its training split, less the images
+    it held out); None where that cannot be told here: a dataset without image files
+    (synthetic), or one that does not open from this folder."""
+    try:
+        with warnings.catch_warnings():  # the run warned about its data when it started
+            warnings.simplefilter("ignore")
+            train_set = build_dataset(
+                config.dataset, root=config.root, split=config.train_split, **config.train_options
+            )
+    except (DatasetError, TypeError, ValueError, OSError):
+        return None
+    paths = [path for _, path in item_names(train_set)]
+    if not paths or not all(paths):
+        return None
+    held: set[int] = set()
+    if config.val_split == RANDOM_SPLIT and len(paths) > 1:
+        held = set(held_out_indices(len(paths), config.val_fraction, config.split_seed))
+    return {Path(path).resolve() for index, path in enumerate(paths) if index not in held}
 
 
 def write_val_list(run_dir: Path, val_set: Subset) -> Path:

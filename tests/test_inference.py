@@ -174,3 +174,14 @@ def test_an_image_too_large_for_memory_says_to_tile(checkpoint_path, monkeypatch
     with pytest.raises(MemoryError, match=r"in tiles of 512x512: .*Tiling\.of\(256\)") as in_tiles:
         tiled.predict(np.zeros((600, 700, 3), dtype=np.uint8))
     assert "\n" not in str(whole.value) + str(in_tiles.value)
+
+
+def test_threads_mean_the_same_on_the_torch_engine(checkpoint_path):
+    """Issue 29: ``threads=`` set the ONNX engines' threads and left torch's alone; torch
+    has one count per process, which a torch-engine Segmenter given threads now sets (the
+    one_thread fixture restores it)."""
+    torch.set_num_threads(2)
+    Segmenter.from_checkpoint(checkpoint_path)
+    assert torch.get_num_threads() == 2  # not given: left as it is
+    Segmenter.from_checkpoint(checkpoint_path, threads=1)
+    assert torch.get_num_threads() == 1

@@ -36,6 +36,7 @@ from .engines import (
     onnx_module,
 )
 from .fileio import atomic_write
+from .metrics import class_labels
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .scoring import score
@@ -113,8 +114,9 @@ class Segmenter:
 
         ``engine``: ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (``fcnseg.engines``);
         the ONNX engines run the checkpoint's export, cached beside it. None: ``torch`` for
-        a checkpoint, ``auto`` for an ONNX file. ``threads``: the
-        ONNX engines' compute threads (default: torch's count). A ``.onnx`` file from
+        a checkpoint, ``auto`` for an ONNX file. ``threads``: the compute threads of the
+        engine, whichever it is (default: torch's count); torch has one count per process,
+        which a torch-engine Segmenter given ``threads`` sets. A ``.onnx`` file from
         ``fcnseg export onnx`` or ``fcnseg quantize`` runs on an ONNX engine.
         """
         if Path(path).suffix.lower() == ".onnx":
@@ -126,6 +128,8 @@ class Segmenter:
         if chosen != "torch":
             exported = cached_onnx(path, record)
             return cls.from_onnx(exported, tiling=tiling, tta=tta, engine=chosen, threads=threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         return cls(
             record.build(),
             classes=record.classes,
@@ -402,8 +406,8 @@ def _colors(palette: Palette | None) -> list[tuple[int, ...]]:
 
 def _label_map(scores: torch.Tensor, probabilities: bool):
     """Labels of C x H x W scores (uint8 when the classes fit), with probabilities if asked."""
-    labels = scores.argmax(0).cpu().numpy()
-    labels = labels.astype(np.uint8 if scores.shape[0] <= 256 else np.int64)
+    labels = class_labels(scores, dim=0)
+    labels = labels.to(torch.uint8 if scores.shape[0] <= 256 else torch.int64).cpu().numpy()
     if not probabilities:
         return labels
     return labels, scores.softmax(0).cpu().numpy()

@@ -46,7 +46,7 @@ import torch
 from .engines import onnx_module
 from .export import RECORD_KEY, check_weights, require_module, seal
 from .fileio import atomic_write
-from .metrics import MultiTaskConfusion
+from .metrics import MultiTaskConfusion, class_labels
 from .scoring import Scorer, model_inputs, model_targets, score, task_metrics
 
 __all__ = [
@@ -428,7 +428,7 @@ class Agreement:
 
     def _labels(self, path: Path | str) -> list[dict[str, torch.Tensor]]:
         module = onnx_module("onnxruntime", path, self.spec, self.threads)
-        return [{task: s.argmax(1).to(torch.int16) for task, s in score(module, batch).items()}
+        return [{task: class_labels(s).to(torch.int16) for task, s in score(module, batch).items()}
                 for batch in self.batches]  # fmt: skip
 
     def __call__(self, path: Path | str) -> float:
@@ -498,7 +498,7 @@ def compare(
     for batch, targets in samples:
         labels = []
         for scorer, confusion in zip((fp32, int8), confusions, strict=True):
-            predicted = {task: s.argmax(1) for task, s in score(scorer, batch).items()}
+            predicted = {task: class_labels(s) for task, s in score(scorer, batch).items()}
             confusion.update(predicted, targets)
             labels.append(predicted)
         agreements.extend(_label_shares(*labels))

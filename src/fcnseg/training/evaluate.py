@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import pad_collate
-from ..metrics import METRIC_NAMES, MultiTaskConfusion
+from ..metrics import METRIC_NAMES, MultiTaskConfusion, class_labels
 from ..modelfile import unwrap
 from ..scoring import model_inputs, model_targets, score
 from .distributed import Context, ShardSampler
@@ -97,7 +97,7 @@ def evaluate(
             targets = to_device(model_targets(label, spec), device)
             with autocast(device, amp_dtype):
                 scores = score(model, inputs)
-            predictions = {task: s.argmax(1) for task, s in scores.items()}
+            predictions = {task: class_labels(s) for task, s in scores.items()}
             confusion.update(predictions, targets)
             if on_batch is not None:
                 on_batch(predictions, targets)

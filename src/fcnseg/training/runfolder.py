@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from .. import viz
 from ..data.palettes import voc_palette
-from ..metrics import json_safe
+from ..metrics import class_labels, json_safe
 from ..modelfile import ModelRecord
 from . import clock
 from .checkpoint import load_checkpoint, writing
@@ -374,4 +374,4 @@ class _Predictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(image).permute(2, 0, 1).float()
         x = self.model.normalization(x)[None].to(next(self.model.parameters()).device)
-        return self.model(x).argmax(1)[0].cpu().numpy().astype(np.uint8)
+        return class_labels(self.model(x))[0].cpu().numpy().astype(np.uint8)

@@ -50,9 +50,10 @@ def test_demo_rejects_bad_sizes(capsys):
 
 
 @pytest.mark.slow
-def test_summary_steps_are_the_steps_the_report_shows(tmp_path, monkeypatch):
+def test_summary_steps_are_the_steps_the_report_shows(tmp_path, monkeypatch, capsys):
     """A net cut short (its time limit) trains fewer steps than planned: summary.json and
-    report.md both give the steps trained, and the report says why they fall short."""
+    report.md both give the steps trained, and the report and the console say why they
+    fall short."""
     import dataclasses
 
     from fcnseg.commands import demo
@@ -76,7 +77,12 @@ def test_summary_steps_are_the_steps_the_report_shows(tmp_path, monkeypatch):
     for variant in ("32s", "8s"):
         trained = int(rows[f"FCN-{variant}"].rstrip(" |").rsplit("|", 1)[1])
         assert trained == summary["steps"][variant]
-    assert "Planned 3 steps per net; trained: FCN-32s 2 (time limit), FCN-8s 2 (capped" in report
+    assert "Planned 3 steps per net; trained: FCN-32s 2 (the time limit of --minutes), " \
+        "FCN-8s 2 (capped at FCN-32s's count, for a fair comparison)." in report
+    printed = capsys.readouterr().out.splitlines()
+    assert "FCN-32s stopped at 2 of 3 planned steps: the time limit of --minutes" in printed
+    assert "FCN-8s stopped at 2 of 3 planned steps: capped at FCN-32s's count, for a fair " \
+        "comparison" in printed
 
 
 def test_on_a_gpu_the_demo_times_and_trains_there_and_leaves_cpu_threads_alone(

@@ -43,7 +43,7 @@ def test_train_with_overrides_then_resume(config_file, tmp_path, capsys):
     out = capsys.readouterr().out
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("tiny-")  # <config name>-<date>-<time>
-    assert "finished after 2 iterations; best mean IU" in out and str(run) in out
+    assert "finished after 2 steps; best mean IU" in out and str(run) in out
     saved = json.loads((run / "config.json").read_text())
     assert (saved["epochs"], saved["lr"], saved["model"]) == (1, 0.02, "fcn32s_efficientnet_lite0")
     assert main(["train", "--resume", str(run)]) == 0
@@ -72,7 +72,7 @@ def test_nan_loss_exits_with_a_message(config_file, monkeypatch, capsys):
     )
     assert main(["train", "--config", str(config_file)]) == 1
     err = capsys.readouterr().err
-    assert "loss is nan after iteration 0" in err and "no checkpoint was saved yet" in err
+    assert "loss is nan after step 0" in err and "no checkpoint was saved yet" in err
 
 
 def test_nan_learning_rate_names_the_key(config_file, fcnseg_cli, file_hashes, one_line_error):

@@ -5,6 +5,7 @@ announcement, and the progress: one bar on a terminal, loss lines in a log."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -110,10 +111,10 @@ def test_one_progress_bar_for_the_whole_run(capsys):
     for step in range(1, 7):
         feedback.step(step, (step - 1) // 2, loss=1.0, lr=0.1, rate=5.0)
         if step == 3:
-            feedback.write("iteration 3: pixel acc 50.0")
+            feedback.write("step 3: pixel acc 50.0")
     feedback.close()
     out = capsys.readouterr().out
-    assert "6/6" in out and "epoch=3/3" in out and "iteration 3: pixel acc" in out
+    assert "6/6" in out and "epoch=3/3" in out and "step 3: pixel acc" in out
     assert "step 2/6" not in out  # no loss lines beside the bar
     assert out.count("train:") >= 1 and "epoch 1/" not in out  # not one bar per epoch
 
@@ -122,12 +123,31 @@ def test_a_run_on_a_terminal_shows_one_bar_over_every_epoch(tmp_path, capsys, mo
     """Three epochs, one bar counting to the run's 3 steps (the old bars counted each epoch's
     one step and vanished)."""
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "100")  # a terminal with a width (pytest's stdout has none)
     options = ["train_options={size=32,num_images=2}", "val_options={size=32,num_images=1}"]
     args = ["model=fcn32s_efficientnet_lite0", "dataset=synthetic", *options, "epochs=3", *TINY]
     assert main(["train", "--run-dir", str(tmp_path / "r"), *args]) == 0
     out = capsys.readouterr().out
     assert "3/3" in out and "epoch=3/3" in out
     assert "1/1 [" not in out  # no bar of one epoch's single step
+
+
+def test_a_terminal_without_a_width_gets_the_step_lines(capsys, monkeypatch):
+    """Issue 30: a pseudo-terminal with no window size made tqdm draw a bar of width 0:
+    nothing at all. Such a terminal gets the lines a log file gets."""
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr("os.get_terminal_size", lambda *fd: os.terminal_size((0, 0)))
+    feedback = Feedback(4, 2, every=2, enabled=True)
+    assert not feedback.tty
+    feedback.open(0)
+    for step in range(1, 5):
+        feedback.step(step, (step - 1) // 2, loss=1.0, lr=0.1, rate=5.0)
+    feedback.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["step 2/4", "step 4/4"]
+    monkeypatch.setattr("os.get_terminal_size", lambda *fd: os.terminal_size((120, 40)))
+    assert Feedback(4, 2, every=2, enabled=True).tty
 
 
 @needs_camvid

@@ -107,8 +107,8 @@ def test_resume_of_a_finished_run_trains_on_when_given_more(tmp_path, capsys, fi
 
     assert main(["train", "--resume", str(run), "epochs=2"]) == 0
     out = capsys.readouterr().out
-    assert "training on from iteration 2 (the run had finished)" in out
-    assert "finished after 4 iterations" in out
+    assert "training on from step 2 (the run had finished)" in out
+    assert "finished after 4 steps" in out
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
     record = load_checkpoint(run / "last.pt")
     assert record.training["iteration"] == 4 and record.training["finished"]
@@ -338,10 +338,10 @@ def test_ctrl_c_stops_at_a_step_saves_and_says_how_to_resume(tmp_path, cli_envir
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     line = one_line(err)
-    assert "fcnseg: interrupted at iteration" in line
+    assert "fcnseg: interrupted at step" in line
     assert f"saved {run / 'last.pt'}; resume: fcnseg train --resume {run}" in line
     assert "stopping after this step" in out
-    iteration = int(line.split("iteration ")[1].split(":")[0])
+    iteration = int(line.split("at step ")[1].split(":")[0])
     training = load_checkpoint(run / "last.pt").training
     assert training["iteration"] == iteration >= 1 and not training["finished"]
     # the command it printed works (a shorter run, to finish the test quickly)
@@ -350,7 +350,7 @@ def test_ctrl_c_stops_at_a_step_saves_and_says_how_to_resume(tmp_path, cli_envir
         env=cli_environment, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming at iteration {iteration}" in resumed.stdout
+    assert f"resuming at step {iteration}" in resumed.stdout
 
 
 # ------------------------------------------------------------------ damaged checkpoint files

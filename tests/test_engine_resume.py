@@ -91,7 +91,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     resumed = _train("--resume", broken)
     output = resumed.communicate(timeout=180)[0].decode()
     assert resumed.returncode == 0, output
-    assert f"resuming at iteration {killed_at['iteration']}" in output
+    assert f"resuming at step {killed_at['iteration']}" in output
     assert reference.wait(timeout=180) == 0, reference.stdout.read().decode()
 
     a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(broken / "last.pt")

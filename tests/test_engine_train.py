@@ -15,10 +15,10 @@ from fcnseg.builder import resolve_spec
 from fcnseg.config import ConfigError, TrainConfig
 from fcnseg.losses import SegmentationLoss
 from fcnseg.modelfile import record_of
+from fcnseg.solver import OPTIMIZERS, SCHEDULES
 from fcnseg.training import Hook, distributed, loop
 from fcnseg.training import checkpoint as ckpt
 from fcnseg.training.initialize import build_model_for
-from fcnseg.solver import OPTIMIZERS, SCHEDULES
 from fcnseg.training.optim import (
     DECAY_OF,
     OPTIMIZER_OF,
@@ -146,7 +146,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return loss * math.nan if calls["n"] == 3 else loss
 
     monkeypatch.setattr(SegmentationLoss, "forward", failing)
-    with pytest.raises(NonFiniteLossError, match="loss is nan after iteration 2") as error:
+    with pytest.raises(NonFiniteLossError, match="loss is nan after step 2") as error:
         train(tiny(tmp_path, checkpoint_every=1))
     assert "the last good checkpoint is" in str(error.value) and "\n" not in str(error.value)
     last = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
@@ -280,6 +280,7 @@ def test_progress_bar_shows_loss_lr_and_speed_on_a_terminal_only(tmp_path, monke
     quiet = capsys.readouterr()
     assert "img_s" not in quiet.out + quiet.err  # not a terminal: no bars
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "100")  # a terminal with a width: pytest's stdout has none
     train(tiny(tmp_path, name="bars", epochs=1, overlays=0))
     shown = capsys.readouterr().out
     assert "loss=" in shown and "lr=" in shown and "img_s=" in shown and "epoch=1/1" in shown

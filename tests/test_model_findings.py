@@ -217,3 +217,18 @@ def test_inputs_of_a_model_come_with_their_images(monkeypatch) -> None:
     assert Segmenter(model).predict(images).shape == (17, 19)
     with pytest.raises(ValueError, match="one image per input"):
         Segmenter(model).predict({"color": images["color"]})
+
+
+def test_a_backbone_without_offline_weights_names_every_way_out() -> None:
+    """Issue 30: fcnseg train root=DIR model=fcn32s_resnet18 asks for ImageNet weights none
+    of which ship; the one line names the three ways on, random weights among them."""
+    with pytest.raises(SpecError) as error:
+        fcnseg.build_model("fcn32s_resnet18", num_classes=2, pretrained_backbone=True)
+    message = str(error.value)
+    assert "\n" not in message and "no ImageNet weights for resnet18 ship offline" in message
+    for way in (
+        "backbone_weights=FILE",
+        "fcnseg weights convert caffe",
+        "pretrained_backbone=false",
+    ):
+        assert way in message

@@ -171,3 +171,27 @@ def test_save_overlays_writes_titled_panels_and_overlays(tmp_path):
     blended = np.asarray(Image.open(tmp_path / "000_overlay.png"))
     assert blended.shape[1] == 240 and blended.shape[0] > 32
     assert np.array_equal(blended[:32, :32], viz.overlay(image, label, voc_palette(7)))
+
+
+def test_curves_draw_each_run_in_one_colour_in_every_panel(tmp_path):
+    """Issue 30: the demo's combined curves coloured FCN-8s orange in one panel and FCN-32s
+    orange in another; a run now keeps its colour in loss, lr and validation."""
+
+    def log(scale):
+        train = [{"event": "train", "iteration": i, "loss": scale / i, "lr": 1e-3} for i in (1, 2)]
+        val = [{"event": "val", "iteration": 2, "mean_iu": scale / 3, "pixel_acc": scale / 2}]
+        return train + val
+
+    runs = {"FCN-32s": log(1.0), "FCN-8s": [*log(0.5)[2:], *log(0.5)[:2]]}  # val logged first
+    figure = viz.curves_figure([], runs=runs)
+    loss_ax, lr_ax, val_ax = figure.axes
+    for index, name in enumerate(runs):
+        colours = {
+            line.get_color()
+            for ax in (loss_ax, lr_ax, val_ax)
+            for line in ax.lines
+            if line.get_label().startswith(name + " ")
+        }
+        assert colours == {f"C{index}"}, name
+    assert len(val_ax.lines) == 4 and len(loss_ax.lines) == 2
+    assert viz.plot_curves([], tmp_path / "curves.png", runs=runs).is_file()

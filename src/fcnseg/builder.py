@@ -165,8 +165,9 @@ def _load_weights(backbone: Backbone, spec: ModelSpec) -> None:
             offline = ", ".join(PACKAGE_WEIGHTS)
             raise SpecError(
                 f"no ImageNet weights for {spec.backbone} ship offline (they do for {offline}): "
-                "pass backbone_weights=FILE (a torchvision or timm state dict) or convert the "
-                "Caffe model (fcnseg weights convert caffe)"
+                "pass backbone_weights=FILE (a torchvision or timm state dict), convert the "
+                "Caffe model (fcnseg weights convert caffe), or train from random weights "
+                "with pretrained_backbone=false"
             )
         load_package_weights(backbone)
     if spec.backbone_weights is not None:

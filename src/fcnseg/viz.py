@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "plot_curves",
+    "curves_figure",
     "plot_confusion",
     "confusion_figure",
     "overlay",
@@ -166,23 +167,38 @@ def plot_curves(
     runs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Loss, learning rate and validation metrics against iterations, from a run's
-    ``log.jsonl`` records (or several runs by name, drawn over each other)."""
+    ``log.jsonl`` records (or several runs by name, drawn over each other), saved to
+    ``path`` (``curves_figure``)."""
+    figure = curves_figure(records, runs=runs)
+    figure.savefig(path)
+    return Path(path)
+
+
+def curves_figure(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    runs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> Figure:
+    """``plot_curves``' figure: each run in one colour in every panel (its mean IU solid,
+    its pixel accuracy dashed)."""
     runs = dict(runs) if runs else {"": records}
     figure = _figure(13, 3.6)
     loss_ax, lr_ax, val_ax = figure.subplots(1, 3)
-    for name, log in runs.items():
+    for index, (name, log) in enumerate(runs.items()):
+        color = f"C{index}"
         train = [r for r in log if r.get("event") == "train"]
         val = [r for r in log if r.get("event") == "val"]
         prefix = f"{name} " if name else ""
         if train:
             steps = [r["iteration"] for r in train]
-            loss_ax.plot(steps, [r["loss"] for r in train], label=f"{prefix}loss")
-            lr_ax.plot(steps, [r["lr"] for r in train], label=f"{prefix}lr")
+            loss_ax.plot(steps, [r["loss"] for r in train], color=color, label=f"{prefix}loss")
+            lr_ax.plot(steps, [r["lr"] for r in train], color=color, label=f"{prefix}lr")
         if val:
             steps = [r["iteration"] for r in val]
             for key, style in (("mean_iu", "-o"), ("pixel_acc", "--x")):
                 values = [r[key] if r[key] is not None else np.nan for r in val]
-                val_ax.plot(steps, values, style, label=f"{prefix}{key.replace('_', ' ')}")
+                label = f"{prefix}{key.replace('_', ' ')}"
+                val_ax.plot(steps, values, style, color=color, label=label)
     loss_ax.set(title="training loss", xlabel="iteration")
     lr_ax.set(title="learning rate", xlabel="iteration")
     val_ax.set(title="validation", xlabel="iteration", ylim=(0, 1))
@@ -193,8 +209,7 @@ def plot_curves(
     if any(r.get("loss", 1) > 0 for log in runs.values() for r in log if r.get("event") == "train"):
         loss_ax.set_yscale("log")
     figure.tight_layout()
-    figure.savefig(path)
-    return Path(path)
+    return figure
 
 
 def plot_confusion(

@@ -161,7 +161,7 @@ def test_corrupt_or_foreign_mat_file(tmp_path, make):
 @pytest.mark.parametrize(
     ("kind", "fragment"),
     [
-        ("missing", "is missing: re-extract the dataset"),
+        ("missing", "is missing: check the path, or re-extract the dataset it belongs to"),
         ("folder", "is not a regular file but a folder"),
         pytest.param(
             "fifo",

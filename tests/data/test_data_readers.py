@@ -34,6 +34,7 @@ from fcnseg.data import (
     seg11valid_ids,
     voc_palette,
 )
+from fcnseg.data.palettes import DISTINCT_COLORS, default_palette
 from fcnseg.data.siftflow import SIFTFLOW_TEST_IDS
 
 
@@ -271,3 +272,14 @@ def test_folder_splits_by_subfolder_or_list(tmp_path, make):
     make.save_rgb(tmp_path / "images" / "train" / "c.png", make.rgb(3))
     make.save_gray_png(tmp_path / "masks" / "train" / "c.png", make.labels(3, 3))
     assert build_dataset("folder", root=tmp_path, split="train").ids == ["c"]
+
+
+def test_the_default_palette_reads_on_photos():
+    """Issue 30: VOC's palette drew class 0 (CamVid's Sky) black and Car dark maroon. Without
+    colours in classes.txt, black is kept for a background or void class, the others get
+    distinct colours, none black, none twice, for any class count up to 255."""
+    camvid = default_palette(["Sky", "Building", "Pole", "Road", "Car"])
+    assert camvid == DISTINCT_COLORS[:5] and (0, 0, 0) not in camvid
+    assert default_palette(["background", "person", "Void"]) == [(0, 0, 0), DISTINCT_COLORS[0], (0, 0, 0)]
+    many = default_palette([f"class {k}" for k in range(255)])
+    assert len(set(many)) == 255 and (0, 0, 0) not in many

@@ -9,11 +9,13 @@ in the scanned masks is a one-line warning.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 
+from fcnseg.config import ConfigError, load_config
 from fcnseg.data import DatasetError, FolderDataset
 
 SIZE = 32
@@ -181,3 +183,92 @@ def test_an_explicit_value_map_lets_255_mean_ignored_beside_masks_with_1(tmp_pat
     _save(root / "masks" / "val" / "1.png", mask)
     dataset = FolderDataset(root, "val", value_map={0: 0, 1: 1, 255: 255})
     assert set(dataset[1][1].unique().tolist()) == {0, 255}
+
+
+def _index_masks(root, values):
+    """A 3-class folder (images/, masks/, classes.txt) whose one mask holds ``values``."""
+    (root / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    for row, value in enumerate(values):
+        mask[4 * row : 4 * row + 4] = value
+    _save(root / "masks" / "0.png", mask)
+    _save(root / "images" / "0.png", np.zeros((SIZE, SIZE, 3), np.uint8))
+    return root
+
+
+def test_a_partial_value_map_keeps_the_values_it_does_not_list(tmp_path):
+    """Issue 30: a value_map lists only what differs; class values and 255 keep theirs."""
+    root = _index_masks(tmp_path, [0, 1, 2, 7, 255])
+    label = FolderDataset(root, value_map={7: 2})[0][1].numpy()
+    assert [int(label[4 * row, 0]) for row in range(5)] == [0, 1, 2, 2, 255]
+
+
+@pytest.mark.filterwarnings("ignore:.*never occurs")
+def test_ignore_index_names_the_value_that_means_ignored(tmp_path):
+    root = _index_masks(tmp_path, [0, 1, 2, 11])
+    label = FolderDataset(root, ignore_index=11)[0][1].numpy()
+    assert [int(label[4 * row, 0]) for row in range(4)] == [0, 1, 2, 255]
+    both = FolderDataset(root, ignore_index=[11, 12], value_map={2: 1})[0][1].numpy()
+    assert [int(both[4 * row, 0]) for row in range(4)] == [0, 1, 1, 255]
+
+
+def test_a_value_no_key_explains_names_both_keys(tmp_path):
+    root = _index_masks(tmp_path, [0, 1, 11])
+    with pytest.raises(DatasetError) as error:
+        FolderDataset(root)
+    message = str(error.value)
+    assert "\n" not in message and "holds value 11" in message
+    assert message.endswith(
+        "map it to a class with value_map = {11 = C}, or ignore it with ignore_index = 11 (in "
+        "the config, or --option on fcnseg eval)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"ignore_index": 1}, "ignore_index 1 is class 'road'"),
+        ({"ignore_index": 11, "value_map": {11: 2}}, "ignore_index 11 is also a key of value_map"),
+        ({"ignore_index": -3}, "ignore_index -3 is not a mask value"),
+    ],
+)
+def test_bad_ignore_indices_are_one_line(tmp_path, options, fragment):
+    root = _index_masks(tmp_path, [0, 1, 11])
+    with pytest.raises(DatasetError, match=fragment):
+        FolderDataset(root, **options)
+
+
+def test_colour_masks_refuse_ignore_index(tmp_path):
+    root = _index_masks(tmp_path, [0])
+    (root / "classes.txt").write_text("sky 0 0 0\nroad 1 1 1\n")
+    with pytest.raises(DatasetError, match="ignore_index is for index masks.*'ignore R G B'"):
+        FolderDataset(root, ignore_index=11)
+
+
+def test_top_level_value_map_and_ignore_index_serve_both_sets(tmp_path, fcnseg_main):
+    """``ignore_index=11`` and ``value_map`` at the top level of a config or as overrides
+    land in train_options and val_options; given twice with two values is one line."""
+    config = load_config(None, ["dataset=folder", "root=x", "ignore_index=11", "value_map={7=2}"])
+    assert config.train_options == config.val_options == {"ignore_index": 11, "value_map": {"7": 2}}
+    path = tmp_path / "c.toml"
+    path.write_text('dataset = "folder"\nroot = "x"\nignore_index = 11\n')
+    assert load_config(path).val_options == {"ignore_index": 11}
+    assert load_config(path, ["ignore_index=12"]).train_options == {"ignore_index": 12}
+    path.write_text(
+        'dataset = "folder"\nignore_index = 11\ntrain_options = { ignore_index = 12 }\n'
+    )
+    with pytest.raises(
+        ConfigError, match="ignore_index is given twice, at the top level and in train_options"
+    ):
+        load_config(path)
+    root = _index_masks(tmp_path / "data", [0, 1, 2, 11])
+    for folder in ("images", "masks"):  # two images: a batch norm needs two to train
+        shutil.copy(root / folder / "0.png", root / folder / "1.png")
+    result = fcnseg_main("train", "--run-dir", tmp_path / "run", f"root={root}", "split=none",
+                         "ignore_index=11", "model=fcn32s_efficientnet_lite0",
+                         "pretrained_backbone=false", "max_iters=1", "batch_size=2", "threads=1",
+                         "num_workers=0", "crop_size=32", "overlays=0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train_options"] == saved["val_options"] == {"ignore_index": 11}

@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
             cap = min(r.iterations for r in results.values())
             callbacks.append(lambda info, cap=cap: info.iteration >= cap)
         results[variant] = train(config, out / f"fcn{variant}", callbacks=callbacks)
+        if results[variant].iterations < plan.steps:  # said now, not only in report.md
+            print(f"FCN-{variant} stopped at {results[variant].iterations} of {plan.steps} "
+                  f"planned steps: {_why_short(results[variant])}", flush=True)  # fmt: skip
     elapsed = time.monotonic() - started
     report = _write_report(args, plan, out, results, elapsed)
     print()
@@ -256,11 +259,19 @@ def _panels(args: argparse.Namespace, segmenters: dict[str, Segmenter], folder: 
     return names
 
 
+def _why_short(result: TrainResult) -> str:
+    """Why a net trained fewer steps than planned."""
+    why = {
+        "time limit": "the time limit of --minutes",
+        "callback": "capped at FCN-32s's count, for a fair comparison",
+    }
+    return why.get(result.stopped, result.stopped)
+
+
 def _short_runs(plan: _Plan, results: dict[str, TrainResult]) -> list[str]:
     """A line saying which net trained fewer steps than planned, and why (none if all did)."""
-    why = {"time limit": "time limit", "callback": "capped at FCN-32s's count"}
     short = [
-        f"FCN-{v} {r.iterations} ({why.get(r.stopped, r.stopped)})"
+        f"FCN-{v} {r.iterations} ({_why_short(r)})"
         for v, r in results.items()
         if r.iterations < plan.steps
     ]

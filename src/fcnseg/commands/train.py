@@ -134,14 +134,14 @@ def _train(config: TrainConfig, run_dir: Path, *, resume: bool, main: bool) -> i
         return 0
     if result.stopped == "interrupted":
         print(
-            f"fcnseg: interrupted at iteration {result.iterations}: saved "
+            f"fcnseg: interrupted at step {result.iterations}: saved "
             f"{result.last_checkpoint}; resume: {command}",
             file=sys.stderr,
         )
         return 130
     best = result.best_mean_iu
     print(
-        f"{result.stopped} after {result.iterations} iterations; best mean IU "
+        f"{result.stopped} after {result.iterations} steps; best mean IU "
         f"{100 * best:.1f}; run folder {result.run_dir}"
     )
     return 0

@@ -29,6 +29,9 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["load_config", "from_dict", "parse_overrides", "parse_literal"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Reader options a config may give at the top level: they serve the training and the
+# validation set alike (train_options and val_options), as a folder's masks are one format.
+READER_OPTIONS = ("value_map", "ignore_index")
 _TYPES = typing.get_type_hints(TrainConfig)
 
 # Names from other tools (Caffe's solver.prototxt among them) and the key they mean here.
@@ -62,7 +65,12 @@ def load_config(
         values = _read_file(path)
     config = _build(values, source)
     for key, value in _expand_split(parse_overrides(overrides)).items():
-        if key not in MODEL_OPTIONS:
+        if key in READER_OPTIONS:  # an override replaces the file's, in both sets
+            for options in (config.train_options, config.val_options):
+                options.pop(key, None)
+                if value is not None:
+                    options[key] = value
+        elif key not in MODEL_OPTIONS:
             setattr(config, key, _coerce(key, value, "command line"))
         elif value is None:  # the default
             config.model_options.pop(key, None)
@@ -87,8 +95,11 @@ def _build(values: Mapping[str, Any], source: str) -> TrainConfig:
     if not isinstance(options, Mapping):
         raise ConfigError(f"{source}: model_options = {options!r} should be a table of options")
     checked: dict[str, Any] = {"model_options": dict(options)}
+    readers: dict[str, Any] = {}
     for key, value in _expand_split(values).items():
-        if key in MODEL_OPTIONS:
+        if key in READER_OPTIONS:
+            readers[key] = value
+        elif key in MODEL_OPTIONS:
             if key in options and options[key] != value:
                 raise ConfigError(
                     f"{source}: {key} is given twice, at the top level and in model_options: "
@@ -98,7 +109,24 @@ def _build(values: Mapping[str, Any], source: str) -> TrainConfig:
                 checked["model_options"][key] = value
         elif key != "model_options":
             checked[key] = _coerce(key, value, source)
+    for part in ("train_options", "val_options"):
+        checked[part] = _with_reader_options(checked.get(part) or {}, readers, part, source)
     return TrainConfig(**checked)
+
+
+def _with_reader_options(
+    options: Mapping[str, Any], readers: Mapping[str, Any], part: str, source: str
+) -> dict[str, Any]:
+    """``options`` with the reader options given at the top level (for both sets)."""
+    merged = dict(options)
+    for key, value in readers.items():
+        if key in merged and merged[key] != value:
+            raise ConfigError(
+                f"{source}: {key} is given twice, at the top level and in {part}: keep one"
+            )
+        if value is not None:
+            merged[key] = value
+    return merged
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -156,11 +184,11 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _check_key(key: str, source: str) -> None:
-    if key in _FIELDS or key in MODEL_OPTIONS or key == "split":
+    if key in _FIELDS or key in MODEL_OPTIONS or key in READER_OPTIONS or key == "split":
         return
     if key in NAMED_BY_MODEL:
         raise ConfigError(f"{source}: {named_by_model(key)}")
-    known = [*_FIELDS, *MODEL_OPTIONS, *_SYNONYMS]
+    known = [*_FIELDS, *MODEL_OPTIONS, *READER_OPTIONS, *_SYNONYMS]
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     close = [_SYNONYMS.get(name, name) for name in close]
     hint = f"did you mean {close[0]!r}?" if close else "see docs/training.md for the keys"

@@ -100,7 +100,9 @@ def require_file(path: Path | str, kind: str) -> None:
     if path.is_file():
         return
     if not path.exists():
-        raise DatasetError(f"{kind} {path} is missing: re-extract the dataset")
+        raise DatasetError(
+            f"{kind} {path} is missing: check the path, or re-extract the dataset it belongs to"
+        )
     raise DatasetError(
         f"{kind} {path} is not a regular file but {_file_type(path)}: put the {kind} file "
         "there (re-extract the dataset)"
@@ -359,7 +361,9 @@ class LabelMap:
     file, so a mislabelled file never trains silently as some class.
     """
 
-    def __init__(self, mapping: Mapping[int, int], name: str = "dataset") -> None:
+    def __init__(
+        self, mapping: Mapping[int, int], name: str = "dataset", fix: str | None = None
+    ) -> None:
         if not mapping:
             raise ValueError("a LabelMap needs at least one raw value")
         self.offset = min(mapping)
@@ -367,6 +371,8 @@ class LabelMap:
         for raw, target in mapping.items():
             self.table[raw - self.offset] = target
         self.name = name
+        # what to do about a value the table does not know ({value} is filled in)
+        self.fix = fix or "fix the file or use the reader of the dataset it belongs to"
         # 8-bit PNGs (most labels) index a 256-entry table directly: one pass, no range checks.
         self._uint8_table = np.full(256, -1, dtype=np.int64)
         for raw, target in mapping.items():
@@ -419,8 +425,7 @@ class LabelMap:
         value = int(raw[bad].flat[0])
         raise DatasetError(
             f"label {path} holds value {value} ({int(bad.sum())} pixels), not a {self.name} "
-            f"label (valid raw values: {self.valid_values()}): fix the file or use the "
-            "reader of the dataset it belongs to"
+            f"label (valid raw values: {self.valid_values()}): {self.fix.format(value=value)}"
         )
 
 

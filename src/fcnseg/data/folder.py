@@ -17,10 +17,15 @@ config, ``--split none`` on ``fcnseg eval``); otherwise ``images/<split>/`` + ``
 or a ``<split>.txt`` listing stems. Every image needs a mask and every mask an image.
 
 Masks whose stored values are not the class indices take ``value_map``, raw value -> class
-(255: ignored), e.g. ``{0: 0, 255: 1}`` for binary masks saved as 0 and 255; in a config
-``train_options = { value_map = { 0 = 0, 255 = 1 } }`` (and the same in ``val_options``),
-on ``fcnseg eval`` ``--option value_map={0=0,255=1}``. A value the map leaves out is an
-error naming the file, except 255, which stays ignored unless mapped.
+(255: ignored), listing only the values that differ: ``{0: 0, 255: 1}`` for binary masks
+saved as 0 and 255, ``{11: 255}`` for CamVid's void. ``ignore_index`` names the raw value
+(or values) that mean "ignored", as torch's ``CrossEntropyLoss`` and mmsegmentation name
+it: ``ignore_index = 11`` for CamVid. Values the map does not list keep their meaning (a
+class index, or 255: ignored); any other value is an error naming the file and both keys.
+In a config ``value_map = { 0 = 0, 255 = 1 }`` / ``ignore_index = 11`` at the top level
+serve the training and validation sets alike (or set them in ``train_options`` /
+``val_options``); on ``fcnseg eval`` ``--option value_map={0=0,255=1}``, ``--option
+ignore_index=11``.
 
 Up to ``scan_masks`` masks (spread over the split) are read when the dataset is built, so
 bad masks fail before training: a 2-class dataset whose masks hold 255 and no 1 (foreground
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +56,7 @@ from .base import (
     require_dir,
     require_file,
 )
-from .palettes import Color, voc_palette
+from .palettes import Color, default_palette
 
 __all__ = ["ClassList", "read_classes", "has_split", "FolderDataset"]
 
@@ -196,13 +201,14 @@ class FolderDataset(SegmentationDataset):
         *,
         classes_file: str = "classes.txt",
         value_map: Mapping[int | str, int] | None = None,
+        ignore_index: int | Sequence[int] | None = None,
         scan_masks: int = 100,
     ) -> None:
         self.root = require_dir(root, "dataset root", "create images/, masks/ and classes.txt")
         self.split = split
         class_list = read_classes(self.root / classes_file)
         self.classes = tuple(class_list.names)
-        self.palette = class_list.colors or voc_palette(len(self.classes))
+        self.palette = class_list.colors or default_palette(self.classes)
         self.mask_colors = class_list.colors
         if class_list.colors is not None:
             self.mask_colors = list(class_list.colors)
@@ -210,17 +216,16 @@ class FolderDataset(SegmentationDataset):
             if class_list.ignore_color is not None:
                 self.mask_colors.append(class_list.ignore_color)
                 self.mask_values.append(IGNORE_INDEX)
-        if value_map is not None and self.mask_colors is not None:
-            raise DatasetError(
-                f"{self.root}: value_map is for index masks, and classes.txt gives colours: "
-                "drop value_map (colour masks map through the class colours)"
-            )
+        for key, given in (("value_map", value_map), ("ignore_index", ignore_index)):
+            if given is not None and self.mask_colors is not None:
+                raise DatasetError(
+                    f"{self.root}: {key} is for index masks, and classes.txt gives colours: "
+                    f"drop {key} (colour masks map through the class colours; a line "
+                    "'ignore R G B' names the colour to ignore)"
+                )
         self.value_map = None if value_map is None else self._check_value_map(value_map)
-        name = f"{len(self.classes)}-class"
-        if self.value_map is None:
-            self.label_map = LabelMap.identity(len(self.classes), name=name)
-        else:
-            self.label_map = LabelMap(self.value_map, name=name)
+        self.ignored = self._check_ignore_index(ignore_index)
+        self.label_map = self._label_map()
         super().__init__(self._pair(), transforms)
         self._scan(scan_masks)
 
@@ -243,8 +248,42 @@ class FolderDataset(SegmentationDataset):
                     f"{len(self.classes) - 1} of {self.root / 'classes.txt'} or to 255 (ignore)"
                 )
             checked[raw] = target
-        checked.setdefault(IGNORE_INDEX, IGNORE_INDEX)
         return checked
+
+    def _check_ignore_index(self, ignore_index: int | Sequence[int] | None) -> tuple[int, ...]:
+        """The raw values ``ignore_index`` names; a class index or a value ``value_map``
+        maps is refused (what would the value mean?)."""
+        if ignore_index is None:
+            return ()
+        values = (ignore_index,) if isinstance(ignore_index, int) else tuple(ignore_index)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+                raise DatasetError(f"ignore_index {value!r} is not a mask value: use 0..65535")
+            if value in (self.value_map or {}):
+                raise DatasetError(
+                    f"ignore_index {value} is also a key of value_map: keep one (value_map "
+                    f"{{{value} = 255}} ignores it too)"
+                )
+            if value < len(self.classes):
+                raise DatasetError(
+                    f"ignore_index {value} is class {self.classes[value]!r} of "
+                    f"{self.root / 'classes.txt'}: name only the classes there, or move the "
+                    "value with value_map"
+                )
+        return values
+
+    def _label_map(self) -> LabelMap:
+        """Raw values -> classes: each class index and 255 as they are, then value_map, then
+        ignore_index; a value outside it names both keys as the fix."""
+        mapping = {k: k for k in range(len(self.classes))}
+        mapping[IGNORE_INDEX] = IGNORE_INDEX
+        mapping.update(self.value_map or {})
+        mapping.update({value: IGNORE_INDEX for value in self.ignored})
+        fix = (
+            "map it to a class with value_map = {{{value} = C}}, or ignore it with "
+            "ignore_index = {value} (in the config, or --option on fcnseg eval)"
+        )
+        return LabelMap(mapping, name=f"{len(self.classes)}-class", fix=fix)
 
     def _pair(self) -> list[Sample]:
         images_dir = require_dir(self.root / "images", "images folder", "put the images in images/")
@@ -305,7 +344,8 @@ class FolderDataset(SegmentationDataset):
 
     def _guesses_what_255_means(self) -> bool:
         """Binary index masks and no value_map saying what 255 means."""
-        return self.num_classes == 2 and self.mask_colors is None and self.value_map is None
+        explicit = self.value_map is not None or IGNORE_INDEX in self.ignored
+        return self.num_classes == 2 and self.mask_colors is None and not explicit
 
     def _refuse_255_as_foreground(self, examples: dict[int, Path], where: str) -> None:
         """Masks with 255 and no 1 hold the foreground as 255 (which is ignored): in every
@@ -316,14 +356,14 @@ class FolderDataset(SegmentationDataset):
             raise DatasetError(
                 f"{self.root}: the {where} scanned hold 255 and no 1, and 255 means "
                 "ignored, so the foreground would never be learnt or scored: map it with "
-                "value_map = {0 = 0, 255 = 1} (in train_options and val_options, or --option "
+                "value_map = {0 = 0, 255 = 1} (in the config, or --option "
                 "value_map={0=0,255=1} on fcnseg eval), or save the foreground as 1"
             )
         raise DatasetError(
             f"{self.root}: mask {examples[IGNORE_INDEX]} holds 255 and no 1 while mask "
             f"{examples[1]} holds 1, and 255 means ignored, so the foreground of masks like "
             "the first would never be learnt or scored: if both mean the foreground, map them "
-            "with value_map = {0 = 0, 1 = 1, 255 = 1} (in train_options and val_options, or "
+            "with value_map = {0 = 0, 1 = 1, 255 = 1} (in the config, or "
             "--option value_map={0=0,1=1,255=1} on fcnseg eval) or save it as 1 in every "
             "mask; if 255 does mark pixels to ignore, say so with value_map = "
             "{0 = 0, 1 = 1, 255 = 255}"

@@ -17,6 +17,8 @@ from .errors import DatasetError
 __all__ = [
     "Color",
     "voc_palette",
+    "default_palette",
+    "DISTINCT_COLORS",
     "CAMVID_PALETTE",
     "CITYSCAPES_PALETTE",
     "VOC_VOID_COLOR",
@@ -81,6 +83,37 @@ def voc_palette(num_colors: int = 256) -> list[Color]:
             b |= ((code >> 2) & 1) << bit
             code >>= 3
         colors.append((r, g, b))
+    return colors
+
+
+# Colours that stay apart from each other and from the colours of photos (the 20 of
+# matplotlib's tab20, strong ones first): the default of a dataset that names its classes
+# but gives no colours. VOC's palette starts black, dark red, dark green: class 0 black on
+# a photo reads as a hole, and CamVid's Car came out dark maroon.
+DISTINCT_COLORS: list[Color] = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+]  # fmt: skip
+# Class names that mean "nothing in particular": drawn black, as VOC draws its background.
+BACKGROUND_NAMES = {"background", "_background_", "bg", "void", "unlabeled", "unlabelled", "none"}
+
+
+def default_palette(classes: Sequence[str]) -> list[Color]:
+    """Colours for ``classes`` when their dataset gives none: black for a background or
+    void class, distinct colours for the others (``DISTINCT_COLORS``, then VOC's colours
+    not used yet)."""
+    spare = iter([*DISTINCT_COLORS, *voc_palette(256)[1:]])
+    used: set[Color] = set()
+    colors = []
+    for name in classes:
+        if name.strip().lower() in BACKGROUND_NAMES:
+            colors.append((0, 0, 0))
+            continue
+        color = next(c for c in spare if c not in used and c != (0, 0, 0))
+        used.add(color)
+        colors.append(color)
     return colors
 
 

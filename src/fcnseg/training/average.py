@@ -125,6 +125,6 @@ class WeightAveraging(Hook):
         run.log.write({"event": "trained", "iteration": iteration, **trained})
         averaged = progress.metrics.get("mean_iu", float("nan"))
         run.feedback.write(
-            f"iteration {iteration}: weight average mean IU {100 * averaged:.1f}; the trained "
+            f"step {iteration}: weight average mean IU {100 * averaged:.1f}; the trained "
             f"weights without it: {format_metrics(trained)}"
         )

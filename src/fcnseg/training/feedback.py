@@ -1,6 +1,8 @@
 """What a run shows while it trains: on a terminal, one progress bar for the whole run (steps
 done, ETA, epoch, loss, lr); when stdout is a file or a pipe (a log, a batch job), a line
 every ``every`` steps with the same numbers, since a bar's carriage returns read as noise.
+A terminal that reports no width (a pseudo-terminal without a window size: tqdm would draw
+a bar of width 0, nothing) gets the lines too.
 
 ``Console`` is that output as one hook of the training loop (the bar or the step lines, and
 each validation's metrics); ``announce`` says what a run will do before it does it."""
@@ -8,6 +10,7 @@ each validation's metrics); ``announce`` says what a run will do before it does 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from datetime import timedelta
 
@@ -37,7 +40,7 @@ class Feedback:
     ) -> None:
         self.total, self.steps_per_epoch = total, steps_per_epoch
         self.every, self.enabled = every, enabled
-        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.tty = _bar_fits() if tty is None else tty
         self.bar = None
         self.started, self.first = clock.now(), 0
 
@@ -109,6 +112,11 @@ class Feedback:
             self.bar = None
 
 
+def _bar_fits() -> bool:
+    """Whether stdout is a terminal with a width to draw a bar in."""
+    return sys.stdout.isatty() and shutil.get_terminal_size(fallback=(0, 0)).columns > 0
+
+
 class Console(Hook):
     """The run's ``Feedback`` driven by the loop: the bar (or step lines) while it trains,
     a line with each validation's metrics."""
@@ -129,7 +137,7 @@ class Console(Hook):
             text = format_metrics(metrics)
         else:
             text = "; ".join(f"{task}: {format_metrics(metrics[task])}" for task in tasks)
-        run.feedback.write(f"iteration {progress.position.iteration}: {text}")
+        run.feedback.write(f"step {progress.position.iteration}: {text}")
 
     def on_train_end(self, run: Run, progress: Progress) -> None:
         run.feedback.close()
@@ -141,9 +149,9 @@ def announce(run: Run, progress: Progress, *, resumed: bool, extended: bool = Fa
     config, position = run.config, progress.position
     for note in run.notes:
         print(note)
-    verb = f"resuming at iteration {position.iteration}" if resumed else "training"
+    verb = f"resuming at step {position.iteration}" if resumed else "training"
     if extended:
-        verb = f"training on from iteration {position.iteration} (the run had finished)"
+        verb = f"training on from step {position.iteration} (the run had finished)"
     total = total_steps(run, position)
     epochs = math.ceil(total / run.steps_per_epoch)
     steps = f"{total} steps = {epochs} epoch(s)"

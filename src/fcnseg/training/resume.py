@@ -53,7 +53,7 @@ def diverged(run: Run, position: Position, what: str) -> None:
         f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
     )
     message = (
-        f"{what} after iteration {position.iteration} (epoch {position.epoch + 1}): training "
+        f"{what} after step {position.iteration} (epoch {position.epoch + 1}): training "
         f"stopped and {kept}. Lower lr (now {run.config.lr:g}), use loss_reduction = mean, "
         "or turn amp off"
     )

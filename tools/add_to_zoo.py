@@ -188,7 +188,6 @@ def _check_masks(weights: Path, name: str, args) -> dict:
 
 def _training(args, training: dict) -> dict:
     log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines()]
-    times = [item["time"] for item in log if "time" in item]
     return {
         "command": args.command,
         "config": training.get("config"),
@@ -196,9 +195,20 @@ def _training(args, training: dict) -> dict:
         "planned_steps": training.get("planned_iters"),
         "epochs": training.get("epoch"),
         "train_seconds": round(training.get("seconds", 0.0), 1),
-        "wall_seconds": round(max(times), 1) if times else None,
+        "wall_seconds": round(_wall_seconds(log), 1),
+        "processes": sum(item["event"] in ("start", "resume") for item in log),  # 2+: resumed
         "threads": next((item["threads"] for item in log if "threads" in item), None),
     }
+
+
+def _wall_seconds(log: list[dict]) -> float:
+    """The wall time of every process of the run (each logs its times from its own start)."""
+    total = latest = 0.0
+    for item in log:
+        if item["event"] in ("start", "resume"):
+            total, latest = total + latest, 0.0
+        latest = max(latest, item.get("time", 0.0))
+    return total + latest
 
 
 def _machine() -> dict:

@@ -67,7 +67,8 @@ def test_version_prints_the_package_version(fcnseg_main):
 def test_a_command_line_mistake_is_one_line(fcnseg_main):
     for args, says in [
         (("eval", "--checkpoint", "m.pt", "--data", "camvid", "--tta-scales", "x"), "'x'"),
-        (("eval",), "--checkpoint, --data"),
+        (("eval",), "the following arguments are required: --data"),
+        (("eval", "--data", "camvid"), "one of the arguments --checkpoint --pretrained is required"),
         (("weights", "inspect"), "required"),
     ]:
         result = fcnseg_main(*args)

@@ -46,7 +46,8 @@ def infer(engine: str, threads: int, calls: int) -> float:
     import fcnseg
     from fcnseg.zoo import check_image
 
-    torch.set_num_threads(threads)
+    if threads != "auto":
+        torch.set_num_threads(threads)
     segmenter = fcnseg.Segmenter.from_pretrained(ENTRY, engine=engine, threads=threads)
     image = check_image()
     for _ in range(3):
@@ -107,7 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("infer", "train"))
     parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 2])
+    parser.add_argument(
+        "--threads", type=_count, nargs="+", default=[1, os.cpu_count() or 2, "auto"]
+    )
     parser.add_argument("--waits", nargs="+", choices=WAITS, default=list(WAITS))
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--worker", choices=("infer", "train"), help=argparse.SUPPRESS)
@@ -124,17 +127,24 @@ def main() -> None:
             for wait in args.waits if engine == "torch" else ["default"]:
                 rows += [("infer", engine, t, wait) for t in args.threads]
     if args.only != "infer":
-        rows += [("train", "torch", t, wait) for wait in args.waits for t in args.threads]
+        counts = [t for t in args.threads if t != "auto"]  # auto: Segmenter only
+        rows += [("train", "torch", t, wait) for wait in args.waits for t in counts]
     cpu = _cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores; median ms per image (infer) or per step (train)")
     print(f"{'what':6} {'engine':12} {'threads':>7} {'wait':8} {'idle':>8} {'loaded':>8} {'ratio':>6}")  # fmt: skip
     for kind, engine, threads, wait in rows:
+        if threads == "auto" and engine != "torch":
+            continue  # the ONNX engines take torch's count for auto
         calls = args.calls if kind == "infer" else max(4, args.calls // 5)
         idle = _row(kind, engine, threads, wait, calls)
         loaded = _loaded(lambda: _row(kind, engine, threads, wait, calls))  # noqa: B023
         wait = wait if engine == "torch" else "-"
-        print(f"{kind:6} {engine:12} {threads:7d} {wait:8} {idle:8.1f} {loaded:8.1f} "
+        print(f"{kind:6} {engine:12} {threads!s:>7} {wait:8} {idle:8.1f} {loaded:8.1f} "
               f"{loaded / idle:5.1f}x", flush=True)  # fmt: skip
+
+
+def _count(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
 
 def _cpu_name() -> str:

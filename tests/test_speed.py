@@ -16,6 +16,7 @@ from fcnseg.models import FCN
 from fcnseg.models.backbones.vgg import VGG16
 from fcnseg.models.upsample import Upsample
 from fcnseg.speed import (
+    AdaptiveThreads,
     InferenceOptions,
     fast_forward,
     fold_batch_norm,
@@ -188,5 +189,49 @@ def test_compiled_segmenter_predicts_the_same():
     batch = plain.batch(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     expected = plain.scores(batch)["semantic"]
     scale = expected.abs().max().item()
-    torch.testing.assert_close(fast.scores(batch)["semantic"], expected, rtol=1e-3, atol=1e-4 * scale)
+    torch.testing.assert_close(
+        fast.scores(batch)["semantic"], expected, rtol=1e-3, atol=1e-4 * scale
+    )
     assert fast._runner is not fast.model  # it did compile
+
+
+def _calls(chooser: AdaptiveThreads, now: list[float], costs: dict[int, float], count: int):
+    """``count`` calls of one pixel, each taking ``costs[threads]`` on a fake clock."""
+    used = []
+    for _ in range(count):
+        with chooser.call(pixels=1) as threads:
+            assert torch.get_num_threads() == threads
+            now[0] += costs[threads]
+        used.append(threads)
+    return used
+
+
+def test_adaptive_threads_take_one_thread_on_a_busy_machine_and_all_when_idle():
+    """Issue 29, with the ms measured on 2 cores (benchmarks/loaded.py): idle 2 threads 30,
+    1 thread 48; one core busy 2 threads 66, 1 thread 46."""
+    idle, busy = {1: 48.0, 2: 30.0}, {1: 46.0, 2: 66.0}
+    now = [0.0]
+    chooser = AdaptiveThreads(2, period=4, keep=3, clock=lambda: now[0])
+    # the first call is not timed; probes on 1 at calls 3 and 4, then every 4th call
+    assert _calls(chooser, now, idle, 12) == [2, 2, 1, 1, 2, 2, 2, 1, 2, 2, 2, 1]
+    assert chooser.current == 2
+    _calls(chooser, now, busy, 2)  # two slow calls: their median turns it to one thread
+    assert chooser.current == 1
+    used = _calls(chooser, now, idle, 8)  # idle again: the second probe on 2 wins it back
+    assert used == [1, 2, 1, 1, 1, 2, 2, 2] and chooser.current == 2
+    single = AdaptiveThreads(1, clock=lambda: now[0])
+    assert set(_calls(single, now, idle, 20)) == {1}  # one core: nothing to choose
+
+
+def test_a_segmenter_with_auto_threads_chooses_per_call(tmp_path):
+    model = fcnseg.build_model("fcn32s_efficientnet_lite0", num_classes=3)
+    path = fcnseg.save_weights(tmp_path / "m.pt", model)
+    segmenter = Segmenter.from_checkpoint(path, threads="auto")
+    assert isinstance(segmenter.threads, AdaptiveThreads)
+    image = np.zeros((40, 48, 3), np.uint8)
+    for _ in range(segmenter.threads.period):
+        assert segmenter.predict(image).shape == (40, 48)
+    assert segmenter.threads.calls == segmenter.threads.period
+    assert Segmenter.from_checkpoint(path).threads is None
+    with pytest.raises(ValueError, match="threads='some'"):
+        Segmenter.from_checkpoint(path, threads="some")

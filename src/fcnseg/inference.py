@@ -40,7 +40,7 @@ from .metrics import class_labels
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .scoring import score
-from .speed import InferenceOptions, compiled, fast_forward, prepare_model
+from .speed import AdaptiveThreads, InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
 from .zoo import INT8, entry, is_pretrained_name, model_file
@@ -83,6 +83,7 @@ class Segmenter:
         speed: InferenceOptions | None = None,
         tiling: Tiling | None = None,
         tta: TTA | None = None,
+        threads: int | str | None = None,
     ) -> None:
         self.spec: ModelSpec = model.spec
         self.engine = getattr(model, "engine", "torch")
@@ -97,6 +98,21 @@ class Segmenter:
         self.ignore_index = ignore_index
         self.task_classes = _names_by_task(classes, self.spec)
         self.task_palettes = _palettes_by_task(palette, self.spec)
+        self.threads = self._thread_choice(threads)
+
+    def _thread_choice(self, threads: int | str | None) -> AdaptiveThreads | None:
+        """``threads`` on the torch engine: None leaves torch's count alone, a number sets
+        it, ``"auto"`` chooses per call (``AdaptiveThreads``; the CPU only)."""
+        if threads == "auto":
+            on_cpu = self.engine == "torch" and self.device.type == "cpu"
+            return AdaptiveThreads() if on_cpu else None
+        if isinstance(threads, bool) or not (threads is None or isinstance(threads, int)):
+            raise ValueError(f"threads={threads!r}: give a number of threads, None or 'auto'")
+        if threads is not None and self.engine == "torch":
+            if threads < 1:
+                raise ValueError(f"threads={threads}: give 1 or more")
+            torch.set_num_threads(threads)
+        return None
 
     @classmethod
     def from_checkpoint(
@@ -116,20 +132,24 @@ class Segmenter:
         the ONNX engines run the checkpoint's export, cached beside it. None: ``torch`` for
         a checkpoint, ``auto`` for an ONNX file. ``threads``: the compute threads of the
         engine, whichever it is (default: torch's count); torch has one count per process,
-        which a torch-engine Segmenter given ``threads`` sets. A ``.onnx`` file from
-        ``fcnseg export onnx`` or ``fcnseg quantize`` runs on an ONNX engine.
+        which a torch-engine Segmenter given ``threads`` sets; ``"auto"`` lets the torch
+        engine choose per call between one thread and all (``fcnseg.speed.AdaptiveThreads``:
+        a machine with a busy core makes more threads slower) and gives the ONNX engines
+        torch's count. A ``.onnx`` file from ``fcnseg export onnx`` or ``fcnseg quantize``
+        runs on an ONNX engine.
         """
+        onnx_threads = None if threads == "auto" else threads
         if Path(path).suffix.lower() == ".onnx":
             engine = engine or "auto"
-            return cls.from_onnx(path, tiling=tiling, tta=tta, engine=engine, threads=threads)
+            return cls.from_onnx(path, tiling=tiling, tta=tta, engine=engine, threads=onnx_threads)
         record = read_record(path, what="checkpoint")
         where = device if isinstance(device, torch.device) else resolve_device(device)
         chosen = choose_engine(engine or "torch", record.spec, str(where))
         if chosen != "torch":
             exported = cached_onnx(path, record)
-            return cls.from_onnx(exported, tiling=tiling, tta=tta, engine=chosen, threads=threads)
-        if threads is not None:
-            torch.set_num_threads(threads)
+            return cls.from_onnx(
+                exported, tiling=tiling, tta=tta, engine=chosen, threads=onnx_threads
+            )
         return cls(
             record.build(),
             classes=record.classes,
@@ -139,6 +159,7 @@ class Segmenter:
             speed=speed,
             tiling=tiling,
             tta=tta,
+            threads=threads,
         )
 
     @classmethod
@@ -273,6 +294,13 @@ class Segmenter:
         """The model's float32 scores by task for a normalised batch (inputs by name),
         whole or tile by tile, averaged over the TTA copies when asked. A batch that does
         not fit in memory raises a MemoryError that says which tiles to use."""
+        if self.threads is None:
+            return self._all_scores(batch)
+        first = next(iter(batch.values()))
+        with self.threads.call(first.shape[0] * first.shape[-2] * first.shape[-1]):
+            return self._all_scores(batch)
+
+    def _all_scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         forward = partial(fast_forward, self._scores, options=self.speed)
         if self.tiling is not None:
             forward = partial(sliding_window, forward, tiling=self.tiling)

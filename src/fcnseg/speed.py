@@ -15,8 +15,13 @@ measures faster.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Mapping
+import os
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +32,7 @@ from .devices import native_cuda_bf16
 from .models.backbones import Backbone
 
 __all__ = [
+    "AdaptiveThreads",
     "InferenceOptions",
     "native_bf16",
     "fold_batch_norm",
@@ -171,3 +177,65 @@ def _apply(value: Batch, function: Callable[[torch.Tensor], torch.Tensor]) -> Ba
     if isinstance(value, Mapping):
         return {key: function(tensor) for key, tensor in value.items()}
     return function(value)
+
+
+class AdaptiveThreads:
+    """torch's compute threads for inference, chosen by measurement as the calls come.
+
+    Where another process takes a core, torch's OpenMP threads wait at every barrier for a
+    partner the kernel has given away. Measured on 2 cores (benchmarks/loaded.py, a CamVid
+    frame through FCN-8s Lite0): 30 ms on 2 threads and 48 on 1 idle, 66 ms on 2 and 46 on
+    1 with one core busy. (OpenMP's passive wait policy helped the loaded case but cost the
+    idle one 36%, and training 65%.) Calls run on ``current`` threads, ``most`` at first;
+    the 3rd and 4th calls and every ``period``-th one run on the other count (1 or
+    ``most``), and the count whose recent calls (the last ``keep`` of each, the first call
+    of all left out) took less time per pixel, by ``margin``, is kept: a busy core turns it
+    to one thread within a few calls, an idle machine back to ``most`` within a few probes.
+    Safe to share between threads (the choice is locked; torch's count is per process).
+    """
+
+    def __init__(
+        self,
+        most: int | None = None,
+        *,
+        period: int = 16,
+        keep: int = 5,
+        margin: float = 0.9,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.most = max(1, most or os.cpu_count() or 1)
+        self.current, self.period, self.margin, self.clock = self.most, period, margin, clock
+        self.calls = 0
+        self.seconds: dict[int, deque[float]] = {
+            1: deque(maxlen=keep),
+            self.most: deque(maxlen=keep),
+        }
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def call(self, pixels: int) -> Iterator[int]:
+        """Run one call of ``pixels`` input pixels on the threads chosen (yielded)."""
+        with self._lock:
+            self.calls += 1
+            early = self.calls in (3, 4)  # two probes soon after the start
+            probe = self.most > 1 and (early or self.calls % self.period == 0)
+            threads = self._other() if probe else self.current
+            timed = self.calls > 1  # the first call builds its kernels: slow on any count
+        torch.set_num_threads(threads)
+        started = self.clock()
+        yield threads
+        per_pixel = (self.clock() - started) / max(pixels, 1)
+        if timed:
+            with self._lock:
+                self.seconds[threads].append(per_pixel)
+                self._choose()
+
+    def _other(self) -> int:
+        return 1 if self.current == self.most else self.most
+
+    def _choose(self) -> None:
+        mine, other = self.seconds[self.current], self.seconds[self._other()]
+        if min(len(mine), len(other)) < 2:
+            return
+        if statistics.median(other) < self.margin * statistics.median(mine):
+            self.current = self._other()

@@ -86,19 +86,26 @@ def _threads(text: str) -> int:
     return value
 
 
-def add_threads(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``: CPU compute threads (default: PyTorch's, one per core)."""
+def _threads_or_auto(text: str) -> int | str:
+    return "auto" if text == "auto" else _threads(text)
+
+
+def add_threads(parser: argparse.ArgumentParser, *, auto: bool = False) -> None:
+    """``--threads N``: CPU compute threads (default: PyTorch's, one per core); with
+    ``auto``, also ``--threads auto``: chosen per call (``fcnseg.speed.AdaptiveThreads``)."""
     parser.add_argument(
         "--threads",
-        type=_threads,
-        metavar="N",
-        help="CPU compute threads (default: one per core; 1 is faster on a busy machine)",
+        type=_threads_or_auto if auto else _threads,
+        metavar="N" + ("|auto" if auto else ""),
+        help="CPU compute threads (default: one per core; 1 is faster on a busy machine"
+        + ("; auto: 1 or all, whichever the last images ran faster on)" if auto else ")"),
     )
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """Set the compute threads ``--threads`` asks for (nothing when it was not given)."""
-    if args.threads is not None:
+    """Set the compute threads ``--threads`` asks for (nothing when it was not given, or
+    ``auto``: the Segmenter chooses)."""
+    if isinstance(args.threads, int):
         torch.set_num_threads(args.threads)
 
 

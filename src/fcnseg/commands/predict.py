@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-overlay", action="store_true", help="masks only")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    add_threads(parser)
+    add_threads(parser, auto=True)
     add_engine(parser)
     add_tta(parser)
     add_speed(parser)

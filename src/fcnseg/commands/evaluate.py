@@ -17,17 +17,14 @@ evaluates an exported or int8 file made from the checkpoint (refused if made fro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import warnings
 from pathlib import Path
 
 from torch import nn
 from torch.utils.data import Subset
 
-from ..config import RANDOM_SPLIT, ConfigError, TrainConfig, from_dict
-from ..data.base import item_names
+from ..config import RANDOM_SPLIT
 from ..devices import resolve_device
 from ..engines import check_source
 from ..fileio import atomic_write
@@ -38,7 +35,6 @@ from ..training.checkpoint import CheckpointError, load_checkpoint, writing
 from ..training.distributed import Context
 from ..training.evaluate import class_table, eval_loader, evaluate, format_metrics
 from ..training.perimage import evaluate_per_image, worst, write_per_image_csv
-from ..training.splits import VAL_LIST, held_out_indices, trained_images
 from .options import (
     add_dataset,
     add_engine,
@@ -48,16 +44,20 @@ from .options import (
     add_tta,
     apply_threads,
     check_engine,
-    open_dataset,
     speed_of,
     tta_of,
     use_pretrained,
     warn_cpu_engine,
 )
 from .outputs import check_outputs
+from .scored import (
+    AUTO_SPLIT,
+    dataset_to_score,
+    split_to_score,
+    training_config,
+    warn_training_images,
+)
 from .table import print_table
-
-AUTO_SPLIT = "auto"  # --split left out: the run's held-out images, or val
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     use_pretrained(args, int8="onnx")
     device = resolve_device(args.device)
     record = load_checkpoint(args.checkpoint)
-    trained = _training_config(record)
-    args.split = _split_to_score(args, trained)
+    trained = training_config(record)
+    args.split = split_to_score(args, trained)
     outputs = {"--out": _report_path(args), "--per-image": args.per_image}
     check_outputs(
         {option: path for option, path in outputs.items() if path is not None},
@@ -125,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(runner, _Scoring):  # an ONNX engine runs on the CPU whatever --device says
         warn_cpu_engine(args, runner.segmenter.engine, device)
         device = runner.segmenter.device
-    dataset, classes = _dataset_to_score(args, trained, record, model.normalization)
+    dataset, reader = dataset_to_score(args, trained, model.normalization)
+    classes = _classes(record, reader, args)
     if args.max_images is not None:
         dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
-    _warn_training_images(args, trained, dataset)
+    warn_training_images(args, trained, dataset)
     progress = sys.stdout.isatty()  # quiet when piped or logged
     scores = None
     if args.per_image is not None:
@@ -202,87 +203,6 @@ def _runner(args: argparse.Namespace, model) -> nn.Module:
     if tta is not None:
         how += f", TTA scales {list(tta.scales)}{' + flip' if tta.flip else ''}"
     return _Scoring(segmenter, how)
-
-
-def _training_config(record) -> TrainConfig | None:
-    """The config of the run that wrote the checkpoint; None for a weights file (or a
-    config this version cannot read)."""
-    saved = (record.training or {}).get("config")
-    if not isinstance(saved, dict):
-        return None
-    try:
-        return from_dict(dict(saved), source="the checkpoint's config")
-    except (ConfigError, TypeError, ValueError):
-        return None
-
-
-def _held_out_here(args: argparse.Namespace, trained: TrainConfig | None) -> bool:
-    """Whether the checkpoint's run held out a random share of the dataset named here for
-    its validation (the same reader and folder)."""
-    if trained is None or trained.val_split != RANDOM_SPLIT:
-        return False
-    own_val = trained.val_dataset in (None, trained.dataset) and trained.val_root in (None, trained.root)
-    return own_val and _same_data(args, trained)
-
-
-def _same_data(args: argparse.Namespace, trained: TrainConfig) -> bool:
-    if trained.dataset != args.data or (trained.root is None) != (args.root is None):
-        return False
-    return trained.root is None or Path(trained.root).resolve() == args.root.resolve()
-
-
-def _split_to_score(args: argparse.Namespace, trained: TrainConfig | None) -> str | None:
-    """``--split`` as given; ``auto``: the run's held-out images where it held some out of
-    this dataset, else val; ``random`` only where it did."""
-    if args.split == AUTO_SPLIT:
-        return RANDOM_SPLIT if _held_out_here(args, trained) else "val"
-    if args.split == RANDOM_SPLIT and not _held_out_here(args, trained):
-        raise ValueError(
-            f"--split random scores the images a run held out for validation, and "
-            f"{args.checkpoint} was not trained with val_split = random on {args.data} at "
-            f"{args.root}: name a split of the dataset (val, test, none)"
-        )
-    return args.split
-
-
-def _dataset_to_score(args, trained: TrainConfig | None, record, normalization):
-    """The images to score, and the class names by task. ``random``: the images of the
-    run's training split that it held out (its val_images.txt), drawn again with its
-    seed."""
-    if args.split != RANDOM_SPLIT:
-        dataset = open_dataset(args, args.split, normalization)
-        return dataset, _classes(record, dataset, args)
-    full = open_dataset(args, trained.train_split, normalization)
-    held = held_out_indices(len(full), trained.val_fraction, trained.split_seed)
-    print(
-        f"scoring the {len(held)} images the run of {args.checkpoint} held out for validation "
-        f"(val_fraction {trained.val_fraction:g}, split_seed {trained.split_seed}: its "
-        f"{VAL_LIST})"
-    )
-    return Subset(full, held), _classes(record, full, args)
-
-
-def _warn_training_images(args, trained: TrainConfig | None, dataset) -> None:
-    """One warning when images the checkpoint trained on are among those scored: their
-    score flatters the model."""
-    if trained is None or not _same_data(args, trained):
-        return
-    seen = trained_images(dataclasses.replace(trained, root=None if args.root is None else str(args.root)))
-    scored = [Path(path).resolve() for _, path in item_names(dataset) if path]
-    overlap = sum(path in seen for path in scored) if seen else 0
-    if not overlap:
-        return
-    if trained.val_split == RANDOM_SPLIT:
-        fix = "leave --split out to score the images its run held out"
-    elif trained.val_split:
-        fix = f"score the split its run validated on (--split {trained.val_split})"
-    else:
-        fix = "score images it did not train on"
-    warnings.warn(
-        f"{overlap} of the {len(scored)} images scored are training images of "
-        f"{args.checkpoint}: their score flatters it; {fix}",
-        stacklevel=2,
-    )
 
 
 def _classes(record, dataset, args: argparse.Namespace) -> dict[str, tuple[str, ...]]:

@@ -27,16 +27,15 @@ after.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from _fresh import in_fresh_process
+from _machine import cpu_name
 
 import fcnseg
 from fcnseg.engines import cached_onnx, choose_engine, installed, onnx_module
@@ -280,13 +279,7 @@ def _latency(segmenter: Segmenter, batch, runs: int = 15) -> float:
 
 
 def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                     if line.startswith("Model name"))  # fmt: skip
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}; {torch.__version__}; load {_load()}"
+    return f"{cpu_name()}; {torch.__version__}; load {_load()}"
 
 
 def main() -> None:

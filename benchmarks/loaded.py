@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from _machine import cpu_name
+
 ENGINES = ("torch", "onnxruntime", "openvino")
 # OpenMP's wait settings, as the environment of a fresh process
 WAITS = {
@@ -129,7 +131,7 @@ def main() -> None:
     if args.only != "infer":
         counts = [t for t in args.threads if t != "auto"]  # auto: Segmenter only
         rows += [("train", "torch", t, wait) for wait in args.waits for t in counts]
-    cpu = _cpu_name()
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores; median ms per image (infer) or per step (train)")
     print(f"{'what':6} {'engine':12} {'threads':>7} {'wait':8} {'idle':>8} {'loaded':>8} {'ratio':>6}")  # fmt: skip
     for kind, engine, threads, wait in rows:
@@ -145,15 +147,6 @@ def main() -> None:
 
 def _count(text: str) -> int | str:
     return text if text == "auto" else int(text)
-
-
-def _cpu_name() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "CPU"
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.startswith("Model name")), "CPU")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from PIL import Image
 from slim_models import KINDS, TINY, TinyVGG, raw_images, tiny_checkpoint
 
 from fcnseg import engines
+from fcnseg.fileio import file_digest
 from fcnseg.inference import Segmenter
 from fcnseg.models import registered_spec
 from fcnseg.models.backbones import BACKBONES
@@ -122,12 +123,12 @@ def test_export_cache_is_reused_and_follows_the_checkpoint(tmp_path):
     path = tiny_checkpoint(tmp_path / "model.pt")
     first = engines.cached_onnx(path)
     assert first.parent == tmp_path / engines.CACHE_FOLDER
-    assert engines.recorded_source(first) == engines.file_digest(path)
+    assert engines.recorded_source(first) == file_digest(path)
     stamp = first.stat().st_mtime_ns
     assert engines.cached_onnx(path) == first and first.stat().st_mtime_ns == stamp  # reused
     tiny_checkpoint(path, seed=1)  # new weights, same file name
     second = engines.cached_onnx(path)
-    assert second != first and engines.recorded_source(second) == engines.file_digest(path)
+    assert second != first and engines.recorded_source(second) == file_digest(path)
     assert not [p for p in second.parent.iterdir() if p.name.endswith(".tmp")]
 
 

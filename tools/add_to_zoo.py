@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import platform
 import subprocess
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from fcnseg import Segmenter
-from fcnseg.fileio import atomic_write
+from fcnseg.fileio import atomic_write, file_digest
 from fcnseg.inference import save_mask
 from fcnseg.modelfile import read_record, write_record
 from fcnseg.zoo import FOLDER, check_image
@@ -231,8 +230,7 @@ def _lscpu() -> str:
 
 
 def _described(path: Path) -> dict:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"file": path.name, "sha256": digest, "bytes": path.stat().st_size}
+    return {"file": path.name, "sha256": file_digest(path), "bytes": path.stat().st_size}
 
 
 if __name__ == "__main__":

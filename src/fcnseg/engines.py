@@ -28,7 +28,6 @@ rounding. An int8 (QDQ) file from ``fcnseg quantize`` runs on either ONNX engine
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import json
 import os
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from .export import RECORD_KEY, OnnxRuntimeRunner, check_weights, export_onnx, read_onnx_record
+from .fileio import file_digest
 from .modelfile import ModelRecord, read_record
 from .models import ModelSpec
 
@@ -53,7 +53,6 @@ __all__ = [
     "EngineModule",
     "cached_onnx",
     "choose_engine",
-    "file_digest",
     "installed",
     "onnx_module",
     "onnx_runner",
@@ -118,15 +117,6 @@ def choose_engine(engine: str, spec: ModelSpec | None, device: str = "cpu") -> s
 
 # ---------------------------------------------------------------------------------------------
 # The export cache
-
-
-def file_digest(path: Path | str) -> str:
-    """The sha256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _writable(folder: Path) -> bool:

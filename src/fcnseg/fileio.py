@@ -10,6 +10,7 @@ every failure is one ``FileFormatError`` line that names the file and says what 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -27,6 +28,7 @@ from safetensors.torch import save_file
 __all__ = [
     "FileFormatError",
     "atomic_write",
+    "file_digest",
     "read_torch_file",
     "check_archive",
     "read_safetensors",
@@ -50,6 +52,15 @@ _ARCHIVE_ERRORS = (
 
 class FileFormatError(ValueError):
     """A file cannot be read as what it should be; the message names it and the fix."""
+
+
+def file_digest(path: Path | str) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

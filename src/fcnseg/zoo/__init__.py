@@ -22,7 +22,6 @@ an entry's int8 file wherever a model file is read (``fcnseg predict --pretraine
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -33,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..builder import build_model as build_untrained
-from ..fileio import FileFormatError
+from ..fileio import FileFormatError, file_digest
 from ..modelfile import read_record
 from ..models.fcn import FCN
 from ..models.spec import SpecError
@@ -220,8 +219,4 @@ def _check_sha256(path: Path, expected: str, name: str) -> None:
 @cache
 def _sha256(path: Path, mtime_ns: int, size: int) -> str:
     """A file's sha256, once per path, modification time and size."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path)

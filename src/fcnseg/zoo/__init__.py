@@ -140,11 +140,11 @@ def model_file(name_or_path: str | Path, folder: Path | None = None) -> Path:
     """The checked file of a zoo name (``<entry>`` its weights, ``<entry>.int8`` its int8
     ONNX file); anything that names no entry is taken as a path."""
     text = str(name_or_path)
-    if text.endswith(INT8) and is_pretrained_name(text, folder):
-        return entry(text.removesuffix(INT8), folder).file("int8")
-    if is_pretrained_name(text, folder):
-        return entry(text, folder).file("weights")
-    return Path(name_or_path)
+    entries = {item.name: item for item in pretrained(folder)}
+    base = text.removesuffix(INT8)
+    if base not in entries:
+        return Path(name_or_path)
+    return entries[base].file("weights" if base == text else "int8")
 
 
 def build_model(

@@ -161,15 +161,15 @@ def test_a_full_disk_is_reported_per_image_and_the_others_are_written(
     for name, seed in (("a", 0), ("b", 1), ("c", 2)):
         _image(tmp_path / "in" / f"{name}.png", 20, 20, seed=seed)
     before = file_hashes(tmp_path / "in")
-    save = Image.Image.save
+    write_bytes = Path.write_bytes
 
-    def full_for_b(self, target, *args, **kwargs):
-        if str(target).startswith(str(tmp_path / "out" / ".b")):  # b's temporary file
-            Path(target).write_bytes(b"half a png")
+    def full_for_b(self, data):
+        if str(self).startswith(str(tmp_path / "out" / ".b")):  # b's temporary file
+            write_bytes(self, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return save(self, target, *args, **kwargs)
+        return write_bytes(self, data)
 
-    monkeypatch.setattr(Image.Image, "save", full_for_b)
+    monkeypatch.setattr(Path, "write_bytes", full_for_b)
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(out)]) == 1  # fmt: skip
     stdout = capsys.readouterr().out

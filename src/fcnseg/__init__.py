@@ -16,9 +16,9 @@ from .builder import model_info
 from .inference import Segmenter
 from .modelfile import load_weights, save_weights
 from .models import FCN, ModelSpec, list_models
+from .version import __version__
 from .zoo import build_model, pretrained
 
-__version__ = "0.2.0"
 __all__ = [
     "FCN",
     "ModelSpec",

@@ -15,6 +15,7 @@ A multi-input model (NYUDv2 RGB-D, RGB-HHA) predicts from a dict of its inputs
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -43,9 +44,21 @@ from .scoring import score
 from .speed import AdaptiveThreads, InferenceOptions, compiled, fast_forward, prepare_model
 from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
+from .version import __version__
 from .zoo import INT8, entry, is_pretrained_name, model_file
 
-__all__ = ["Segmenter", "load_rgb", "load_input", "save_mask", "mask_image"]
+__all__ = [
+    "Segmenter",
+    "load_rgb",
+    "load_input",
+    "save_mask",
+    "mask_image",
+    "png_bytes",
+    "prepared_size",
+]
+
+# The PNG text chunk that marks predict's outputs (masks and overlays).
+MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
 Palette = Sequence[Sequence[int]]
@@ -272,23 +285,30 @@ class Segmenter:
     def _predict_many(self, images: list, probabilities: bool, batch_size: int) -> list:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        inputs = [self._normalized(image) for image in images]
+        inputs = [self.prepared(image) for image in images]
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(inputs):
-            size = tuple(next(iter(item.values())).shape[-2:])
-            by_size.setdefault(size, []).append(index)
+            by_size.setdefault(prepared_size(item), []).append(index)
         results: list[Any] = [None] * len(inputs)
         for indices in by_size.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                batch = {
-                    name: torch.stack([inputs[i][name] for i in chunk]).to(self.device)
-                    for name in self.inputs
-                }
-                scores = self.scores(batch)
-                for row, index in enumerate(chunk):
-                    results[index] = _for_user(*_by_task(scores, row, probabilities))
+                maps = self.label_maps_of([inputs[i] for i in chunk], probabilities)
+                for index, (labels, probs) in zip(chunk, maps, strict=True):
+                    results[index] = _for_user(labels, probs)
         return results
+
+    def label_maps_of(
+        self, prepared: Sequence[Mapping[str, torch.Tensor]], probabilities: bool = False
+    ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]]:
+        """``label_maps`` of several ``prepared`` images of one size, run as one batch: what
+        a server batching its requests calls."""
+        batch = {
+            name: torch.stack([item[name] for item in prepared]).to(self.device)
+            for name in self.inputs
+        }
+        scores = self.scores(batch)
+        return [_by_task(scores, row, probabilities) for row in range(len(prepared))]
 
     def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's float32 scores by task for a normalised batch (inputs by name),
@@ -335,10 +355,11 @@ class Segmenter:
     def batch(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
         """A batch of one, normalised, by input name. A single-input model takes the image
         itself (or a dict naming its input)."""
-        return {name: x[None].to(self.device) for name, x in self._normalized(image).items()}
+        return {name: x[None].to(self.device) for name, x in self.prepared(image).items()}
 
-    def _normalized(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
-        """Each input of one image as a normalised C x H x W tensor (on the CPU)."""
+    def prepared(self, image: ImageLike | Mapping[str, ImageLike]) -> dict[str, torch.Tensor]:
+        """Each input of one image as a normalised C x H x W tensor (on the CPU), by input
+        name: images of one size (``prepared_size``) batch together in ``label_maps_of``."""
         if not isinstance(image, Mapping):
             if len(self.spec.inputs) != 1:
                 raise ValueError(
@@ -359,6 +380,12 @@ class Segmenter:
         if len(set(sizes.values())) > 1:
             raise ValueError(f"the inputs of one image must share their size, got {sizes}")
         return inputs
+
+
+def prepared_size(prepared: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """The height and width of a ``Segmenter.prepared`` image."""
+    height, width = next(iter(prepared.values())).shape[-2:]
+    return int(height), int(width)
 
 
 def _is_many(image: Any) -> bool:
@@ -521,6 +548,17 @@ def _check_0_to_255(largest: float, floating: bool) -> None:
             f"the float image's values are at most {largest:g}, which looks like 0..1 "
             "(ToTensor): multiply by 255 (images are 0..255, uint8 or float)"
         )
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` as PNG bytes with predict's mark and fcnseg's version: what ``fcnseg
+    predict`` writes (later runs know the file as theirs) and ``fcnseg serve`` answers."""
+    info = PngInfo()
+    info.add_text(MARK_KEY, MARK_VALUE)
+    info.add_text("fcnseg-version", __version__)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def mask_image(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:

@@ -14,6 +14,7 @@ from ..config import parse_literal
 from ..data import DatasetError, build_dataset, eval_transforms
 from ..engines import require
 from ..speed import InferenceOptions
+from ..tiling import Tiling
 from ..tta import TTA
 from ..zoo import INT8, entry, model_file
 
@@ -23,12 +24,14 @@ __all__ = [
     "add_engine",
     "add_speed",
     "add_threads",
+    "add_tiling",
     "add_tta",
     "apply_threads",
     "check_engine",
     "open_dataset",
     "speed_of",
     "split_name",
+    "tiling_of",
     "tta_of",
     "use_pretrained",
     "warn_cpu_engine",
@@ -170,6 +173,42 @@ def tta_of(args: argparse.Namespace) -> TTA | None:
     if not args.tta and args.tta_scales is None:
         return None
     return TTA.of(args.tta_scales, flip=args.tta)
+
+
+def _pixels(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of pixels")
+    return value
+
+
+def add_tiling(parser: argparse.ArgumentParser) -> None:
+    """``--tile PIXELS`` and ``--tile-overlap PIXELS`` (``fcnseg.tiling``)."""
+    parser.add_argument(
+        "--tile",
+        type=_pixels,
+        metavar="PIXELS",
+        help="predict larger images in overlapping tiles of this side (default: whole)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=int,
+        metavar="PIXELS",
+        help="pixels adjacent tiles share (default: a third of --tile)",
+    )
+
+
+def tiling_of(args: argparse.Namespace) -> Tiling | None:
+    if args.tile is None:
+        if args.tile_overlap is not None:
+            raise ValueError("--tile-overlap needs --tile: give the tile side as well")
+        return None
+    if args.tile_overlap is not None and not 0 <= args.tile_overlap < args.tile:
+        raise ValueError(
+            f"--tile-overlap {args.tile_overlap} must be at least 0 and less than --tile "
+            f"{args.tile}"
+        )
+    return Tiling.of(args.tile, args.tile_overlap)
 
 
 def add_speed(parser: argparse.ArgumentParser) -> None:

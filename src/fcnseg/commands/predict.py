@@ -51,15 +51,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
-from .. import __version__
 from ..data import DatasetError
 from ..devices import resolve_device
 from ..fileio import atomic_write
-from ..inference import Segmenter, load_input, mask_image
+from ..inference import MARK_KEY, MARK_VALUE, Segmenter, load_input, mask_image, png_bytes
 from ..models import ModelSpec
-from ..tiling import Tiling
 from ..training.checkpoint import WriteError, writing
 from ..viz import figure_pixels, overlay_figure
 from .globbing import file_identity, glob_files
@@ -68,18 +65,18 @@ from .options import (
     add_model_file,
     add_speed,
     add_threads,
+    add_tiling,
     add_tta,
     apply_threads,
     check_engine,
     speed_of,
+    tiling_of,
     tta_of,
     use_pretrained,
     warn_cpu_engine,
 )
 from .outputs import unwritable
 
-# The PNG text chunk that marks predict's outputs (masks and overlays).
-MARK_KEY, MARK_VALUE = "Software", "fcnseg predict"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 
 
@@ -117,39 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_engine(parser)
     add_tta(parser)
     add_speed(parser)
-    parser.add_argument(
-        "--tile",
-        type=_positive,
-        metavar="PIXELS",
-        help="predict larger images in overlapping tiles of this side (default: whole)",
-    )
-    parser.add_argument(
-        "--tile-overlap",
-        type=int,
-        metavar="PIXELS",
-        help="pixels adjacent tiles share (default: a third of --tile)",
-    )
+    add_tiling(parser)
     parser.set_defaults(run=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of pixels")
-    return value
-
-
-def _tiling(args: argparse.Namespace) -> Tiling | None:
-    if args.tile is None:
-        if args.tile_overlap is not None:
-            raise ValueError("--tile-overlap needs --tile: give the tile side as well")
-        return None
-    if args.tile_overlap is not None and not 0 <= args.tile_overlap < args.tile:
-        raise ValueError(
-            f"--tile-overlap {args.tile_overlap} must be at least 0 and less than --tile "
-            f"{args.tile}"
-        )
-    return Tiling.of(args.tile, args.tile_overlap)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -259,13 +225,11 @@ class OutputNames:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    """Save with predict's mark, so later runs know the file as theirs; atomically, so a
-    full disk leaves no half-written file (``WriteError`` names the file)."""
-    info = PngInfo()
-    info.add_text(MARK_KEY, MARK_VALUE)
-    info.add_text("fcnseg-version", __version__)
+    """Save with predict's mark (``png_bytes``), so later runs know the file as theirs;
+    atomically, so a full disk leaves no half-written file (``WriteError`` names the file)."""
+    data = png_bytes(image)
     with writing(path, kept=False):
-        atomic_write(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
+        atomic_write(path, lambda temporary: temporary.write_bytes(data))
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
@@ -301,7 +265,7 @@ def _write(
 
 def run(args: argparse.Namespace) -> int:
     use_pretrained(args, int8="file")
-    tiling = _tiling(args)
+    tiling = tiling_of(args)
     check_engine(args)
     apply_threads(args)
     device = resolve_device(args.device)

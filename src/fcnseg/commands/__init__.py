@@ -4,8 +4,8 @@ A command's ``register`` adds its parser and sets ``run`` to a function taking t
 arguments and returning the exit status.
 """
 
-from . import demo, evaluate, export, models, predict, quantize, train, weights
+from . import demo, evaluate, export, models, predict, quantize, serve, train, weights
 
-COMMANDS = (models, train, evaluate, predict, demo, weights, export, quantize)
+COMMANDS = (models, train, evaluate, predict, serve, demo, weights, export, quantize)
 
 __all__ = ["COMMANDS"]

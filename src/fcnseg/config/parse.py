@@ -31,7 +31,14 @@ __all__ = ["load_config", "from_dict", "parse_overrides", "parse_literal"]
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Reader options a config may give at the top level: they serve the training and the
 # validation set alike (train_options and val_options), as a folder's masks are one format.
-READER_OPTIONS = ("value_map", "ignore_index")
+READER_OPTIONS = (
+    "value_map",
+    "ignore_index",
+    "img_dir",
+    "ann_dir",
+    "img_suffix",
+    "seg_map_suffix",
+)
 _TYPES = typing.get_type_hints(TrainConfig)
 
 # Names from other tools (Caffe's solver.prototxt among them) and the key they mean here.

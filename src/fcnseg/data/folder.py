@@ -12,9 +12,21 @@
                        or colour PNGs (mapped through the colours of classes.txt);
                        JPEG masks are refused: lossy compression invents labels at edges
 
+Other layouts take reader options, named as mmsegmentation names them: ``img_dir`` and
+``ann_dir`` (the two folders, default ``images`` and ``masks``), ``img_suffix`` and
+``seg_map_suffix`` (the ending that follows the shared part of an image's and its mask's
+names; default: the extension alone). Subfolders are searched, an image and its mask pair
+by their path below their folder without the ending. So Cityscapes reads as
+``img_dir = "leftImg8bit"``, ``ann_dir = "gtFine"``, ``img_suffix = "_leftImg8bit.png"``,
+``seg_map_suffix = "_gtFine_labelTrainIds.png"`` (per-city subfolders, splits ``train``/``val``
+as subfolders), and masks beside their photos (``x.jpg``, ``x_mask.png``) as ``ann_dir =
+"images"``, ``seg_map_suffix = "_mask.png"``. An image without a mask says what was found
+instead and which setting pairs them ("found x_mask.png: set seg_map_suffix = '_mask.png'").
+
 Splits: ``split=None`` takes every image (``train_split = none`` / ``val_split = none`` in a
 config, ``--split none`` on ``fcnseg eval``); otherwise ``images/<split>/`` + ``masks/<split>/``
-or a ``<split>.txt`` listing stems. Every image needs a mask and every mask an image.
+or a ``<split>.txt`` listing names (stems; ``city/name`` in subfolders). Every image needs a
+mask and every mask an image.
 
 Masks whose stored values are not the class indices take ``value_map``, raw value -> class
 (255: ignored), listing only the values that differ: ``{0: 0, 255: 1}`` for binary masks
@@ -37,6 +49,7 @@ none of the scanned masks is a warning.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -153,35 +166,91 @@ def read_classes(path: Path) -> ClassList:
     return ClassList(names, given or None, ignore_color)  # type: ignore[arg-type]
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...], kind: str) -> dict[str, Path]:
-    """The ``kind`` files of ``folder`` by stem; something else under such a name (a FIFO,
-    a folder) is refused, not passed over as if the file were missing."""
+def _by_key(
+    folder: Path, suffixes: tuple[str, ...], kind: str, suffix: str | None, skip: str | None
+) -> dict[str, Path]:
+    """The ``kind`` files under ``folder`` (subfolders too) by key: the path from ``folder``
+    without ``suffix`` (``img_suffix``, ``seg_map_suffix``), or without the extension when
+    no suffix is given (then one of ``suffixes``). Files ending in ``skip`` are not ``kind``
+    files (masks beside their images). Something else under such a name (a FIFO, a folder)
+    is refused, not passed over as if the file were missing."""
     files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in suffixes or not path.exists():  # a dangling link: none
+    for path in _walk(folder):
+        name = path.name
+        if skip and name.endswith(skip):
+            continue
+        if suffix is not None:
+            if not name.endswith(suffix) or len(name) == len(suffix):
+                continue
+            key = path.relative_to(folder).as_posix()[: -len(suffix)]
+        elif path.suffix.lower() in suffixes:
+            key = path.relative_to(folder).with_suffix("").as_posix()
+        else:
+            continue
+        if not path.exists():  # a dangling link: no file
             continue
         require_file(path, kind)
-        if path.stem in files:
+        if key in files:
             raise DatasetError(
-                f"{kind}s {files[path.stem].name} and {path.name} share the stem {path.stem!r}: "
-                "keep one"
+                f"{kind}s {files[key].name} and {path.name} share the name {key!r}: keep one"
             )
-        files[path.stem] = path
+        files[key] = path
     return files
 
 
-def has_split(root: Path | str, split: str) -> bool:
-    """Whether the folder dataset at ``root`` has ``split``: ``images/<split>/`` or
+def _walk(folder: Path) -> list[Path]:
+    """Every entry under ``folder``, sorted, entering each real subfolder once (links that
+    lead back up are not followed twice)."""
+    found, seen = [], set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        identity = os.stat(top)
+        if (identity.st_dev, identity.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        folders.sort()
+        found += [Path(top) / name for name in sorted(names)]
+    return found
+
+
+def _partner_hint(name: str, others: Sequence[str], own: str, other: str) -> str:
+    """Why the file ``name`` (its path in its folder) found no partner among ``others``
+    when one of them shares the start of its name: " (found x_mask.png: set seg_map_suffix
+    = '_mask.png')", with ``own`` and ``other`` the options that hold each side's ending
+    (``img_suffix``, ``seg_map_suffix``); "" when none does."""
+    best = max(others, key=lambda o: (_shared(name, o), "label" in o.lower(), -len(o)), default="")
+    common = name[: _shared(name, best)]
+    if not name[len(common) :].startswith("."):  # "a_1_leftImg8bit" / "a_1_gtFine": cut at "_"
+        common = common[: max(common.rfind(sep) for sep in "_-.")] if common else ""
+    if len(common) <= name.rfind("/") + 1 or len(common) < len(Path(name).stem) // 2:
+        return ""
+    endings = [(own, name[len(common) :]), (other, best[len(common) :])]
+    plain = (*IMAGE_SUFFIXES, *MASK_SUFFIXES)  # an extension alone needs no option
+    fixes = [f"{option} = '{ending}'" for option, ending in endings if ending.lower() not in plain]  # fmt: skip
+    return f" (found {best}: set {' and '.join(fixes)})" if fixes else ""
+
+
+def _shared(name: str, other: str) -> int:
+    return len(os.path.commonprefix([name, other]))
+
+
+def _names(folder: Path) -> list[str]:
+    return [path.relative_to(folder).as_posix() for path in _walk(folder) if path.is_file()]
+
+
+def has_split(root: Path | str, split: str, img_dir: str = "images") -> bool:
+    """Whether the folder dataset at ``root`` has ``split``: ``<img_dir>/<split>/`` or
     ``<split>.txt``."""
     root = Path(root)
-    return (root / "images" / split).is_dir() or (root / f"{split}.txt").is_file()
+    return (root / img_dir / split).is_dir() or (root / f"{split}.txt").is_file()
 
 
-def _refuse_lossy_masks(folder: Path) -> None:
+def _refuse_lossy_masks(folder: Path, seg_map_suffix: str | None) -> None:
     """JPEG masks are refused: lossy compression blurs the edges between regions
     into values of neither class (or of a third one), labels nobody drew."""
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in LOSSY_MASK_SUFFIXES:
+    for path in _walk(folder):
+        is_mask = path.name.endswith(seg_map_suffix) if seg_map_suffix else True
+        if is_mask and path.is_file() and path.suffix.lower() in LOSSY_MASK_SUFFIXES:
             raise DatasetError(
                 f"mask {path} is {path.suffix.lstrip('.').upper()}: lossy compression invents "
                 "labels at the edges between regions; save the masks as PNG (lossless), e.g. "
@@ -191,7 +260,8 @@ def _refuse_lossy_masks(folder: Path) -> None:
 
 @register_dataset("folder")
 class FolderDataset(SegmentationDataset):
-    """images/ + masks/ with matching stems and a classes file (see the module docstring)."""
+    """images/ + masks/ with matching names and a classes file; other folder names, name
+endings and subfolders by reader options (see the module docstring)."""
 
     def __init__(
         self,
@@ -202,10 +272,16 @@ class FolderDataset(SegmentationDataset):
         classes_file: str = "classes.txt",
         value_map: Mapping[int | str, int] | None = None,
         ignore_index: int | Sequence[int] | None = None,
+        img_dir: str = "images",
+        ann_dir: str = "masks",
+        img_suffix: str | None = None,
+        seg_map_suffix: str | None = None,
         scan_masks: int = 100,
     ) -> None:
         self.root = require_dir(root, "dataset root", "create images/, masks/ and classes.txt")
         self.split = split
+        self.img_dir, self.ann_dir = img_dir, ann_dir
+        self.img_suffix, self.seg_map_suffix = img_suffix, seg_map_suffix
         class_list = read_classes(self.root / classes_file)
         self.classes = tuple(class_list.names)
         self.palette = class_list.colors or default_palette(self.classes)
@@ -286,40 +362,77 @@ class FolderDataset(SegmentationDataset):
         return LabelMap(mapping, name=f"{len(self.classes)}-class", fix=fix)
 
     def _pair(self) -> list[Sample]:
-        images_dir = require_dir(self.root / "images", "images folder", "put the images in images/")
-        masks_dir = require_dir(self.root / "masks", "masks folder", "put the masks in masks/")
-        wanted = None
-        if self.split is not None:
-            if (images_dir / self.split).is_dir():
-                images_dir, masks_dir = images_dir / self.split, masks_dir / self.split
-                require_dir(masks_dir, "masks folder", f"put the {self.split} masks there")
-            elif (self.root / f"{self.split}.txt").is_file():
-                wanted = read_split_file(self.root / f"{self.split}.txt", "list one stem per line")
-            else:
-                raise DatasetError(
-                    f"{self.root}: no split {self.split!r}: create images/{self.split}/ and "
-                    f"masks/{self.split}/, or {self.split}.txt listing stems; or, to take every "
-                    "image, set the split to none (train_split=none / val_split=none, "
-                    "--split none on fcnseg eval)"
-                )
-        images = _by_stem(images_dir, IMAGE_SUFFIXES, "image")
-        _refuse_lossy_masks(masks_dir)
-        masks = _by_stem(masks_dir, MASK_SUFFIXES, "mask")
-        stems = wanted if wanted is not None else sorted(images.keys() | masks.keys())
-        for stem in stems:
-            if stem not in images:
-                where = masks[stem] if stem in masks else self.root / f"{self.split}.txt"
-                raise DatasetError(
-                    f"{where}: no image {stem}.* in {images_dir}: add the image or remove the mask"
-                )
-            if stem not in masks:
-                raise DatasetError(
-                    f"image {images[stem]} has no mask {masks_dir / (stem + '.png')}: "
-                    "add the mask or remove the image"
-                )
-        if not stems:
+        images_dir, masks_dir, wanted = self._split_folders()
+        beside = images_dir.resolve() == masks_dir.resolve()
+        if beside and not self.seg_map_suffix:
+            raise DatasetError(
+                f"{images_dir}: images and masks share the folder: set seg_map_suffix to the "
+                "ending of the masks' names (e.g. seg_map_suffix = '_mask.png')"
+            )
+        skip = self.seg_map_suffix if beside else None
+        images = _by_key(images_dir, IMAGE_SUFFIXES, "image", self.img_suffix, skip)
+        _refuse_lossy_masks(masks_dir, self.seg_map_suffix)
+        masks = _by_key(masks_dir, MASK_SUFFIXES, "mask", self.seg_map_suffix, None)
+        keys = wanted if wanted is not None else sorted(images.keys() | masks.keys())
+        for key in keys:  # images without masks first: their hint names the mask to read
+            if key in images and key not in masks:
+                self._refuse_unpaired(key, images, masks_dir, "image")
+        for key in keys:
+            if key not in images:
+                self._refuse_unpaired(key, masks, images_dir, "mask")
+        if not keys:
             raise DatasetError(f"{images_dir} holds no images: put images and masks there")
-        return [Sample(stem, images[stem], masks[stem]) for stem in stems]
+        return [Sample(key, images[key], masks[key]) for key in keys]
+
+    def _split_folders(self) -> tuple[Path, Path, list[str] | None]:
+        """The images and masks folders of the split, and the names a ``<split>.txt``
+        lists (None: every image)."""
+        images_dir = require_dir(
+            self.root / self.img_dir,
+            "images folder",
+            f"put the images in {self.img_dir}/ (or name their folder with img_dir)",
+        )
+        masks_dir = require_dir(
+            self.root / self.ann_dir,
+            "masks folder",
+            f"put the masks in {self.ann_dir}/ (or name their folder with ann_dir)",
+        )
+        if self.split is None:
+            return images_dir, masks_dir, None
+        if (images_dir / self.split).is_dir():
+            require_dir(masks_dir / self.split, "masks folder", f"put the {self.split} masks there")
+            return images_dir / self.split, masks_dir / self.split, None
+        if (self.root / f"{self.split}.txt").is_file():
+            listed = read_split_file(self.root / f"{self.split}.txt", "list one name per line")
+            return images_dir, masks_dir, listed
+        raise DatasetError(
+            f"{self.root}: no split {self.split!r}: create {self.img_dir}/{self.split}/ and "
+            f"{self.ann_dir}/{self.split}/, or {self.split}.txt listing names; or, to take every "
+            "image, set the split to none (train_split=none / val_split=none, "
+            "--split none on fcnseg eval)"
+        )
+
+    def _refuse_unpaired(self, key: str, found: dict[str, Path], missing_in: Path, kind: str):
+        """The one-line error for ``key``, a ``kind`` file (or a name of ``<split>.txt``)
+        without its partner in ``missing_in``, with the suffixes that would pair it."""
+        if key not in found:  # listed in <split>.txt, and neither file exists
+            raise DatasetError(
+                f"{self.root / f'{self.split}.txt'} lists {key!r}, which has no image in "
+                f"{missing_in}: add it or remove the line"
+            )
+        path = found[key]
+        name = path.relative_to(path.parents[len(Path(key).parts) - 1]).as_posix()
+        if kind == "image":
+            expected = missing_in / (key + (self.seg_map_suffix or ".png"))
+            hint = _partner_hint(name, _names(missing_in), "img_suffix", "seg_map_suffix")
+            raise DatasetError(
+                f"image {path} has no mask {expected}{hint}: add the mask or remove the image"
+            )
+        hint = _partner_hint(name, _names(missing_in), "seg_map_suffix", "img_suffix")
+        raise DatasetError(
+            f"{path}: no image {key}{self.img_suffix or '.*'} in {missing_in}{hint}: add the "
+            "image or remove the mask"
+        )
 
     def _scan(self, count: int) -> None:
         """Read up to ``count`` masks spread over the split: which classes occur, and whether

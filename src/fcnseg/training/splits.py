@@ -36,11 +36,13 @@ def fit_folder_splits(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
         return config, []
     notes, changes = [], {}
     own_val = config.val_dataset in (None, "folder") and config.val_root in (None, config.root)
-    if config.train_split is not None and not has_split(config.root, config.train_split):
+    img_dir = config.train_options.get("img_dir", "images")
+    if config.train_split is not None and not has_split(config.root, config.train_split, img_dir):
         changes["train_split"] = None
         notes.append(f"{config.root} has no {config.train_split!r} split: training on its images")
     val = config.val_split
-    if own_val and val not in (None, RANDOM_SPLIT) and not has_split(config.root, val):
+    img_dir = config.val_options.get("img_dir", img_dir)
+    if own_val and val not in (None, RANDOM_SPLIT) and not has_split(config.root, val, img_dir):
         changes["val_split"] = RANDOM_SPLIT
         either = " either" if notes else ""
         notes.append(

@@ -19,6 +19,7 @@ from .base import (
 )
 from .camvid import CAMVID_CLASSES, CamVid
 from .cityscapes import CITYSCAPES_CLASSES, Cityscapes
+from .coco import CocoSegmentation
 from .collate import PadCollate, pad_collate
 from .context import CONTEXT_CLASSES, PascalContext
 from .download import Resource, extract, fetch, fetch_and_extract
@@ -58,6 +59,7 @@ __all__ = [
     "NYUDv2",
     "PascalContext",
     "Cityscapes",
+    "CocoSegmentation",
     "FolderDataset",
     "SyntheticShapes",
     "VOC_CLASSES",

@@ -46,6 +46,7 @@ def test_eval_prints_metrics_and_writes_json(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines()]
     assert ["class", "IU", "acc"] in rows and any(row[:1] == ["ring"] for row in rows)
     report = json.loads((tmp_path / "eval-best-synthetic-val.json").read_text())
+    assert "fractions of 1" in report["units"]
     assert report["images"] == 3 and report["classes"] == list(SYNTHETIC_CLASSES)
     assert sum(map(sum, report["confusion"])) == 3 * 32 * 32
     # an untrained net (zero score layers) predicts class 0 everywhere

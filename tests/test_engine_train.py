@@ -86,6 +86,7 @@ def test_a_run_folder_holds_everything(tmp_path):
     assert last.training["iteration"] == 8 and last.training["finished"]
     summary = json.loads((run / "metrics.json").read_text())
     assert set(summary["last"]) >= {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "iu", "acc"}
+    assert 0 <= summary["last"]["mean_iu"] <= 1 and "fractions of 1" in summary["units"]
 
 
 def test_paper_recipe_parameter_groups():

@@ -185,3 +185,17 @@ def test_threads_mean_the_same_on_the_torch_engine(checkpoint_path):
     assert torch.get_num_threads() == 2  # not given: left as it is
     Segmenter.from_checkpoint(checkpoint_path, threads=1)
     assert torch.get_num_threads() == 1
+
+
+def test_overlay_draws_the_prediction_with_and_without_a_legend(segmenter):
+    image = np.random.default_rng(3).integers(0, 256, (40, 300, 3), dtype=np.uint8)
+    labels = segmenter.predict(image)
+    plain = segmenter.overlay(image, labels, legend=False)
+    assert plain.size == (300, 40) and plain.mode == "RGB"
+    expected = fcnseg.viz.overlay(image, labels, segmenter.palette, classes=segmenter.classes)
+    assert np.array_equal(np.asarray(plain), expected)
+    pictured = segmenter.overlay(image)  # predicted here; a legend band below the image
+    assert pictured.width == 300 and pictured.height > 40
+    assert np.array_equal(np.asarray(pictured)[:40], np.asarray(plain))
+    with pytest.raises(ValueError, match="the model predicts"):
+        segmenter.overlay(image, labels, task="depth")

@@ -45,6 +45,7 @@ from .speed import AdaptiveThreads, InferenceOptions, compiled, fast_forward, pr
 from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
 from .version import __version__
+from .viz import overlay, overlay_picture
 from .zoo import INT8, entry, is_pretrained_name, model_file
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "save_mask",
     "mask_image",
     "png_bytes",
+    "backdrop",
     "prepared_size",
 ]
 
@@ -282,6 +284,44 @@ class Segmenter:
         ``predict`` gives a single-task model's map itself."""
         return _by_task(self.scores(self.batch(image)), 0, probabilities)
 
+    def overlay(
+        self,
+        image: ImageLike | Mapping[str, ImageLike],
+        labels: np.ndarray | Mapping[str, np.ndarray] | None = None,
+        *,
+        task: str | None = None,
+        legend: bool = True,
+        alpha: float = 0.5,
+    ) -> Image.Image:
+        """``image`` with its classes painted over it: with ``legend``, the picture ``fcnseg
+        predict`` saves as ``<name>_overlay.png`` (a legend of the classes shown under the
+        image), else the image's own size (``fcnseg.viz.overlay``). ``labels``: what
+        ``predict`` gave for it (predicted here when None); ``task`` picks a multi-task
+        model's head (default: its first). A multi-input model draws on its colour input::
+
+            segmenter.overlay("street.jpg").save("street_overlay.png")
+        """
+        task = task or self.tasks[0]
+        if task not in self.tasks:
+            raise ValueError(f"task {task!r}: the model predicts {list(self.tasks)}")
+        if labels is None:
+            labels = self.label_maps(image)[0][task]
+        elif isinstance(labels, Mapping):
+            labels = labels[task]
+        raw = image if isinstance(image, Mapping) else {self.inputs[0]: image}
+        loaded = {item.name: load_input(raw[item.name], item) for item in self.spec.inputs}
+        rgb = backdrop(loaded, self.spec).permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+        palette, classes = self.task_palettes[task], self.task_classes[task]
+        if legend:
+            picture = overlay_picture(
+                rgb, labels, palette, classes, alpha=alpha, ignore_index=self.ignore_index
+            )
+        else:
+            picture = overlay(
+                rgb, labels, palette, alpha, classes=classes, ignore_index=self.ignore_index
+            )
+        return Image.fromarray(picture)
+
     def _predict_many(self, images: list, probabilities: bool, batch_size: int) -> list:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -380,6 +420,18 @@ class Segmenter:
         if len(set(sizes.values())) > 1:
             raise ValueError(f"the inputs of one image must share their size, got {sizes}")
         return inputs
+
+
+def backdrop(images: Mapping[str, torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+    """The 3 x H x W image (0..255) overlays are drawn on, from each input as ``load_input``
+    reads it: the first 3-channel input (the colour image), else the first input stretched
+    to grey."""
+    for item in spec.inputs:
+        if item.channels == 3:
+            return images[item.name]
+    first = images[spec.inputs[0].name][:1]
+    low, high = first.min(), first.max()
+    return ((first - low) * (255 / max(float(high - low), 1e-6))).expand(3, -1, -1)
 
 
 def prepared_size(prepared: Mapping[str, torch.Tensor]) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -38,6 +39,7 @@ __all__ = [
     "confusion_figure",
     "overlay",
     "overlay_figure",
+    "overlay_picture",
     "panel_figure",
     "legend_entries",
     "LegendEntry",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 _DPI = 100
+_DRAWING = threading.Lock()  # one figure rendered at a time (overlay_picture)
 # Names a dataset gives a class 0 that is no class at all: left unpainted in overlays.
 _UNLABELLED_NAMES = {"background", "void", "unlabelled", "unlabeled"}
 _FEW_CLASSES = 8  # a legend lists every class up to this many, else the classes shown
@@ -310,6 +313,25 @@ def overlay_figure(
     figure.set_size_inches((total + 0.25) / _DPI, (height + band + 0.25) / _DPI)
     figure.figimage(blended, xo=0, yo=band, origin="upper")  # no resampling: exact pixels
     return figure
+
+
+def overlay_picture(
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    *,
+    alpha: float = 0.5,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """``overlay_figure`` rendered: H' x W' x 3 uint8, the picture ``fcnseg predict`` saves
+    as ``<name>_overlay.png``. Safe from many threads: matplotlib's text rendering shares
+    state, so one picture is drawn at a time."""
+    with _DRAWING:
+        figure = overlay_figure(
+            image, labels, palette, classes, alpha=alpha, ignore_index=ignore_index
+        )
+        return figure_pixels(figure)
 
 
 # panel_figure's layout, in pixels

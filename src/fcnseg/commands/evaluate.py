@@ -35,6 +35,7 @@ from ..training.checkpoint import CheckpointError, load_checkpoint, writing
 from ..training.distributed import Context
 from ..training.evaluate import class_table, eval_loader, evaluate, format_metrics
 from ..training.perimage import evaluate_per_image, worst, write_per_image_csv
+from ..training.runfolder import SCORE_UNITS
 from .options import (
     add_dataset,
     add_engine,
@@ -242,6 +243,7 @@ def _write_report(args, record, dataset, classes, metrics, confusion) -> None:
         "dataset": args.data,
         "split": args.split,
         "images": len(dataset),
+        "units": SCORE_UNITS,
         "classes": list(classes[task]) if single else {t: list(c) for t, c in classes.items()},
         **(metrics[task] if single else metrics),
         "confusion": confusion[task].matrix.tolist()

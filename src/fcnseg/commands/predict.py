@@ -55,10 +55,18 @@ from PIL import Image
 from ..data import DatasetError
 from ..devices import resolve_device
 from ..fileio import atomic_write
-from ..inference import MARK_KEY, MARK_VALUE, Segmenter, load_input, mask_image, png_bytes
+from ..inference import (
+    MARK_KEY,
+    MARK_VALUE,
+    Segmenter,
+    backdrop,
+    load_input,
+    mask_image,
+    png_bytes,
+)
 from ..models import ModelSpec
 from ..training.checkpoint import WriteError, writing
-from ..viz import figure_pixels, overlay_figure
+from ..viz import overlay_picture
 from .globbing import file_identity, glob_files
 from .options import (
     add_engine,
@@ -257,8 +265,8 @@ def _write(
     if not args.no_overlay:
         image = rgb.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
         ignore = segmenter.ignore_index
-        figure = overlay_figure(image, labels, palette, classes, ignore_index=ignore)
-        _save_png(Image.fromarray(figure_pixels(figure)), args.out / f"{stem}_overlay.png")
+        picture = overlay_picture(image, labels, palette, classes, ignore_index=ignore)
+        _save_png(Image.fromarray(picture), args.out / f"{stem}_overlay.png")
     if probs is not None:
         _save_npy(probs, args.out / f"{stem}_probs.npy")
 
@@ -292,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
             failed.append((str(path), str(error)))
             continue
         stem = names.stem(path)
-        rgb = _backdrop(images, segmenter.spec)
+        rgb = backdrop(images, segmenter.spec)
         source = " + ".join(str(file) for file in files.values())
         try:
             labels, probs = segmenter.label_maps(images, probabilities=args.probabilities)
@@ -411,14 +419,3 @@ def _load(files: dict[str, Path], spec: ModelSpec) -> dict[str, torch.Tensor]:
         listed = ", ".join(f"{name} {h}x{w}" for name, (h, w) in sizes.items())
         raise ValueError(f"the inputs differ in size ({listed}): give images of one size")
     return images
-
-
-def _backdrop(images: dict[str, torch.Tensor], spec: ModelSpec) -> torch.Tensor:
-    """The 3 x H x W image overlays are drawn on: the first 3-channel input (the colour
-    image), else the first input stretched to grey."""
-    for item in spec.inputs:
-        if item.channels == 3:
-            return images[item.name]
-    first = images[spec.inputs[0].name][:1]
-    low, high = first.min(), first.max()
-    return ((first - low) * (255 / max(float(high - low), 1e-6))).expand(3, -1, -1)

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..inference import Segmenter, mask_image, png_bytes, prepared_size
-from ..viz import figure_pixels, overlay_figure
 from .batcher import Batcher
 from .stats import ServerStats
 from .uploads import Refused, decode_image
@@ -29,9 +26,6 @@ from .uploads import Refused, decode_image
 __all__ = ["Service", "Answer", "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: a 24 MP photo is refused, 4K passes
-
-# matplotlib draws one figure at a time (its text rendering shares state)
-_DRAWING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -123,14 +117,7 @@ class Service:
         return png_bytes(mask_image(labels, self.segmenter.task_palettes[task]))
 
     def _overlay_png(self, image: np.ndarray, labels: np.ndarray, task: str) -> bytes:
-        segmenter = self.segmenter
-        palette, classes = segmenter.task_palettes[task], segmenter.task_classes[task]
-        with _DRAWING:
-            figure = overlay_figure(
-                image, labels, palette, classes, ignore_index=segmenter.ignore_index
-            )
-            pixels = figure_pixels(figure)
-        return png_bytes(Image.fromarray(pixels))
+        return png_bytes(self.segmenter.overlay(image, labels, task=task))
 
     def _json(self, image: np.ndarray, labels: np.ndarray, task: str, overlay: bool) -> bytes:
         classes = self.segmenter.task_classes[task]

@@ -19,6 +19,9 @@ The train and val records also go, for tools that read tables or TensorBoard, to
                          val/iu/Sky, ...; the step is the iteration), when the optional
                          tensorboard package is installed (pip install "fcnseg[tensorboard]")
 
+Scores are fractions of 1 in every file (mean_iu 0.713); the console and report.md show
+them in percent (71.3). metrics.json says so in its "units" field.
+
 A resumed run truncates all of them at the checkpoint's iteration (TensorBoard is told to
 purge the later steps), so every step appears once.
 
@@ -53,6 +56,9 @@ from .hooks import Hook, StepInfo
 from .state import Progress, Run
 
 __all__ = ["RunLog", "RunLogger", "write_report", "RUN_FILES", "holds_run", "clear_run"]
+
+# How the files of a run hold scores (the console shows percent)
+SCORE_UNITS = "scores are fractions of 1 (mean_iu 0.713 is 71.3 %)"
 
 # What a run writes into its folder (stage folders of a staged run hold the same)
 RUN_FILES = (
@@ -277,7 +283,12 @@ def write_report(
     best.pt: confusion.png and ``overlays`` validation images with their predictions."""
     best_path = run_dir / "best.pt"
     best = load_checkpoint(best_path) if best_path.is_file() else None
-    summary = {"classes": list(classes), **summary, "best": best.metrics if best else None}
+    summary = {
+        "classes": list(classes),
+        "units": SCORE_UNITS,
+        **summary,
+        "best": best.metrics if best else None,
+    }
     with writing(run_dir / "metrics.json", kept=False):
         (run_dir / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     with writing(run_dir / "curves.png", kept=False):

@@ -195,3 +195,39 @@ def test_curves_draw_each_run_in_one_colour_in_every_panel(tmp_path):
         assert colours == {f"C{index}"}, name
     assert len(val_ax.lines) == 4 and len(loss_ax.lines) == 2
     assert viz.plot_curves([], tmp_path / "curves.png", runs=runs).is_file()
+
+
+def test_ignored_pixels_and_their_swatch_take_the_declared_ignore_colour(tmp_path):
+    """Issue 30: a folder whose classes.txt declares "ignore 255 0 255" draws its ignored
+    pixels, and the legend's "ignored" swatch, in that colour, not VOC's void colour."""
+    from torch.utils.data import Subset
+
+    from fcnseg.data import build_dataset
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("sky 0 0 255\nroad 0 255 0\nignore 255 0 255\n")
+    colours = np.zeros((16, 20, 3), np.uint8)
+    colours[:, :10] = (0, 0, 255)
+    colours[:, 10:] = (0, 255, 0)
+    colours[:4, :4] = (255, 0, 255)  # ignored
+    Image.fromarray(colours).save(root / "masks" / "a.png")
+    Image.fromarray(np.full((16, 20, 3), 90, np.uint8)).save(root / "images" / "a.png")
+    dataset = Subset(build_dataset("folder", root=root, split=None), [0])
+
+    class Truth:  # predicts the label, with its ignored pixels as sky
+        classes, palette, ignore_index = ("sky", "road"), [(0, 0, 255), (0, 255, 0)], 255
+
+        def predict(self, image):
+            label = viz.raw_item(dataset, 0)[1].copy()
+            label[label == 255] = 0
+            return label
+
+    viz.save_overlays(Truth(), dataset, tmp_path / "out", count=1)
+    panel = np.asarray(Image.open(tmp_path / "out" / "000.png"))
+    magenta = (panel == (255, 0, 255)).all(axis=2)
+    void = (panel == VOC_VOID_COLOR).all(axis=2)
+    assert magenta.sum() > 16 * 8 and not void.any()  # the label tile and the swatch
+    entries = viz.legend_entries([viz.raw_item(dataset, 0)[1]], Truth.classes, Truth.palette, ignore_color=(255, 0, 255))  # fmt: skip
+    assert entries[-1] == viz.LegendEntry("ignored", (255, 0, 255))

@@ -99,11 +99,12 @@ def legend_entries(
     ignore_index: int = 255,
     hidden: Sequence[int] = (),
     void: bool = True,
+    ignore_color: tuple[int, int, int] = VOC_VOID_COLOR,
 ) -> list[LegendEntry]:
     """The legend of pictures of ``maps``: every class when there are few (up to 8), else
     the classes that appear in the maps, in class order; ``hidden`` classes left out (those
     an overlay does not paint); with ``void``, an "ignored" entry where ignored pixels
-    appear (drawn in the void colour)."""
+    appear (drawn in ``ignore_color``, the dataset's own where it declares one)."""
     values = np.unique(np.concatenate([np.asarray(m).reshape(-1) for m in maps]))
     present = {int(v) for v in values if 0 <= v < len(classes)}
     shown = range(len(classes)) if len(classes) <= _FEW_CLASSES else sorted(present)
@@ -114,7 +115,7 @@ def legend_entries(
         if i not in hidden
     ]
     if void and ignore_index in values:
-        entries.append(LegendEntry("ignored", VOC_VOID_COLOR))
+        entries.append(LegendEntry("ignored", tuple(ignore_color)))
     return entries
 
 
@@ -360,19 +361,23 @@ def panel_figure(
     titles: Sequence[str],
     classes: Sequence[str],
     ignore_index: int = 255,
+    ignore_color: tuple[int, int, int] = VOC_VOID_COLOR,
 ) -> Figure:
     """The image, then each label map (truth, predictions) in colour, side by side, each
     under its title (``titles``: one for the image and one per map), above a legend of the
     class colours (``legend_entries``). Tiles are ``panel_tile_size``, 8 pixels apart and
-    from the edges, under a 24-pixel title band."""
+    from the edges, under a 24-pixel title band; ignored pixels in ``ignore_color``."""
+    colors = [tuple(c) for c in palette]
     tiles = [np.asarray(image, dtype=np.uint8)]
-    tiles += [colorize(m, [tuple(c) for c in palette], ignore_index) for m in maps]
+    tiles += [colorize(m, colors, ignore_index, ignore_color) for m in maps]
     if len(titles) != len(tiles):
         raise ValueError(f"{len(titles)} titles for {len(tiles)} pictures (image and maps)")
     tile_h, tile_w = panel_tile_size(*tiles[0].shape[:2])
     width = 2 * _MARGIN + len(tiles) * tile_w + (len(tiles) - 1) * _GAP
     figure = _pixel_figure(width, 2000)  # the legend's height decides the rest
-    entries = legend_entries(maps, classes, palette, ignore_index=ignore_index)
+    entries = legend_entries(
+        maps, classes, palette, ignore_index=ignore_index, ignore_color=ignore_color
+    )
     band = _add_legend(figure, entries, width, bottom=_MARGIN)
     band = band + _GAP if band else 0
     height = _MARGIN + band + tile_h + _TITLE_BAND + _MARGIN
@@ -385,6 +390,13 @@ def panel_figure(
         ax.set_title(title, fontsize=10, pad=4)
         ax.set_axis_off()
     return figure
+
+
+def _reader(dataset: Dataset) -> Dataset:
+    """The reader under any ``Subset`` (a random validation split)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
 
 
 def raw_item(dataset: Dataset, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -419,6 +431,7 @@ def save_overlays(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = {"classes": segmenter.classes, "ignore_index": segmenter.ignore_index}
+    ignore_color = getattr(_reader(dataset), "ignore_color", None) or VOC_VOID_COLOR
     written = []
     for index in range(min(count, len(dataset))):
         image, label = raw_item(dataset, index)
@@ -428,6 +441,7 @@ def save_overlays(
             [label, prediction],
             segmenter.palette,
             titles=("image", "label", "prediction"),
+            ignore_color=ignore_color,
             **names,
         )
         path = folder / f"{index:03d}.png"

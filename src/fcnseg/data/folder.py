@@ -286,6 +286,7 @@ endings and subfolders by reader options (see the module docstring)."""
         self.classes = tuple(class_list.names)
         self.palette = class_list.colors or default_palette(self.classes)
         self.mask_colors = class_list.colors
+        self.ignore_color = class_list.ignore_color  # how pictures draw ignored pixels
         if class_list.colors is not None:
             self.mask_colors = list(class_list.colors)
             self.mask_values = list(range(len(class_list.colors)))

@@ -117,16 +117,26 @@ def default_palette(classes: Sequence[str]) -> list[Color]:
     return colors
 
 
-def flat_palette(palette: Sequence[Color], ignore_index: int = 255) -> list[int]:
-    """A 768-entry list for ``PIL.Image.putpalette``; index 255 gets the VOC void colour."""
+def flat_palette(
+    palette: Sequence[Color], ignore_index: int = 255, ignore_color: Color = VOC_VOID_COLOR
+) -> list[int]:
+    """A 768-entry list for ``PIL.Image.putpalette``; ``ignore_index`` gets ``ignore_color``
+    (VOC's void colour unless the dataset declares its own)."""
     full = list(palette) + voc_palette(256)[len(palette) :]
-    full[ignore_index] = VOC_VOID_COLOR
+    full[ignore_index] = tuple(ignore_color)
     return [channel for color in full for channel in color]
 
 
-def colorize(label: np.ndarray, palette: Sequence[Color], ignore_index: int = 255) -> np.ndarray:
-    """An H x W x 3 uint8 rendering of an index map (values past the palette shown as void)."""
-    table = np.array(flat_palette(palette, ignore_index), dtype=np.uint8).reshape(256, 3)
+def colorize(
+    label: np.ndarray,
+    palette: Sequence[Color],
+    ignore_index: int = 255,
+    ignore_color: Color = VOC_VOID_COLOR,
+) -> np.ndarray:
+    """An H x W x 3 uint8 rendering of an index map (values past the palette shown as void,
+    ignored pixels in ``ignore_color``)."""
+    table = flat_palette(palette, ignore_index, ignore_color)
+    table = np.array(table, dtype=np.uint8).reshape(256, 3)
     index = np.asarray(label)
     index = np.where((index >= 0) & (index < 256), index, ignore_index).astype(np.intp)
     return table[index]

@@ -25,6 +25,7 @@ from fcnseg.inference import Segmenter
 from fcnseg.models import registered_spec
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.tiling import Tiling
+from fcnseg.tta import TTA
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -84,6 +85,29 @@ def test_engine_scores_equal_torch(engine, kind_checkpoint):
             assert got[task].shape == scores.shape == (1, scores.shape[1], height, width)
             scale = max(1.0, float(scores.abs().max()))
             assert float((got[task] - scores).abs().max()) < 1e-4 * scale, (engine, task)
+
+
+@pytest.mark.parametrize("engine", ONNX_ENGINES)
+def test_the_engine_takes_the_arg_max_itself_and_agrees(engine, kind_checkpoint, monkeypatch):
+    """Issue 31: label maps come from an arg-max inside the engine's graph (no scores
+    copied out), equal to the arg-max of the scores it gives; probabilities, tiles and TTA
+    still go through the scores."""
+    _needs(engine)
+    segmenter = Segmenter.from_checkpoint(kind_checkpoint, engine=engine)
+    calls = []
+    labels = segmenter.model.runner.labels
+    monkeypatch.setattr(segmenter.model.runner, "labels", lambda x: calls.append(1) or labels(x))
+    for seed, (height, width) in enumerate(SIZES):
+        image = _single(segmenter.spec, raw_images(segmenter.spec, height, width, seed))
+        fused, _ = segmenter.label_maps(image)
+        from_scores, _ = segmenter.label_maps(image, probabilities=True)
+        for task, expected in from_scores.items():
+            assert fused[task].dtype == expected.dtype == np.uint8
+            assert np.array_equal(fused[task], expected), (engine, task)
+    assert len(calls) == len(SIZES)
+    segmenter.tta = TTA(flip=True)
+    segmenter.predict(image)
+    assert len(calls) == len(SIZES)  # TTA averages scores: the engine's arg-max is not used
 
 
 @pytest.mark.parametrize("engine", ONNX_ENGINES)

@@ -91,7 +91,7 @@ def test_fp32_fast_forward_matches_the_plain_forward(geometry):
     for channels_last in (False, True):
         options = InferenceOptions(channels_last=channels_last, bf16=False)
         scores = fast_forward(prepare_model(model, options), x, options)
-        assert scores.dtype == torch.float32 and scores.is_contiguous()
+        assert scores.dtype == torch.float32  # in the layout computed (no copy to another)
         torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
 
 

@@ -42,7 +42,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import RECORD_KEY, OnnxRuntimeRunner, check_weights, export_onnx, read_onnx_record
+from .export import (
+    LABELS,
+    RECORD_KEY,
+    OnnxRuntimeRunner,
+    check_weights,
+    export_onnx,
+    read_onnx_record,
+)
 from .fileio import file_digest
 from .modelfile import ModelRecord, read_record
 from .models import ModelSpec
@@ -218,22 +225,35 @@ class OpenVinoRunner:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+            core = openvino.Core()
+            model = _with_label_outputs(core.read_model(str(path)), spec)
+            self.compiled = core.compile_model(model, "CPU", config)
         except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise EngineError(f"{path}: OpenVINO cannot compile it ({first})") from None
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
         self.idle.put(self.compiled.create_infer_request())
         self.spec = spec
+        self.has_labels = True
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The float32 scores by task."""
+        return self._run(inputs, "")
+
+    def labels(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The N x H x W class of each pixel by task, from the arg-max inside the graph: no
+        scores are copied out of OpenVINO."""
+        return self._run(inputs, LABELS)
+
+    def _run(self, inputs: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
         feed = {
             name: np.ascontiguousarray(inputs[name], np.float32) for name in self.spec.input_names
         }
         with self._request() as request:
-            results = request.infer(feed, share_outputs=False)  # copies: the request is reused
-        by_name = {output.get_any_name(): value for output, value in results.items()}
-        return {task: np.asarray(by_name[task]) for task in self.spec.task_names}
+            results = request.infer(feed, share_outputs=True)
+            by_name = {output.get_any_name(): value for output, value in results.items()}
+            # copied before the request goes back to the pool (another call reuses it)
+            return {task: np.array(by_name[prefix + task]) for task in self.spec.task_names}
 
     @contextmanager
     def _request(self) -> Iterator[Any]:
@@ -248,6 +268,23 @@ class OpenVinoRunner:
             self.idle.put(request)
 
 
+def _with_label_outputs(model, spec: ModelSpec):
+    """The OpenVINO model with each task's arg-max over the classes as an extra output
+    ``labels:<task>`` (uint8 when the classes fit), as ``export.with_label_outputs`` adds
+    to an ONNX graph."""
+    from openvino import opset13 as ops
+
+    for task, result in zip(spec.task_names, list(model.get_results()), strict=True):
+        scores = result.input_value(0)  # what the scores' Result node takes
+        best = ops.topk(scores, 1, 1, "max", "none", index_element_type="i64").output(1)
+        labels = ops.squeeze(best, ops.constant(np.array([1], dtype=np.int64)))
+        kind = "u8" if spec.task_classes[task] <= 256 else "i64"
+        labels = ops.convert(labels, kind).output(0)
+        labels.get_tensor().set_names({LABELS + task})
+        model.add_outputs([labels])
+    return model
+
+
 def file_record(path: Path | str) -> dict[str, Any]:
     """The spec, classes and palette an fcnseg ONNX file records (read without running it)."""
     return read_onnx_record(_metadata(path), Path(path))
@@ -258,7 +295,7 @@ def onnx_runner(engine: str, path: Path | str, spec: ModelSpec, threads: int | N
     if engine == "openvino":
         return OpenVinoRunner(path, spec, threads)
     if engine == "onnxruntime":
-        return OnnxRuntimeRunner(path, threads=threads)
+        return OnnxRuntimeRunner(path, threads=threads, labels=True)
     raise EngineError(f"engine {engine!r} does not run ONNX files: use onnxruntime or openvino")
 
 
@@ -276,6 +313,16 @@ class EngineModule(nn.Module):
     def __init__(self, runner, spec: ModelSpec, engine: str) -> None:
         super().__init__()
         self.runner, self.spec, self.engine = runner, spec, engine
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the engine computes the label map itself (``labels``)."""
+        return bool(getattr(self.runner, "has_labels", False))
+
+    def labels(self, x: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The N x H x W label maps by task, arg-max taken inside the engine."""
+        outputs = self.runner.labels({name: tensor.detach().cpu().numpy() for name, tensor in x.items()})  # fmt: skip
+        return {task: torch.from_numpy(labels) for task, labels in outputs.items()}
 
     def forward(self, x: Mapping[str, torch.Tensor], *, by_task: bool = True):
         outputs = self.runner({name: tensor.detach().cpu().numpy() for name, tensor in x.items()})

@@ -51,6 +51,7 @@ from .models.normalization import from_record
 from .scoring import score
 
 __all__ = [
+    "LABELS",
     "OnnxCheck",
     "OnnxRuntimeRunner",
     "check_onnx",
@@ -61,6 +62,7 @@ __all__ = [
     "require_module",
     "seal",
     "weights_digest",
+    "with_label_outputs",
 ]
 
 RECORD_KEY = "fcnseg.record"
@@ -259,6 +261,7 @@ class OnnxRuntimeRunner:
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        labels: bool = False,
     ) -> None:
         ort = require_module("onnxruntime")
         path = Path(path)
@@ -268,9 +271,10 @@ class OnnxRuntimeRunner:
         if threads:  # else onnxruntime's default: one thread per physical core
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        graph = with_label_outputs(path) if labels else None
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=list(providers or ["CPUExecutionProvider"])
+                graph or str(path), options, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as error:  # onnxruntime raises its own types for bad files
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -282,7 +286,9 @@ class OnnxRuntimeRunner:
         self.palette = record.get("palette") or None
         self.ignore_index = int(record.get("ignore_index", 255))
         self.input_names = [item.name for item in self.session.get_inputs()]
-        self.output_names = [item.name for item in self.session.get_outputs()]
+        outputs = [item.name for item in self.session.get_outputs()]
+        self.output_names = [name for name in outputs if not name.startswith(LABELS)]
+        self.label_names = [name for name in outputs if name.startswith(LABELS)]
 
     @property
     def name(self) -> str:
@@ -301,6 +307,20 @@ class OnnxRuntimeRunner:
         return next(iter(classes.values())) if len(classes) == 1 else classes
 
     def __call__(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.output_names, self._feed(inputs))
+        return dict(zip(self.spec.task_names, outputs, strict=True))
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.label_names)
+
+    def labels(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The N x H x W class of each pixel by task, from the arg-max inside the graph
+        (``labels=True``): no scores leave onnxruntime."""
+        outputs = self.session.run(self.label_names, self._feed(inputs))
+        return dict(zip(self.spec.task_names, outputs, strict=True))
+
+    def _feed(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(inputs, Mapping):
             if len(self.input_names) != 1:
                 raise ValueError(f"this model reads {self.input_names}: pass a dict by name")
@@ -313,8 +333,37 @@ class OnnxRuntimeRunner:
             if array.ndim != 4:
                 raise ValueError(f"input {name!r} must be N x C x H x W, got shape {array.shape}")
             feed[name] = np.ascontiguousarray(array, dtype=np.float32)
-        outputs = self.session.run(None, feed)
-        return dict(zip(self.spec.task_names, outputs, strict=True))
+        return feed
+
+
+# The outputs ``with_label_outputs`` adds: "labels:<task>", after the scores "<task>"
+LABELS = "labels:"
+
+
+def with_label_outputs(path: Path) -> bytes | None:
+    """The ONNX file at ``path`` with, after each task's scores, their arg-max over the
+    classes as an extra output ``labels:<task>`` (N x H x W, uint8 when the classes fit, as
+    ``Segmenter.predict`` gives): an engine that runs it hands over the label map instead
+    of C times its size in scores. None without the onnx package (the scores still work)."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    model = onnx.load(str(path))
+    graph = model.graph
+    for output in list(graph.output):
+        classes = output.type.tensor_type.shape.dim[1].dim_value
+        indices = f"{LABELS}{output.name}:int64"
+        graph.node.append(helper.make_node("ArgMax", [output.name], [indices], axis=1, keepdims=0))  # fmt: skip
+        name, kind = f"{LABELS}{output.name}", TensorProto.INT64
+        if 0 < classes <= 256:
+            graph.node.append(helper.make_node("Cast", [indices], [name], to=TensorProto.UINT8))
+            kind = TensorProto.UINT8
+        else:
+            graph.node.append(helper.make_node("Identity", [indices], [name]))
+        graph.output.append(helper.make_tensor_value_info(name, kind, None))
+    return model.SerializeToString()
 
 
 def read_onnx_record(meta: Mapping[str, str], path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ A multi-input model (NYUDv2 RGB-D, RGB-HHA) predicts from a dict of its inputs
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -41,7 +42,14 @@ from .metrics import class_labels
 from .modelfile import read_record
 from .models import FCN, InputSpec, ModelSpec
 from .scoring import score
-from .speed import AdaptiveThreads, InferenceOptions, compiled, fast_forward, prepare_model
+from .speed import (
+    AdaptiveThreads,
+    InferenceOptions,
+    compiled,
+    fast_forward,
+    one_torch_thread,
+    prepare_model,
+)
 from .tiling import Tiling, check_tile_size, sliding_window
 from .tta import TTA, tta_forward
 from .version import __version__
@@ -282,7 +290,7 @@ class Segmenter:
         """``predict`` of one image, by task whatever the model: the label maps, and their
         probabilities (None unless asked). For code that handles every model alike, where
         ``predict`` gives a single-task model's map itself."""
-        return _by_task(self.scores(self.batch(image)), 0, probabilities)
+        return self._maps(self.batch(image), probabilities)[0]
 
     def overlay(
         self,
@@ -347,8 +355,31 @@ class Segmenter:
             name: torch.stack([item[name] for item in prepared]).to(self.device)
             for name in self.inputs
         }
+        return self._maps(batch, probabilities)
+
+    @property
+    def _engine_labels(self) -> bool:
+        """Whether the engine's own arg-max gives the label maps (see ``_maps``)."""
+        plain = self.tiling is None and self.tta is None
+        return plain and getattr(self.model, "has_labels", False)
+
+    def _maps(self, batch: Mapping[str, torch.Tensor], probabilities: bool) -> list:
+        """(labels by task, probabilities by task or None) of each image of ``batch``. An
+        ONNX engine that takes the arg-max itself hands over the label maps, not C times
+        their size in scores, when nothing else needs the scores (probabilities, tiles or
+        TTA copies to combine)."""
+        rows = range(next(iter(batch.values())).shape[0])
+        if not probabilities and self._engine_labels:
+            labels = self.model.labels(batch)
+            return [({task: maps[row].numpy() for task, maps in labels.items()}, None) for row in rows]  # fmt: skip
         scores = self.scores(batch)
-        return [_by_task(scores, row, probabilities) for row in range(len(prepared))]
+        with self._torch_side():
+            return [_by_task(scores, row, probabilities) for row in rows]
+
+    def _torch_side(self):
+        """What runs torch's small work beside the engine: one torch thread beside an ONNX
+        engine (``fcnseg.speed.one_torch_thread``), torch's own count on the torch engine."""
+        return one_torch_thread() if self.engine != "torch" else contextlib.nullcontext()
 
     def scores(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's float32 scores by task for a normalised batch (inputs by name),
@@ -412,10 +443,11 @@ class Segmenter:
                 f"this model reads {list(self.inputs)}, got {sorted(image)}: pass one image "
                 "per input"
             )
-        inputs = {
-            item.name: item.normalization(load_input(image[item.name], item))
-            for item in self.spec.inputs
-        }
+        with self._torch_side():
+            inputs = {
+                item.name: item.normalization(load_input(image[item.name], item))
+                for item in self.spec.inputs
+            }
         sizes = {name: tuple(x.shape[-2:]) for name, x in inputs.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"the inputs of one image must share their size, got {sizes}")
@@ -517,7 +549,7 @@ def _label_map(scores: torch.Tensor, probabilities: bool):
     labels = labels.to(torch.uint8 if scores.shape[0] <= 256 else torch.int64).cpu().numpy()
     if not probabilities:
         return labels
-    return labels, scores.softmax(0).cpu().numpy()
+    return labels, scores.softmax(0).contiguous().cpu().numpy()
 
 
 def load_input(image: ImageLike, item: InputSpec | None = None) -> torch.Tensor:

@@ -39,6 +39,7 @@ __all__ = [
     "prepare_model",
     "compiled",
     "fast_forward",
+    "one_torch_thread",
 ]
 
 Batch = torch.Tensor | Mapping[str, torch.Tensor]
@@ -151,12 +152,15 @@ def compiled(model: nn.Module, options: InferenceOptions) -> nn.Module:
 def fast_forward(
     model: nn.Module, batch: Batch, options: InferenceOptions | None = None
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """``model(batch)`` as float32 in the default layout, computed as ``options`` say.
+    """``model(batch)`` as float32, computed as ``options`` say.
 
     ``batch`` is a tensor, or a dict of tensors by input for multi-input models; the
     result is a tensor, or a dict by task for multi-task models. Runs under
     ``torch.inference_mode`` (no autograd bookkeeping); with bf16 the convolutions and
-    matrix products run in bf16 under autocast and the scores come back as float32.
+    matrix products run in bf16 under autocast and the scores come back as float32. The
+    scores keep the layout the model computed them in (channels-last by default): a copy
+    into the default layout cost 2.3 ms of a 31 ms CamVid frame, and the arg-max reads
+    either (benchmarks/end_to_end.py).
     """
     options = options or InferenceOptions()
     tensors = list(batch.values()) if isinstance(batch, Mapping) else [batch]
@@ -166,7 +170,7 @@ def fast_forward(
         device = tensors[0].device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16):
             scores = model(batch)
-        return _apply(scores, lambda s: s.float().contiguous())
+        return _apply(scores, lambda s: s.float())
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -239,3 +243,36 @@ class AdaptiveThreads:
             return
         if statistics.median(other) < self.margin * statistics.median(mine):
             self.current = self._other()
+
+
+class _OneThread:
+    """The state of ``one_torch_thread``: how many callers are inside, and the count to
+    give back when the last leaves."""
+
+    lock = threading.Lock()
+    inside = 0
+    saved = 1
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch's own work on one thread meanwhile, process-wide; concurrent and nested uses
+    share the setting, and torch's count comes back when the last one ends.
+
+    For the little torch does beside an ONNX engine (normalising the input, the arg-max of
+    scores): after a parallel op torch's idle OpenMP threads spin for a while on the cores
+    the engine's threads start on next. ``Segmenter.predict`` on onnxruntime fp32 took 52.7
+    ms for a CamVid frame after a two-thread normalisation, against 28 ms for the engine
+    alone (benchmarks/end_to_end.py)."""
+    with _OneThread.lock:
+        if _OneThread.inside == 0:
+            _OneThread.saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _OneThread.inside += 1
+    try:
+        yield
+    finally:
+        with _OneThread.lock:
+            _OneThread.inside -= 1
+            if _OneThread.inside == 0:
+                torch.set_num_threads(_OneThread.saved)

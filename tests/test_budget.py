@@ -96,8 +96,8 @@ class SimulatedClock:
         monkeypatch.setattr(clock, "now", lambda: self.seconds)
         train_step = loop.train_step
 
-        def timed_step(run, position, micro):
-            result = train_step(run, position, micro)
+        def timed_step(run, position, micro, laps=None):
+            result = train_step(run, position, micro, laps)
             slow = self.slower is not None and position.iteration >= self.slow_after
             self.seconds += self.slower if slow else self.step
             return result

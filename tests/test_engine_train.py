@@ -76,6 +76,11 @@ def test_a_run_folder_holds_everything(tmp_path):
     train_records = [r for r in records if r["event"] == "train"]
     assert [r["iteration"] for r in train_records] == list(range(1, 9))
     assert all(r["loss"] > 0 and r["lr"] > 0 and r["images_per_s"] > 0 for r in train_records)
+    parts = ("data", "to_device", "forward", "backward", "sync", "optimizer", "after_step")
+    for record in train_records:  # where each step's time went (issue 31)
+        assert set(parts) <= set(record["step_parts"]) and min(record["step_parts"].values()) >= 0
+        assert record["step_parts"]["forward"] > 0 and record["step_parts"]["backward"] > 0
+    assert any("log" in r["step_parts"] for r in train_records)  # the hooks after a step
     val = [r for r in records if r["event"] == "val"]
     assert [r["iteration"] for r in val] == [4, 8]  # once per epoch
     best = ckpt.load_checkpoint(run / "best.pt")
@@ -368,12 +373,12 @@ def test_a_step_reads_its_losses_once_and_runs_one_collective(tmp_path, monkeypa
 
     train_step, stepping = loop.train_step, []
 
-    def as_rank_zero_of_two(run, position, micro):
+    def as_rank_zero_of_two(run, position, micro, laps=None):
         reads.append(0)
         pair = dataclasses.replace(run, context=distributed.Context(world_size=2))
         stepping.append(True)
         try:
-            return train_step(pair, position, micro)
+            return train_step(pair, position, micro, laps)
         finally:
             stepping.clear()
 

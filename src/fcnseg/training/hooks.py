@@ -25,7 +25,7 @@ strongest any rank gave (Lightning's ``Callback`` is the model of this seam).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class StepInfo:
     lr: float
     images: int  # images in this step, over every rank
     seconds: float  # wall time of this step
+    parts: dict[str, float] = field(default_factory=dict)  # its seconds by part (Laps)
 
 
 Callback = Callable[[StepInfo], "bool | None"]

@@ -32,7 +32,7 @@ from .distributed import Context, all_reduce_max, gather_values
 from .evaluate import autocast, batch_size, eval_loader, evaluate, to_device
 from .hooks import STOP_REASONS, StepInfo
 from .resume import diverged, save
-from .state import Position, Progress, Run, total_steps
+from .state import Laps, Position, Progress, Run, total_steps
 
 __all__ = ["run_loop", "train_one_epoch", "train_step", "validate", "evaluate_on"]
 
@@ -94,11 +94,14 @@ def train_one_epoch(run: Run, progress: Progress) -> str | None:
     ):
         started = clock.now()
         lr = run.optimizer.param_groups[0]["lr"]  # this step's (the schedule then moves)
+        laps = Laps()
         micro = [next(batches) for _ in range(config.accumulate)]
-        loss, images = train_step(run, position, micro)
+        laps.lap("data")
+        loss, images = train_step(run, position, micro, laps)
         progress.step_done()
         for hook in run.hooks:
             hook.on_optimizer_step(run, progress)
+        laps.lap("after_step")  # the moving average of the weights
         info = StepInfo(
             iteration=position.iteration,
             epoch=position.epoch,
@@ -106,9 +109,11 @@ def train_one_epoch(run: Run, progress: Progress) -> str | None:
             lr=lr,
             images=images * run.context.world_size,
             seconds=clock.now() - started,
+            parts=laps.parts,
         )
         progress.window.add(info)
         votes = [hook.on_step_end(run, progress, info) for hook in run.hooks]
+        progress.window.add_part("log", laps.lap("log"))
         stop = _agreed(votes, run.context)
         if stop is not None:
             return stop
@@ -156,30 +161,39 @@ def _set_epoch(dataset: Dataset, epoch: int) -> None:
         base.set_epoch(epoch)  # seeded augmentation varies by epoch
 
 
-def train_step(run: Run, position: Position, micro: list[tuple[Any, Any]]) -> tuple[float, int]:
+def train_step(
+    run: Run, position: Position, micro: list[tuple[Any, Any]], laps: Laps | None = None
+) -> tuple[float, int]:
     """One optimizer step over ``accumulate`` micro-batches; (mean loss, images on this rank).
 
     Gradients average over micro-batches and (through DDP) ranks, as Caffe's iter_size does.
     The losses add up on the device: the step reads them once (one host sync, one collective
-    under DDP), after backward and before the optimizer moves the weights.
+    under DDP), after backward and before the optimizer moves the weights. ``laps`` takes
+    the seconds of each part (to_device, forward with the loss, backward, sync, optimizer).
     """
+    laps = laps or Laps()
     device, spec = run.context.device, run.spec
     run.optimizer.zero_grad(set_to_none=True)
     total, images = torch.zeros((), dtype=torch.float64, device=device), 0
     for index, (image, label) in enumerate(micro):
         inputs = to_device(model_inputs(image, spec), device)
         targets = to_device(model_targets(label, spec), device)
+        laps.lap("to_device")
         last = index == len(micro) - 1
         with _no_sync(run.model, skip=not last):  # DDP all-reduces on the last only
             with autocast(device, run.amp):
                 loss = run.criterion(score(run.model, inputs), targets)
             total += loss.detach()
+            laps.lap("forward")
             run.scaler.scale(loss / len(micro)).backward()
+            laps.lap("backward")
         images += batch_size(inputs)
     value = _finite_loss(run, position, total)
+    laps.lap("sync")
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    laps.lap("optimizer")
     return value / len(micro), images
 
 

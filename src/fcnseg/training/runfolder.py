@@ -5,7 +5,9 @@
     start / resume   iteration, world_size, device
     train            epoch, iteration, loss (mean over the logging window and the ranks),
                      lr (of the weights group, for the step taken), images_per_s (all
-                     ranks), threads, time (seconds since this session started)
+                     ranks), threads, time (seconds since this session started),
+                     step_parts (this rank's mean seconds per step in data, to_device,
+                     forward, backward, sync, optimizer, after_step, log)
     val              epoch, iteration, pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc; for a
                      multi-task model the first task's four numbers and one dict of metrics
                      per task ("semantic", "geometric")
@@ -341,6 +343,7 @@ class RunLogger(Hook):
                 "images_per_s": window.rate(),
                 "threads": torch.get_num_threads(),
                 "time": round(clock.now() - run.started, 3),
+                "step_parts": window.step_parts(),
             }
         )
         window.reset()

@@ -8,6 +8,7 @@ and what the latest validation found.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,21 +89,48 @@ class Position:
     seconds: float = 0.0  # with a time budget: wall time spent training so far
 
 
+class Laps:
+    """Where one step's time goes: seconds by part, each ``lap`` the time since the last.
+    Read on the host's own clock (``time.perf_counter``, not the run's ``clock``, which
+    tests simulate); on a GPU a part shows where the host waited for the device."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, part: str) -> float:
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self.parts[part] = self.parts.get(part, 0.0) + seconds
+        return seconds
+
+
 class Window:
-    """Losses, images and seconds since the last log line."""
+    """Losses, images, seconds and their parts since the last log line."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
         self.images = 0
         self.seconds = 0.0
+        self.parts: dict[str, float] = {}
 
     def add(self, info: StepInfo) -> None:
         self.losses.append(info.loss)
         self.images += info.images
         self.seconds += info.seconds
+        for part, seconds in info.parts.items():
+            self.add_part(part, seconds)
+
+    def add_part(self, part: str, seconds: float) -> None:
+        self.parts[part] = self.parts.get(part, 0.0) + seconds
 
     def rate(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def step_parts(self) -> dict[str, float]:
+        """Mean seconds per step of each part, rounded to 0.1 ms."""
+        steps = max(len(self.losses), 1)
+        return {part: round(seconds / steps, 4) for part, seconds in self.parts.items()}
 
     def reset(self) -> None:
         self.__init__()

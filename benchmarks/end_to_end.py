@@ -4,7 +4,9 @@ The zoo's CamVid FCN-8s Lite0, fp32 on torch, onnxruntime and OpenVINO, and its 
 on onnxruntime and OpenVINO, at 360 x 480 (CamVid), 500 x 500 (VOC-like) and 1024 x 2048
 (Cityscapes-like). Per row, medians over ``--calls`` after a warm-up, in ms:
 
-    network     the engine called directly on the prepared (normalised) batch
+    network     the engine called directly on the prepared (normalised) batch: torch's
+                model on the channels-last batch; the ONNX file as exported, in a session
+                (onnxruntime) or compiled for any size (OpenVINO) of its own
     predict     ``Segmenter.predict`` of the H x W x 3 uint8 array, end to end
     prepare     the array to the normalised batch (``Segmenter.batch``)
     label map   scores to the H x W uint8 labels
@@ -53,10 +55,10 @@ def measure(engine: str, int8: bool, sizes: list, threads: int, calls: int, queu
 
     torch.set_num_threads(threads)
     segmenter = fcnseg.Segmenter.from_pretrained(ENTRY, int8=int8, engine=engine, threads=threads)
-    queue.put([_row(segmenter, engine, height, width, calls) for height, width in sizes])
+    queue.put([_row(segmenter, engine, threads, h, w, calls) for h, w in sizes])
 
 
-def _row(segmenter, engine: str, height: int, width: int, calls: int) -> dict:
+def _row(segmenter, engine: str, threads: int, height: int, width: int, calls: int) -> dict:
     import numpy as np
     import torch
 
@@ -73,10 +75,9 @@ def _row(segmenter, engine: str, height: int, width: int, calls: int) -> dict:
             with torch.inference_mode():
                 segmenter._runner(prepared)
     else:
-        feed = {name: tensor.numpy() for name, tensor in batch.items()}
-
-        def network():
-            segmenter.model.runner(feed)
+        network = _plain_engine(
+            segmenter, engine, threads, {k: v.numpy() for k, v in batch.items()}
+        )
 
     return {
         "size": f"{height}x{width}",
@@ -88,6 +89,28 @@ def _row(segmenter, engine: str, height: int, width: int, calls: int) -> dict:
         ),  # fmt: skip
         "label map": _median_ms(lambda: _label_map(scores, False), calls),
     }
+
+
+def _plain_engine(segmenter, engine: str, threads: int, feed: dict):
+    """The exported file as its engine runs it, called directly: no arg-max added, no copy
+    of the scores, the model compiled for any size (what a user calling the engine gets)."""
+    import numpy as np
+
+    runner = segmenter.model.runner
+    if engine == "openvino":
+        import openvino
+
+        core = openvino.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}  # fmt: skip
+        request = core.compile_model(core.read_model(str(runner.path)), "CPU", config).create_infer_request()  # fmt: skip
+        return lambda: request.infer(feed, share_outputs=True)
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(str(runner.path), options, providers=["CPUExecutionProvider"])  # fmt: skip
+    feed = {name: np.ascontiguousarray(array) for name, array in feed.items()}
+    return lambda: session.run(None, feed)
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ import json
 import os
 import queue
 import tempfile
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -211,30 +213,42 @@ def check_source(onnx_file: Path | str, checkpoint: Path | str) -> None:
 # Runners: normalised numpy batches by input name in, float32 scores by task out
 
 
+# Input shapes OpenVINO keeps a model compiled for (least recently used dropped first)
+STATIC_SHAPES = 4
+
+
 class OpenVinoRunner:
     """An ONNX file compiled by OpenVINO for the CPU, in fp32, safe to call from many threads.
 
     An infer request holds one call's inputs and outputs, so two threads on one request
     read each other's results: each call takes an idle request from a pool (a new one when
-    all are busy) and gives it back when done. The compiled model is shared."""
+    all are busy) and gives it back when done. The compiled model is shared.
+
+    The model is compiled for any input size; a size seen a second time gets a model
+    compiled for its shape (0.1-0.3 s for Lite0), which ran 4-11% faster than the dynamic
+    one on CamVid and VOC-sized frames; the last ``STATIC_SHAPES`` shapes are kept."""
 
     def __init__(self, path: Path | str, spec: ModelSpec, threads: int | None = None) -> None:
         import openvino
 
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        self.config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.path, self.spec, self.has_labels = Path(path), spec, True
         try:
-            core = openvino.Core()
-            model = _with_label_outputs(core.read_model(str(path)), spec)
-            self.compiled = core.compile_model(model, "CPU", config)
+            self.core = openvino.Core()
+            self.model = _with_label_outputs(self.core.read_model(str(path)), spec)
+            self.dynamic = _Compiled(self.core.compile_model(self.model, "CPU", self.config))
         except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise EngineError(f"{path}: OpenVINO cannot compile it ({first})") from None
-        self.idle: queue.SimpleQueue = queue.SimpleQueue()
-        self.idle.put(self.compiled.create_infer_request())
-        self.spec = spec
-        self.has_labels = True
+            raise EngineError(
+                f"{path}: OpenVINO cannot compile it ({_first_line(error)})"
+            ) from None
+        self.static: OrderedDict[tuple, _Compiled] = OrderedDict()
+        self.seen: Counter[tuple] = Counter()
+        self.lock = threading.Lock()
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The float32 scores by task."""
@@ -249,14 +263,46 @@ class OpenVinoRunner:
         feed = {
             name: np.ascontiguousarray(inputs[name], np.float32) for name in self.spec.input_names
         }
-        with self._request() as request:
+        with self._compiled_for(feed).request() as request:
             results = request.infer(feed, share_outputs=True)
             by_name = {output.get_any_name(): value for output, value in results.items()}
             # copied before the request goes back to the pool (another call reuses it)
             return {task: np.array(by_name[prefix + task]) for task in self.spec.task_names}
 
+    def _compiled_for(self, feed: Mapping[str, np.ndarray]) -> _Compiled:
+        """The model compiled for these input shapes when they came before, else the one
+        for any size."""
+        shape = tuple(tuple(array.shape) for array in feed.values())
+        with self.lock:
+            if shape in self.static:
+                self.static.move_to_end(shape)
+                return self.static[shape]
+            if len(self.seen) > 1024:  # a stream of ever new sizes: forget them
+                self.seen.clear()
+            self.seen[shape] += 1
+            if self.seen[shape] < 2:
+                return self.dynamic
+            model = self.model.clone()
+            model.reshape({name: list(size) for name, size in zip(feed, shape, strict=True)})
+            try:
+                compiled = _Compiled(self.core.compile_model(model, "CPU", self.config))
+            except Exception as error:  # OpenVINO's own RuntimeErrors
+                raise EngineError(f"{self.path}: OpenVINO cannot compile it for {shape} ({_first_line(error)})") from None  # fmt: skip
+            self.static[shape] = compiled
+            if len(self.static) > STATIC_SHAPES:
+                self.static.popitem(last=False)
+            return compiled
+
+
+class _Compiled:
+    """A compiled OpenVINO model and a pool of its idle infer requests."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+
     @contextmanager
-    def _request(self) -> Iterator[Any]:
+    def request(self) -> Iterator[Any]:
         """An infer request no other call is using, back in the pool afterwards."""
         try:
             request = self.idle.get_nowait()
@@ -266,6 +312,10 @@ class OpenVinoRunner:
             yield request
         finally:
             self.idle.put(request)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _with_label_outputs(model, spec: ModelSpec):

@@ -152,16 +152,16 @@ def test_missing_files_and_bad_references_are_one_line(tmp_path):
 
 
 @needs_camvid
-def test_train_and_eval_on_a_coco_export(tmp_path, fcnseg_cli, file_hashes):
+def test_train_and_eval_on_a_coco_export(tmp_path, fcnseg_main, file_hashes):
     _export(tmp_path / "export", camvid_frames(4), "coco")
     before = file_hashes(tmp_path / "export")
     tiny = ["max_iters=2", "batch_size=2", "crop_size=32", "threads=1", "num_workers=0"]
     tiny += ["overlays=0", "pretrained_backbone=false", "model=fcn32s_efficientnet_lite0"]
     data = ["dataset=coco", f"root={tmp_path / 'export'}", "train_split=val2017", "val_split=val2017"]  # fmt: skip
-    result = fcnseg_cli("train", *data, f"output={tmp_path / 'runs'}", "name=coco", *tiny)
+    result = fcnseg_main("train", *data, f"output={tmp_path / 'runs'}", "name=coco", *tiny)
     assert result.returncode == 0, result.stderr
     checkpoint = tmp_path / "runs" / "coco" / "last.pt"
-    result = fcnseg_cli("eval", "--checkpoint", checkpoint, "--data", "coco", "--root", tmp_path / "export", "--split", "val2017", "--device", "cpu")  # fmt: skip
+    result = fcnseg_main("eval", "--checkpoint", checkpoint, "--data", "coco", "--root", tmp_path / "export", "--split", "val2017", "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "mean IU" in result.stdout and "background" in result.stdout
     assert file_hashes(tmp_path / "export") == before

@@ -137,17 +137,17 @@ def test_the_options_come_from_the_command_line_and_a_config(tmp_path):
     assert load_config(path).train_options == CITYSCAPES
 
 
-def test_train_on_photos_with_masks_beside_them(tmp_path, fcnseg_cli, file_hashes):
+def test_train_on_photos_with_masks_beside_them(tmp_path, fcnseg_main, file_hashes):
     root = _beside(tmp_path / "data")
     before = file_hashes(root)
     common = ["train", f"root={root}", f"output={tmp_path / 'runs'}", "name=beside"]
     tiny = ["max_iters=2", "batch_size=2", "crop_size=12", "threads=1", "num_workers=0"]
     tiny += ["overlays=0", "pretrained_backbone=false", "model=fcn32s_efficientnet_lite0"]
-    result = fcnseg_cli(*common, *tiny)
+    result = fcnseg_main(*common, *tiny)
     assert result.returncode != 0
     assert "found street_0_mask.png" not in result.stderr  # beside: the folder is the problem
     assert "masks folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = fcnseg_cli(*common, *tiny, "ann_dir=images", "seg_map_suffix=_mask.png")
+    result = fcnseg_main(*common, *tiny, "ann_dir=images", "seg_map_suffix=_mask.png")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs" / "beside" / "last.pt").is_file()
     assert file_hashes(root) == before

@@ -342,15 +342,15 @@ def test_serve_answers_and_sigterm_finishes_the_request_in_flight(
         process.wait()
 
 
-def test_serve_errors_are_one_line(fcnseg_cli, one_line_error, tmp_path, make_checkpoint):
-    result = fcnseg_cli("serve", "--pretrained", "fcn8s_efficientnet_lite9.camvid")
+def test_serve_errors_are_one_line(fcnseg_main, one_line_error, tmp_path, make_checkpoint):
+    result = fcnseg_main("serve", "--pretrained", "fcn8s_efficientnet_lite9.camvid")
     assert result.returncode != 0 and "fcn8s_efficientnet_lite0.camvid" in one_line_error(result)
     checkpoint = make_checkpoint(tmp_path / "model.pt", ["a", "b"])
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        result = fcnseg_cli("serve", "--checkpoint", checkpoint, "--port", port)
+        result = fcnseg_main("serve", "--checkpoint", checkpoint, "--port", port)
     assert result.returncode != 0 and "choose another --port" in one_line_error(result)
 
 

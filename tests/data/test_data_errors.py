@@ -300,6 +300,7 @@ def test_unknown_dataset_and_missing_root():
         "nyud",
         "context",
         "cityscapes",
+        "coco",
         "folder",
         "synthetic",
     } == set(list_datasets())

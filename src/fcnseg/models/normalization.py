@@ -53,10 +53,11 @@ class Normalization:
         x = image.float()
         if self.bgr:
             x = torch.cat([x[..., :3, :, :].flip(-3), x[..., 3:, :, :]], dim=-3)
-        x = x * (self.input_range / 255.0)
+        if self.input_range != 255.0:  # x * 1.0 is x: one pass over the image fewer
+            x = x * (self.input_range / 255.0)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std
+        return (x - mean).div_(std)  # the same arithmetic, one new tensor instead of two
 
     def with_channels(self, channels: int) -> Normalization:
         """This convention for an input of ``channels`` channels, as a widened (or

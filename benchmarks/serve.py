@@ -1,16 +1,19 @@
 """``fcnseg serve`` under load (issue 29): 1, 4 and 16 concurrent clients on 127.0.0.1
-against the best single-process loop of the same engine, in one run.
+against single-process loops of the same engine, in one run.
 
 The zoo's CamVid FCN-8s Lite0 answers real 360 x 480 CamVid val frames (PNG bodies). First
-the baseline, in this process with the server not yet started: ``Segmenter.predict`` in a
-loop over the decoded frames, one at a time and in batches of 8 (the faster counts as the
-engine's best loop). Then ``fcnseg serve`` starts as its own process and each client
-thread posts frames over a keep-alive connection; every answer is decoded and compared with
-the baseline's mask of that frame. Per client count: throughput, p50/p99 latency, errors,
-wrong masks (and their differing pixels) and the server's RSS before and after.
+the loops, in this process with the server not yet started: ``Segmenter.predict`` over the
+decoded frames, one at a time and in batches of 8 (the engine alone), and the server's work
+per request without HTTP (decode the PNG body, predict, encode the mask PNG): "x loop" is
+the server's throughput over that last loop. Then ``fcnseg serve`` starts as its own
+process and each client thread posts frames over a keep-alive connection; every answer is
+decoded and compared with the loop's mask of that frame. Per client count: throughput,
+p50/p99 latency, errors, wrong masks (and their differing pixels) and the server's RSS
+before and after. The clients run on the same machine: on 2 cores they take CPU from the
+server.
 
     python benchmarks/serve.py                       # torch and openvino, 2,000 requests each
-    python benchmarks/serve.py --engines torch --requests 300
+    python benchmarks/serve.py --engines openvino --threads 1 --requests 300
 """
 
 from __future__ import annotations
@@ -41,27 +44,46 @@ def frames(count: int) -> list[Path]:
     return paths
 
 
-def baseline(engine: str, paths: list[Path], seconds: float) -> tuple[dict, list[np.ndarray]]:
-    """Images per second of the engine's loops, and each frame's mask."""
+def baseline(engine: str, paths: list[Path], seconds: float, threads: int | None):
+    """Images per second of the single-process loops, and each frame's mask: the engine
+    alone on decoded frames (one at a time, in batches of 8), and the server's work per
+    request without HTTP (decode the PNG body, predict, encode the mask PNG)."""
     import fcnseg
+    from fcnseg.inference import mask_image, png_bytes
+    from fcnseg.serving.uploads import decode_image
 
-    segmenter = fcnseg.Segmenter.from_pretrained(ENTRY, engine=engine)
-    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    segmenter = fcnseg.Segmenter.from_pretrained(ENTRY, engine=engine, threads=threads)
+    bodies = [path.read_bytes() for path in paths]
+    images = [decode_image(body, 1 << 30) for body in bodies]
     masks = [segmenter.predict(image) for image in images]
+    palette = segmenter.palette
+
+    def same_work(index: int) -> None:
+        labels = segmenter.predict(decode_image(bodies[index % len(bodies)], 1 << 30))
+        png_bytes(mask_image(labels, palette))
+
+    loops = {
+        "engine, one at a time": (1, lambda i: segmenter.predict(images[i % len(images)])),
+        "engine, batches of 8": (
+            8,
+            lambda i: segmenter.predict([images[(i + k) % len(images)] for k in range(8)]),
+        ),  # fmt: skip
+        "decode + predict + encode": (1, same_work),
+    }
     rates = {}
-    for name, batch in (("one at a time", 1), ("batches of 8", 8)):
+    for name, (size, call) in loops.items():
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
-            chunk = [images[(done + i) % len(images)] for i in range(batch)]
-            segmenter.predict(chunk if batch > 1 else chunk[0], batch_size=batch)
-            done += batch
+            call(done)
+            done += size
         rates[name] = done / (time.perf_counter() - started)
     return rates, masks
 
 
-def start_server(engine: str, max_batch: int) -> tuple[subprocess.Popen, int]:
+def start_server(engine: str, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, int]:
     command = [sys.executable, "-m", "fcnseg", "serve", "--pretrained", ENTRY, "--port", "0"]
     command += ["--engine", engine, "--max-batch", str(max_batch)]
+    command += ["--threads", str(threads)] if threads else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     banner = process.stdout.readline()
     if not banner.startswith("serving "):
@@ -129,11 +151,11 @@ def load(port: int, bodies: list[bytes], masks: list[np.ndarray], clients: int, 
 
 
 def run_engine(engine: str, args, paths: list[Path]) -> dict:
-    rates, masks = baseline(engine, paths, args.baseline_seconds)
-    best = max(rates.values())
-    print(f"\n{engine}: the best single-process loop " + ", ".join(f"{k} {v:.1f} img/s" for k, v in rates.items()), flush=True)  # fmt: skip
+    rates, masks = baseline(engine, paths, args.baseline_seconds, args.threads)
+    best = rates["decode + predict + encode"]  # the same work as a request, without HTTP
+    print(f"\n{engine}, --threads {args.threads or 'default'}, --max-batch {args.max_batch}: single-process loops " + ", ".join(f"{k} {v:.1f} img/s" for k, v in rates.items()), flush=True)  # fmt: skip
     bodies = [path.read_bytes() for path in paths]
-    process, port = start_server(engine, args.max_batch)
+    process, port = start_server(engine, args.max_batch, args.threads)
     rows = []
     try:
         load(port, bodies, masks, 2, 2 * len(bodies))  # warm-up
@@ -175,7 +197,8 @@ def main() -> None:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=2000, help="per client count")
     parser.add_argument("--frames", type=int, default=24, help="distinct CamVid val frames")
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="the engine's (default: its own)")
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

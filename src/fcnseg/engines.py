@@ -224,9 +224,11 @@ class OpenVinoRunner:
     read each other's results: each call takes an idle request from a pool (a new one when
     all are busy) and gives it back when done. The compiled model is shared.
 
-    The model is compiled for any input size; a size seen a second time gets a model
-    compiled for its shape (0.1-0.3 s for Lite0), which ran 4-11% faster than the dynamic
-    one on CamVid and VOC-sized frames; the last ``STATIC_SHAPES`` shapes are kept."""
+    The model is compiled for any input size; an image size seen a second time gets a
+    model compiled for its shape (0.1-0.3 s for Lite0), which ran 4-11% faster than the
+    dynamic one on CamVid and VOC-sized frames; the last ``STATIC_SHAPES`` shapes are kept.
+    Batches of several images run on the dynamic model (a server's batches vary in size:
+    compiling for each thrashed)."""
 
     def __init__(self, path: Path | str, spec: ModelSpec, threads: int | None = None) -> None:
         import openvino
@@ -273,6 +275,8 @@ class OpenVinoRunner:
         """The model compiled for these input shapes when they came before, else the one
         for any size."""
         shape = tuple(tuple(array.shape) for array in feed.values())
+        if shape[0][0] != 1:  # batches come in every size: one model for them all
+            return self.dynamic
         with self.lock:
             if shape in self.static:
                 self.static.move_to_end(shape)

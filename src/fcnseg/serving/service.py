@@ -23,7 +23,7 @@ from .batcher import Batcher
 from .stats import ServerStats
 from .uploads import Refused, decode_image
 
-__all__ = ["Service", "Answer", "DEFAULT_MAX_PIXELS"]
+__all__ = ["Service", "Answer", "DEFAULT_MAX_PIXELS", "default_max_batch"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: a 24 MP photo is refused, 4K passes
 
@@ -45,7 +45,7 @@ class Service:
         segmenter: Segmenter,
         *,
         name: str,
-        max_batch: int = 8,
+        max_batch: int | None = None,
         max_wait_ms: float = 5.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
@@ -58,7 +58,7 @@ class Service:
         self.stats = ServerStats()
         self.batcher: Batcher = Batcher(
             self._run,
-            max_batch=max_batch,
+            max_batch=max_batch or default_max_batch(segmenter),
             max_wait=max_wait_ms / 1000,
             on_batch=self.stats.batch,
         )
@@ -136,6 +136,14 @@ class Service:
         if overlay:
             answer["overlay"] = _base64(self._overlay_png(image, labels, task))
         return json.dumps(answer).encode()
+
+
+def default_max_batch(segmenter: Segmenter) -> int:
+    """8 on a GPU; 1 on a CPU, where batches ran slower per image than single images
+    (batches of 8 of CamVid frames on 2 cores: OpenVINO 43.4 against 53.0 images/s, torch
+    24.3 against 34.3; benchmarks/serve.py)."""
+    on_gpu = segmenter.engine == "torch" and segmenter.device.type == "cuda"
+    return 8 if on_gpu else 1
 
 
 def _base64(data: bytes) -> str:

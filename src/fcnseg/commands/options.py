@@ -12,7 +12,9 @@ from torch.utils.data import Dataset
 
 from ..config import parse_literal
 from ..data import DatasetError, build_dataset, eval_transforms
+from ..devices import resolve_device
 from ..engines import require
+from ..inference import Segmenter
 from ..speed import InferenceOptions
 from ..tiling import Tiling
 from ..tta import TTA
@@ -21,6 +23,8 @@ from ..zoo import INT8, entry, model_file
 __all__ = [
     "add_dataset",
     "add_model_file",
+    "add_segmenter",
+    "check_segmenter",
     "add_engine",
     "add_speed",
     "add_threads",
@@ -29,6 +33,8 @@ __all__ = [
     "apply_threads",
     "check_engine",
     "open_dataset",
+    "positive",
+    "segmenter_of",
     "speed_of",
     "split_name",
     "tiling_of",
@@ -82,11 +88,19 @@ def open_dataset(args: argparse.Namespace, split: str | None, normalization: Cal
         raise DatasetError(f"dataset {args.data!r}: {error}") from None
 
 
-def _threads(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of threads")
-    return value
+def positive(what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of ``what`` (threads, pixels, bytes), 1 or more."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value} is not a positive number of {what}")
+        return value
+
+    return parse
+
+
+_threads = positive("threads")
 
 
 def _threads_or_auto(text: str) -> int | str:
@@ -175,18 +189,11 @@ def tta_of(args: argparse.Namespace) -> TTA | None:
     return TTA.of(args.tta_scales, flip=args.tta)
 
 
-def _pixels(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of pixels")
-    return value
-
-
 def add_tiling(parser: argparse.ArgumentParser) -> None:
     """``--tile PIXELS`` and ``--tile-overlap PIXELS`` (``fcnseg.tiling``)."""
     parser.add_argument(
         "--tile",
-        type=_pixels,
+        type=positive("pixels"),
         metavar="PIXELS",
         help="predict larger images in overlapping tiles of this side (default: whole)",
     )
@@ -230,6 +237,44 @@ def speed_of(args: argparse.Namespace) -> InferenceOptions | None:
     if not (args.bf16 or args.compile):
         return None
     return InferenceOptions(bf16=args.bf16, compile=args.compile)
+
+
+def add_segmenter(parser: argparse.ArgumentParser) -> None:
+    """How a command that predicts runs its model: ``--device``, ``--threads`` (or auto),
+    ``--engine``, ``--tta``, ``--bf16``/``--compile``, ``--tile`` (``segmenter_of``)."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    add_threads(parser, auto=True)
+    add_engine(parser)
+    add_tta(parser)
+    add_speed(parser)
+    add_tiling(parser)
+
+
+def check_segmenter(args: argparse.Namespace) -> None:
+    """Refuse, before anything slow, what ``segmenter_of`` would: an unknown
+    ``--pretrained`` name (``--checkpoint`` then names its file), engine, device or tiles."""
+    use_pretrained(args, int8="file")
+    tiling_of(args)
+    check_engine(args)
+    resolve_device(args.device)
+
+
+def segmenter_of(args: argparse.Namespace) -> Segmenter:
+    """The ``Segmenter`` of the model file, run as ``add_segmenter``'s options say
+    (``check_segmenter`` first)."""
+    apply_threads(args)
+    device = resolve_device(args.device)
+    segmenter = Segmenter.from_checkpoint(
+        args.checkpoint,
+        device=device,
+        tiling=tiling_of(args),
+        tta=tta_of(args),
+        engine=args.engine,
+        threads=args.threads,
+        speed=speed_of(args),
+    )
+    warn_cpu_engine(args, segmenter.engine, device)
+    return segmenter
 
 
 def add_model_file(parser: argparse.ArgumentParser, *, help: str) -> None:

@@ -53,7 +53,6 @@ import torch
 from PIL import Image
 
 from ..data import DatasetError
-from ..devices import resolve_device
 from ..fileio import atomic_write
 from ..inference import (
     MARK_KEY,
@@ -68,21 +67,7 @@ from ..models import ModelSpec
 from ..training.checkpoint import WriteError, writing
 from ..viz import overlay_picture
 from .globbing import file_identity, glob_files
-from .options import (
-    add_engine,
-    add_model_file,
-    add_speed,
-    add_threads,
-    add_tiling,
-    add_tta,
-    apply_threads,
-    check_engine,
-    speed_of,
-    tiling_of,
-    tta_of,
-    use_pretrained,
-    warn_cpu_engine,
-)
+from .options import add_model_file, add_segmenter, check_segmenter, segmenter_of
 from .outputs import unwritable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
@@ -117,12 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--probabilities", action="store_true", help="also save class probabilities (.npy)"
     )
     parser.add_argument("--no-overlay", action="store_true", help="masks only")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    add_threads(parser, auto=True)
-    add_engine(parser)
-    add_tta(parser)
-    add_speed(parser)
-    add_tiling(parser)
+    add_segmenter(parser)
     parser.set_defaults(run=run)
 
 
@@ -272,22 +252,9 @@ def _write(
 
 
 def run(args: argparse.Namespace) -> int:
-    use_pretrained(args, int8="file")
-    tiling = tiling_of(args)
-    check_engine(args)
-    apply_threads(args)
-    device = resolve_device(args.device)
-    check_writable(args.out)
-    segmenter = Segmenter.from_checkpoint(
-        args.checkpoint,
-        device=device,
-        tiling=tiling,
-        tta=tta_of(args),
-        engine=args.engine,
-        threads=args.threads,
-        speed=speed_of(args),
-    )
-    warn_cpu_engine(args, segmenter.engine, device)
+    check_segmenter(args)
+    check_writable(args.out)  # before the model loads
+    segmenter = segmenter_of(args)
     jobs, failed = collect_inputs(args, segmenter.spec)
     inputs = [file for _, files in jobs for file in files.values()]
     names = OutputNames(args, segmenter.tasks, inputs)

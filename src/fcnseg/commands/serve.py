@@ -16,25 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..devices import resolve_device
-from ..inference import Segmenter
 from ..serving import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Service, create_app, missing_extra
 from ..serving import server as http
-from .options import (
-    add_engine,
-    add_model_file,
-    add_speed,
-    add_threads,
-    add_tiling,
-    add_tta,
-    apply_threads,
-    check_engine,
-    speed_of,
-    tiling_of,
-    tta_of,
-    use_pretrained,
-    warn_cpu_engine,
-)
+from .options import add_model_file, add_segmenter, check_segmenter, positive, segmenter_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,15 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: every interface)")  # fmt: skip
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    add_engine(parser)
-    add_threads(parser, auto=True)
-    add_tta(parser)
-    add_speed(parser)
-    add_tiling(parser)
+    add_segmenter(parser)
     parser.add_argument(
         "--max-batch",
-        type=_at_least_one,
+        type=positive("images"),
         help="concurrent images of one size run together, up to this many (default: 1 on a "
         "CPU, where batches measured slower per image; 8 on a GPU)",
     )
@@ -69,25 +48,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-pixels",
-        type=_at_least_one,
+        type=positive("pixels"),
         default=DEFAULT_MAX_PIXELS,
         help=f"larger images are refused with 413 (default {DEFAULT_MAX_PIXELS:,})",
     )
     parser.add_argument(
         "--max-bytes",
-        type=_at_least_one,
+        type=positive("bytes"),
         default=DEFAULT_MAX_BYTES,
         help=f"larger request bodies are refused with 413 (default {DEFAULT_MAX_BYTES:,})",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.set_defaults(run=run)
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,22 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(missing)
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms {args.max_wait_ms:g}: give 0 or more milliseconds")
-    use_pretrained(args, int8="file")
-    check_engine(args)
-    apply_threads(args)
-    tiling = tiling_of(args)
-    device = resolve_device(args.device)
-    sock = http.bind(args.host, args.port)
-    segmenter = Segmenter.from_checkpoint(
-        args.checkpoint,
-        device=device,
-        tiling=tiling,
-        tta=tta_of(args),
-        engine=args.engine,
-        threads=args.threads,
-        speed=speed_of(args),
-    )
-    warn_cpu_engine(args, segmenter.engine, device)
+    check_segmenter(args)
+    sock = http.bind(args.host, args.port)  # a port in use fails before the model loads
+    segmenter = segmenter_of(args)
     name = args.pretrained or str(args.checkpoint)
     service = Service(
         segmenter,
